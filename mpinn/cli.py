@@ -1,0 +1,357 @@
+"""`mpinn train|eval|predict|data|info`: the command line.
+
+Bad input ends every rank with one line on stderr (printed by rank 0) and exit code 2, before
+anything is written. Any other exception on any rank aborts the whole job, so a failure
+never leaves the other ranks hanging in a collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import InputError
+
+EXIT_INPUT = 2
+EXIT_DIVERGED = 3
+_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "SLURM_PROCID")
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _env_int(names, default):
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return default
+
+
+def env_rank():
+    """This process's rank as the launcher set it, known before MPI is initialised."""
+    return _env_int(_RANK_VARS, 0)
+
+
+def limit_blas_threads():
+    """One BLAS thread per rank under a launcher, unless the user chose a count.
+
+    N ranks each running N BLAS threads oversubscribe the cores; set OMP_NUM_THREADS (e.g.
+    to cpus-per-task) to run hybrid MPI x threads on purpose. Must run before numpy loads.
+    """
+    if _env_int(_SIZE_VARS, 1) > 1 and not any(v in os.environ for v in _THREAD_VARS):
+        for name in _THREAD_VARS:
+            os.environ[name] = "1"
+
+
+def say(*args, file=None):
+    """Print on rank 0 only."""
+    if env_rank() == 0:
+        print(*args, file=file or sys.stdout, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        say(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INPUT)
+
+
+def _train_args(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y")
+    g.add_argument("--test-data", help="held-out test data, same layout")
+    g.add_argument("--test-fraction", type=float, help="hold out this fraction of --data (seeded, N-independent)")
+    g.add_argument("--x-name", default="X", help="feature dataset name (default X)")
+    g.add_argument("--y-name", default="y", help="target dataset name (default y)")
+    g.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],
+                   help="auto: integer 1-D targets classify, others regress")
+    g = p.add_argument_group("model and optimizer (defaults as sklearn's MLPClassifier)")
+    g.add_argument("--hidden", default="100", help="hidden layer sizes, e.g. 64,32 (default 100)")
+    g.add_argument("--activation", default="relu", help="relu, tanh, logistic or identity")
+    g.add_argument("--solver", default="adam", help="gd (w -= lr*grad), sgd (momentum) or adam")
+    g.add_argument("--lr", type=float, default=0.001, help="initial learning rate (default 0.001)")
+    g.add_argument("--lr-schedule", default="constant", help="constant, invscaling or adaptive (sgd)")
+    g.add_argument("--power-t", type=float, default=0.5, help="exponent for invscaling (default 0.5)")
+    g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum in [0, 1] (default 0.9)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum for sgd (default on)")
+    g.add_argument("--beta-1", type=float, default=0.9)
+    g.add_argument("--beta-2", type=float, default=0.999)
+    g.add_argument("--epsilon", type=float, default=1e-8)
+    g.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 1e-4)")
+    g.add_argument("--batch-size", default="auto", help="global batch: integer, auto (min(200, n)) or full")
+    g.add_argument("--epochs", type=int, default=200, help="maximum epochs (default 200)")
+    g.add_argument("--tol", type=float, default=1e-4, help="improvement needed to count as progress")
+    g.add_argument("--n-iter-no-change", type=int, default=10, help="epochs without progress before stopping")
+    g.add_argument("--loss-target", type=float, help="stop once the epoch loss is at or below this")
+    g.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+    g.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the test split")
+    g = p.add_argument_group("distribution")
+    g.add_argument("--shard", default="block", help="block, strided or weighted:W0,W1,... (one weight per rank)")
+    g.add_argument("--shuffle", default="global", help="global (N-independent), local (per shard) or none")
+    g = p.add_argument_group("output")
+    g.add_argument("--checkpoint", help="directory for checkpoints (written at the end and every N epochs)")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N epochs")
+    g.add_argument("--metrics", help="write one JSON object per epoch to this file")
+    g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    g.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def build_parser():
+    parser = _Parser(prog="mpinn", description="Data-parallel MLP training on MPI ranks, data in HDF5.")
+    parser.add_argument("--version", action="version", version=f"mpinn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train an MLP (run under mpiexec -n N)")
+    _train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics of a checkpoint on a labelled HDF5 file")
+    p.add_argument("--model", required=True, help="checkpoint file or checkpoint directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--x-name", default="X")
+    p.add_argument("--y-name", default="y")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="write predictions of a checkpoint to HDF5")
+    p.add_argument("--model", required=True, help="checkpoint file or checkpoint directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output HDF5 file (datasets y_pred, and proba for classifiers)")
+    p.add_argument("--x-name", default="X")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="versions, MPI library and ranks")
+    p.set_defaults(func=cmd_info)
+
+    data = sub.add_parser("data", help="make or convert datasets").add_subparsers(
+        dest="data_command", required=True, parser_class=_Parser)
+    p = data.add_parser("iris", help="write the built-in iris data (150 x 4, 3 classes)")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_data_iris)
+    p = data.add_parser("synthetic", help="write a synthetic classification or regression set")
+    p.add_argument("out")
+    p.add_argument("--samples", type=int, default=10000)
+    p.add_argument("--features", type=int, default=20)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--task", default="classify", choices=["classify", "regress"])
+    p.add_argument("--outputs", type=int, default=1, help="regression outputs (default 1)")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synthetic)
+    p = data.add_parser("convert", help="CSV, NPY or NPZ to mpinn's HDF5 layout")
+    p.add_argument("input")
+    p.add_argument("out")
+    p.add_argument("--label-column", help="label column name or index (default: last)")
+    p.add_argument("--task", choices=["classify", "regress"])
+    p.add_argument("--chunk-rows", type=int)
+    p.set_defaults(func=cmd_data_convert)
+    return parser
+
+
+# ---- commands ------------------------------------------------------------------------
+
+
+def config_from_args(args):
+    from .config import TrainConfig, parse_batch_size, parse_hidden
+
+    return TrainConfig(
+        data=args.data, test_data=args.test_data, test_fraction=args.test_fraction,
+        x_name=args.x_name, y_name=args.y_name, task=args.task, hidden=parse_hidden(args.hidden),
+        activation=args.activation, solver=args.solver, lr=args.lr, lr_schedule=args.lr_schedule,
+        power_t=args.power_t, momentum=args.momentum, nesterov=args.nesterov, beta_1=args.beta_1,
+        beta_2=args.beta_2, epsilon=args.epsilon, batch_size=parse_batch_size(args.batch_size),
+        epochs=args.epochs, alpha=args.alpha, tol=args.tol, n_iter_no_change=args.n_iter_no_change,
+        loss_target=args.loss_target, dtype=args.dtype, seed=args.seed, shard=args.shard,
+        shuffle=args.shuffle, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+        metrics=args.metrics,
+    ).validate()
+
+
+def _check_output_file(path, what):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise InputError(f"{what}: cannot write {path} (directory missing or not writable)")
+
+
+def cmd_train(args):
+    from .checkpoint import Checkpointer
+    from .comm import world
+    from .problem import decide_on_root, load_problem
+    from .train import Trainer
+
+    cfg = config_from_args(args)
+    comm = world()
+    checkpointer = Checkpointer(cfg.checkpoint, comm) if cfg.checkpoint else None
+
+    def check_outputs():
+        if checkpointer:
+            checkpointer.check_writable()
+        if cfg.metrics:
+            _check_output_file(cfg.metrics, "--metrics")
+
+    decide_on_root(comm, check_outputs)
+    problem = load_problem(cfg, comm)
+    trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer,
+                      log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)))
+    if comm.rank == 0 and not args.quiet:
+        print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
+              f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
+              f"shard {cfg.shard}, shuffle {cfg.shuffle}, {cfg.dtype}", flush=True)
+    trainer.fit()
+    if comm.rank == 0:
+        summary = trainer.summary()
+        if not args.quiet:
+            test = {k: v for k, v in summary.items() if k.startswith("test_")}
+            print(f"done: {summary['epochs']} epochs ({summary['stop_reason']}), final loss "
+                  f"{summary['final_loss']:.6f}" + "".join(f", {k} {v:.4f}" for k, v in test.items())
+                  + (f", checkpoint {summary['checkpoint']}" if summary["checkpoint"] else ""), flush=True)
+        if args.json:
+            print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
+    """This rank's shard of a file, checked against a fitted model."""
+    import h5py
+    import numpy as np
+
+    from . import data as datamod
+    from .partition import make_shard
+    from .problem import Problem, decide_on_root
+
+    info = datamod.DataInfo(**decide_on_root(
+        comm, lambda: datamod.inspect(path, x_name, y_name, require_y=with_y).to_json()))
+    if info.n_features != fitted.n_features_in_:
+        raise InputError(f"{path}: {info.n_features} features but the model expects {fitted.n_features_in_}")
+    shard = make_shard(info.n_rows, comm.rank, comm.size, "block")
+    with h5py.File(path, "r") as f:
+        X, y = datamod.read_shard(f, info, shard, fitted.coefs_[0].dtype, with_y=with_y)
+    classes = None if fitted.classes_ is None else np.asarray(fitted.classes_)
+    return Problem(task=fitted.task, X=X, y=y, shard=shard, train_rows=np.zeros(0, np.int64),
+                   n_features=info.n_features, classes=classes, class_names=fitted.class_names), info
+
+
+def cmd_eval(args):
+    import numpy as np
+
+    from .comm import world
+    from .problem import collective_check, decide_on_root
+    from .train import evaluate
+
+    comm = world()
+    fitted = _load_on_all(comm, args.model)
+    problem, _ = _problem_for_model(fitted, args.data, args.x_name, args.y_name, comm)
+    if problem.task == "classify":
+        unseen = np.setdiff1d(np.asarray(problem.y).astype(np.int64), problem.classes)
+        collective_check(comm, f"{args.data}: labels {unseen[:5].tolist()} are not classes of the model"
+                         if len(unseen) else None)
+    report = evaluate(fitted._model, fitted._params, problem, problem.X, problem.y, comm)
+    if comm.rank == 0:
+        if args.json:
+            print(json.dumps(report))
+        else:
+            for key, value in report.items():
+                print(f"{key}: {value}")
+    return 0
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from .comm import world
+    from .problem import decide_on_root
+
+    comm = world()
+    fitted = _load_on_all(comm, args.model)
+    decide_on_root(comm, lambda: _check_output_file(args.out, "--out"))
+    problem, info = _problem_for_model(fitted, args.data, args.x_name, None, comm, with_y=False)
+    scores = fitted.forward(problem.X)
+    scores = comm.gather_rows(np.ascontiguousarray(scores, dtype=np.float64))
+    if comm.rank == 0:
+        from .datasets import write_predictions
+
+        write_predictions(args.out, fitted, scores)
+        print(f"wrote {scores.shape[0]} predictions to {args.out}")
+    return 0
+
+
+def _load_on_all(comm, path):
+    """Every rank loads the checkpoint, after rank 0 has confirmed it is valid."""
+    from .checkpoint import load_model
+    from .problem import decide_on_root
+
+    decide_on_root(comm, lambda: load_model(path) and None)
+    return load_model(path)
+
+
+def cmd_info(args):
+    import h5py
+    import numpy as np
+
+    from .comm import library_info, world
+
+    comm = world()
+    if comm.rank == 0:
+        info = {"mpinn": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+                "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, **library_info(),
+                "ranks": comm.size, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_data_iris(args):
+    from .datasets import load_iris, write_hdf5
+
+    if env_rank() == 0:
+        X, y, features, classes = load_iris()
+        write_hdf5(args.out, X, y, class_names=list(classes), feature_names=list(features))
+        print(f"wrote {args.out}: iris, {X.shape[0]} rows x {X.shape[1]} features, {len(classes)} classes")
+    return 0
+
+
+def cmd_data_synthetic(args):
+    from .datasets import make_synthetic, write_hdf5
+
+    if env_rank() == 0:
+        X, y = make_synthetic(args.samples, args.features, args.classes, task=args.task,
+                              n_outputs=args.outputs, seed=args.seed)
+        write_hdf5(args.out, X.astype(args.dtype), y)
+        print(f"wrote {args.out}: {X.shape[0]} rows x {X.shape[1]} features, {args.task}")
+    return 0
+
+
+def cmd_data_convert(args):
+    from .datasets import convert
+
+    if env_rank() == 0:
+        label = args.label_column
+        if label is not None and label.lstrip("-").isdigit():
+            label = int(label)
+        summary = convert(args.input, args.out, label_column=label, chunk_rows=args.chunk_rows, task=args.task)
+        print(f"wrote {args.out}: {json.dumps(summary)}")
+    return 0
+
+
+def main(argv=None):
+    limit_blas_threads()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        say(f"mpinn: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as exc:  # noqa: BLE001 - any other failure must end the whole job
+        from .train import TrainingDiverged
+
+        if isinstance(exc, TrainingDiverged):
+            say(f"mpinn: error: {exc}", file=sys.stderr)
+            return EXIT_DIVERGED
+        print(f"mpinn: rank {env_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if "mpi4py.MPI" in sys.modules:
+            from .comm import world
+
+            world().abort(1)
+        return 1

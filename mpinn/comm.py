@@ -1,0 +1,138 @@
+"""The only module that imports mpi4py.
+
+Everything the rest of mpinn needs from MPI goes through ``Comm``: in-place buffer reductions
+(uppercase mpi4py methods, no pickling), broadcasts from rank 0 of arrays and of small JSON
+values (decisions: stop, paths, errors), and whole-job abort. With one process the
+collectives are skipped, so mpinn runs serially without mpiexec and without MPI overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+
+def _mpi():
+    from mpi4py import MPI
+
+    return MPI
+
+
+class Comm:
+    """A thin wrapper over an mpi4py communicator that counts gradient reductions."""
+
+    def __init__(self, mpi_comm=None):
+        if mpi_comm is None:
+            mpi_comm = _mpi().COMM_WORLD
+        self.mpi = mpi_comm
+        self.rank = mpi_comm.Get_rank()
+        self.size = mpi_comm.Get_size()
+        # Gradient Allreduce calls so far; tests check it is exactly one per step.
+        self.allreduce_calls = 0
+
+    # ---- hot path --------------------------------------------------------------------
+
+    def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
+        """Sum ``buf`` over all ranks in place, one MPI call, no copy."""
+        self.allreduce_calls += 1
+        if self.size > 1:
+            self.mpi.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
+        return buf
+
+    # ---- setup and per-epoch ----------------------------------------------------------
+
+    def allreduce(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        """In-place elementwise reduction with op 'sum', 'max' or 'min' (not counted)."""
+        if self.size > 1:
+            MPI = _mpi()
+            self.mpi.Allreduce(MPI.IN_PLACE, buf, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op])
+        return buf
+
+    def reduce_sum_to_root(self, buf: np.ndarray) -> np.ndarray:
+        """Sum ``buf`` onto rank 0 in place; other ranks' buffers are left undefined."""
+        if self.size > 1:
+            MPI = _mpi()
+            if self.rank == 0:
+                self.mpi.Reduce(MPI.IN_PLACE, buf, op=MPI.SUM, root=0)
+            else:
+                self.mpi.Reduce(buf, None, op=MPI.SUM, root=0)
+        return buf
+
+    def bcast_array(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        if self.size > 1:
+            self.mpi.Bcast(buf, root=root)
+        return buf
+
+    def bcast_json(self, value=None, root: int = 0):
+        """Broadcast a JSON-serialisable value from ``root`` (decisions, not data)."""
+        if self.size == 1:
+            return value
+        data = json.dumps(value).encode() if self.rank == root else b""
+        n = np.array([len(data)], dtype=np.int64)
+        self.mpi.Bcast(n, root=root)
+        raw = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else np.empty(int(n[0]), np.uint8)
+        self.mpi.Bcast(raw, root=root)
+        return value if self.rank == root else json.loads(raw.tobytes().decode())
+
+    def any_error(self, message: str | None):
+        """Collective: if any rank has an error message, every rank gets the lowest rank's one.
+
+        Lets each rank check its own part of the input (its shard, its file) and still have the
+        whole job fail together with one message, before any training collective runs.
+        """
+        if self.size == 1:
+            return message
+        flag = np.array([self.rank if message is not None else self.size], dtype=np.int64)
+        self.allreduce(flag, "min")
+        first = int(flag[0])
+        if first == self.size:
+            return None
+        return self.bcast_json(message, root=first)
+
+    def gather_rows(self, local: np.ndarray, root: int = 0):
+        """Stack every rank's rows (C-contiguous, same trailing shape and dtype) on ``root``."""
+        if self.size == 1:
+            return local
+        counts = np.array([local.size], dtype=np.int64)
+        all_counts = np.empty(self.size, dtype=np.int64)
+        self.mpi.Allgather(counts, all_counts)
+        out = None
+        if self.rank == root:
+            out = np.empty((int(all_counts.sum()) // max(1, int(np.prod(local.shape[1:]))),) + local.shape[1:],
+                           dtype=local.dtype)
+        self.mpi.Gatherv(local, [out, all_counts] if self.rank == root else None, root=root)
+        return out
+
+    def barrier(self):
+        if self.size > 1:
+            self.mpi.Barrier()
+
+    def abort(self, code: int = 1):
+        """End every rank of the job now (a hang is worse than a lost rank)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size > 1:
+            self.mpi.Abort(code)
+        raise SystemExit(code)
+
+
+_world = None
+
+
+def world() -> Comm:
+    """The job-wide communicator (MPI is initialised on first call, not at import)."""
+    global _world
+    if _world is None:
+        _world = Comm()
+    return _world
+
+
+def library_info() -> dict:
+    MPI = _mpi()
+    return {
+        "mpi4py": __import__("mpi4py").__version__,
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_standard": "%d.%d" % MPI.Get_version(),
+    }

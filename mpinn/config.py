@@ -1,0 +1,133 @@
+"""Training configuration: one dataclass, validated up front, stored whole in checkpoints.
+
+Defaults are scikit-learn MLPClassifier's. Every check raises InputError with a message that
+names the option and the bad value, before any file is read or any collective is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import InputError
+from .model import HIDDEN_ACTIVATIONS
+from .optim import SCHEDULES, SOLVERS
+from .partition import parse_shard
+
+TASKS = ("auto", "classify", "regress")
+SHUFFLES = ("global", "local", "none")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    test_data: str | None = None
+    test_fraction: float | None = None
+    x_name: str = "X"
+    y_name: str = "y"
+    task: str = "auto"
+    hidden: tuple = (100,)
+    activation: str = "relu"
+    solver: str = "adam"
+    lr: float = 0.001
+    lr_schedule: str = "constant"
+    power_t: float = 0.5
+    momentum: float = 0.9
+    nesterov: bool = True
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-8
+    batch_size: object = "auto"
+    epochs: int = 200
+    alpha: float = 1e-4
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+    loss_target: float | None = None
+    dtype: str = "float64"
+    seed: int = 0
+    shard: str = "block"
+    shuffle: str = "global"
+    checkpoint: str | None = None
+    checkpoint_every: int = 0
+    metrics: str | None = None
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown config keys: {', '.join(unknown)}")
+        cfg = cls(**d)
+        cfg.hidden = tuple(cfg.hidden)
+        return cfg.validate()
+
+    def validate(self):
+        def bad(option, value, why):
+            raise InputError(f"--{option.replace('_', '-')}: {why}, got {value!r}")
+
+        def choose(option, value, choices):
+            if value not in choices:
+                bad(option, value, "choose from " + ", ".join(choices))
+
+        choose("task", self.task, TASKS)
+        choose("activation", self.activation, HIDDEN_ACTIVATIONS)
+        choose("solver", self.solver, SOLVERS)
+        choose("lr_schedule", self.lr_schedule, SCHEDULES)
+        choose("shuffle", self.shuffle, SHUFFLES)
+        choose("dtype", self.dtype, DTYPES)
+        if not self.hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in self.hidden):
+            bad("hidden", self.hidden, "layer sizes must be integers >= 1")
+        for name in ("lr", "epsilon"):
+            if not getattr(self, name) > 0:
+                bad(name, getattr(self, name), "must be > 0")
+        for name in ("alpha", "tol", "power_t"):
+            if not getattr(self, name) >= 0:
+                bad(name, getattr(self, name), "must be >= 0")
+        for name in ("momentum", "beta_1", "beta_2"):
+            v = getattr(self, name)
+            if not (0 <= v <= 1 if name == "momentum" else 0 <= v < 1):
+                bad(name, v, "must be in [0, 1]" if name == "momentum" else "must be in [0, 1)")
+        if self.batch_size not in ("auto", "full"):
+            if not isinstance(self.batch_size, int) or self.batch_size < 1:
+                bad("batch_size", self.batch_size, "must be an integer >= 1, 'auto' or 'full'")
+        for name, low in (("epochs", 1), ("n_iter_no_change", 1), ("checkpoint_every", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < low:
+                bad(name, v, f"must be an integer >= {low}")
+        if self.test_fraction is not None and not 0 < self.test_fraction < 1:
+            bad("test_fraction", self.test_fraction, "must be in (0, 1)")
+        if self.test_fraction is not None and self.test_data:
+            raise InputError("--test-data and --test-fraction are mutually exclusive")
+        if self.checkpoint_every and not self.checkpoint:
+            raise InputError("--checkpoint-every needs --checkpoint DIR")
+        parse_shard(self.shard)
+        return self
+
+
+def parse_hidden(text):
+    """'100' or '64,32' -> (64, 32)."""
+    try:
+        sizes = tuple(int(s) for s in str(text).split(","))
+    except ValueError:
+        raise InputError(f"--hidden: expected comma-separated integers like 64,32, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise InputError(f"--hidden: layer sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def parse_batch_size(text):
+    if text in ("auto", "full"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"--batch-size: expected an integer, 'auto' or 'full', got {text!r}") from None
+    if value < 1:
+        raise InputError(f"--batch-size: must be >= 1, got {text!r}")
+    return value

@@ -1,0 +1,158 @@
+"""HDF5 data: layout checks, reading one rank's rows, the train/test split, the batch schedule.
+
+No MPI here. Each rank opens the file read-only and reads its shard as one hyperslab. The
+global batch schedule is a function of the seed and the data only, so every rank computes the
+same sequence of global batches and takes from each the rows it owns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class DataInfo:
+    """What rank 0 learned about a data file; broadcast as JSON so ranks agree."""
+
+    path: str
+    x_name: str
+    y_name: str
+    n_rows: int
+    n_features: int
+    y_shape: list
+    y_kind: str  # "int" or "float"
+    class_names: list | None = None
+
+    def to_json(self):
+        return dict(self.__dict__)
+
+
+def inspect(path, x_name="X", y_name="y", *, require_y=True) -> DataInfo:
+    """Check the file's layout from metadata only; raise InputError naming the problem."""
+    import h5py
+
+    if not os.path.exists(path):
+        raise InputError(f"data file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise InputError(f"not an HDF5 file: {path}")
+    with h5py.File(path, "r") as f:
+        names = sorted(k for k in f.keys() if isinstance(f[k], h5py.Dataset))
+        for name in (x_name, y_name) if require_y else (x_name,):
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise InputError(
+                    f"{path}: no dataset {name!r} (datasets in file: {', '.join(names) or 'none'})")
+        X = f[x_name]
+        if X.ndim != 2:
+            raise InputError(f"{path}: dataset {x_name!r} must be 2-D (rows x features), has shape {X.shape}")
+        if X.dtype.kind not in "fiub":
+            raise InputError(f"{path}: dataset {x_name!r} has non-numeric dtype {X.dtype}")
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise InputError(f"{path}: dataset {x_name!r} is empty (shape {X.shape})")
+        y_shape, y_kind = [], "float"
+        if require_y:
+            Y = f[y_name]
+            if Y.ndim not in (1, 2):
+                raise InputError(f"{path}: dataset {y_name!r} must be 1-D or 2-D, has shape {Y.shape}")
+            if Y.shape[0] != X.shape[0]:
+                raise InputError(f"{path}: {y_name!r} has {Y.shape[0]} rows but {x_name!r} has {X.shape[0]}")
+            if Y.dtype.kind not in "fiub":
+                raise InputError(f"{path}: dataset {y_name!r} has non-numeric dtype {Y.dtype}"
+                                 " (store class labels as integers; `mpinn data convert` maps strings)")
+            y_shape, y_kind = list(Y.shape), "int" if Y.dtype.kind in "iub" else "float"
+        class_names = f.attrs.get("class_names")
+        if class_names is not None:
+            class_names = json.loads(class_names)
+        return DataInfo(str(path), x_name, y_name, int(X.shape[0]), int(X.shape[1]),
+                        y_shape, y_kind, class_names)
+
+
+def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True):
+    """This rank's rows of X (as ``dtype``) and y, read as one hyperslab each.
+
+    ``h5file`` is an open h5py.File (tests pass one over an instrumented file object to check
+    that no byte outside the shard is read).
+    """
+    sel = shard.as_slice()
+    X = np.asarray(h5file[info.x_name][sel], dtype=dtype)
+    X = X.reshape(shard.count, info.n_features)
+    y = None
+    if with_y:
+        y = h5file[info.y_name][sel]
+        y = y.reshape((shard.count,) + tuple(info.y_shape[1:]))
+    return X, y
+
+
+def train_test_split_indices(n_rows, test_fraction, seed):
+    """(train, test) global row indices, as sklearn's train_test_split(random_state=seed).
+
+    test count = ceil(fraction * n); order is the permutation's, so the same seed gives the
+    same split as sklearn, whatever the number of ranks.
+    """
+    if not 0 < test_fraction < 1:
+        raise InputError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+    n_test = math.ceil(test_fraction * n_rows)
+    if n_test < 1 or n_test >= n_rows:
+        raise InputError(f"--test-fraction {test_fraction} leaves no train or no test rows of {n_rows}")
+    perm = np.random.RandomState(seed).permutation(n_rows)
+    return perm[n_test:].astype(np.int64), perm[:n_test].astype(np.int64)
+
+
+def resolve_batch_size(batch_size, n_train):
+    """'auto' -> min(200, n) as sklearn; 'full' -> n (batch gradient descent); ints clipped to n."""
+    if batch_size == "auto":
+        return min(200, n_train)
+    if batch_size == "full":
+        return n_train
+    return max(1, min(int(batch_size), n_train))
+
+
+class BatchSchedule:
+    """The sequence of minibatches, as local row positions for this rank.
+
+    shuffle='global': each epoch permutes the training order with the model's RandomState
+    exactly as sklearn's ``shuffle(sample_idx, random_state)`` does, then cuts consecutive
+    global batches; this rank keeps the rows it owns. The sequence does not depend on N.
+    shuffle='none': the same, unpermuted. shuffle='local': each rank permutes its own rows and
+    cuts them into as many pieces as there are global batches (faster, depends on N).
+    """
+
+    def __init__(self, train_rows, batch_size, shuffle, random_state, shard, local_seed=0):
+        self.train_rows = np.asarray(train_rows, dtype=np.int64)
+        self.n_train = len(self.train_rows)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.shard = shard
+        self.order = np.arange(self.n_train)
+        self.n_steps = math.ceil(self.n_train / batch_size)
+        if shuffle == "local":
+            self.local_rows = shard.local_positions(self.train_rows)[1]
+            self.local_rng = np.random.RandomState([local_seed, shard.rank, shard.size])
+
+    def epoch(self):
+        """Yield this rank's local row positions for every step of one epoch (maybe empty)."""
+        if self.shuffle == "local":
+            rows = self.local_rows.copy()
+            self.local_rng.shuffle(rows)
+            yield from np.array_split(rows, self.n_steps)
+            return
+        if self.shuffle == "global":
+            perm = np.arange(self.n_train)
+            self.random_state.shuffle(perm)
+            self.order = self.order[perm]
+        for start in range(0, self.n_train, self.batch_size):
+            batch = self.train_rows[self.order[start : start + self.batch_size]]
+            yield self.shard.local_positions(batch)[1]
+
+    def state(self):
+        return {"order": self.order}
+
+    def load_state(self, arrays):
+        self.order = np.asarray(arrays["order"], dtype=np.int64)

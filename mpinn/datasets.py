@@ -1,0 +1,367 @@
+"""Datasets: the bundled iris data, synthetic data, and conversion of CSV/NPY/NPZ to HDF5.
+
+Everything here is serial (no mpi4py): files are prepared once, before a parallel run in which
+every rank reads its own row range of X and y from the HDF5 file written by write_hdf5().
+"""
+
+import csv
+import importlib.resources
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+
+from .atomic import write_h5_atomic
+from .errors import InputError
+
+IRIS_CLASSES = ("setosa", "versicolor", "virginica")
+FORMAT_NAME = "mpinn-data"
+FORMAT_VERSION = 1
+_RESERVED_ATTRS = ("mpinn_format", "mpinn_format_version", "x_name", "y_name",
+                   "class_names", "feature_names")
+
+
+def load_iris():
+    """Fisher's iris data: (X float64 (150, 4), y int64 (150,), feature_names, class_names)."""
+    text = importlib.resources.files("mpinn").joinpath("_data/iris.csv").read_text("ascii")
+    rows = list(csv.reader(text.splitlines()))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    X = np.array([[float(v) for v in r[:4]] for r in body], dtype=np.float64)
+    y = np.array([int(r[4]) for r in body], dtype=np.int64)
+    return X, y, header[:4], list(IRIS_CLASSES)
+
+
+# ---------------------------------------------------------------- writing
+
+def _int_at_least(value, name, minimum=1, where="make_synthetic"):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _as_array(a, name, kinds, n_rows=None):
+    """X or y as stored: float32/float64 kept, integers -> float64 for X, int64 for y."""
+    a = np.asarray(a)
+    if a.ndim not in kinds:
+        raise InputError(f"write_hdf5: {name} must be {' or '.join(f'{k}-D' for k in kinds)}, "
+                         f"got shape {a.shape}")
+    if n_rows is None and 0 in a.shape:
+        raise InputError(f"write_hdf5: {name} is empty (shape {a.shape})")
+    if n_rows is not None and a.shape[0] != n_rows:
+        raise InputError(f"write_hdf5: {name} has {a.shape[0]} rows but X has {n_rows}")
+    if a.dtype in (np.float32, np.float64):
+        return a
+    if a.dtype.kind in "biu":
+        return a.astype(np.float64 if name == "X" else np.int64)
+    raise InputError(f"write_hdf5: {name} must be numeric, got dtype {a.dtype}")
+
+
+def write_hdf5(path, X, y, *, x_name="X", y_name="y", class_names=None, feature_names=None,
+               chunk_rows=None, attrs=None):
+    """Write X and y to an mpinn HDF5 data file, atomically.
+
+    The file is built under a temporary name in the target directory and renamed over `path`
+    only when complete, so a crash or a bad input never leaves a half-written or clobbered file.
+    Datasets are contiguous by default, so that a rank's row range is a single hyperslab read.
+    """
+    X = _as_array(X, "X", (2,))
+    y = _as_array(y, "y", (1, 2), X.shape[0])
+    if x_name == y_name:
+        raise InputError(f"write_hdf5: x_name and y_name are both '{x_name}'")
+    for names in (feature_names, class_names):
+        if names is not None and not all(isinstance(n, str) for n in names):
+            raise InputError(f"write_hdf5: names must be strings, got {list(names)!r}")
+    if feature_names is not None and len(feature_names) != X.shape[1]:
+        raise InputError(f"write_hdf5: {len(feature_names)} feature names for {X.shape[1]} columns")
+    if class_names is not None:
+        if y.dtype.kind != "i" or y.ndim != 1:
+            raise InputError("write_hdf5: class_names given but y is not 1-D integer labels")
+        if y.min() < 0 or y.max() >= len(class_names):
+            raise InputError(f"write_hdf5: labels span {y.min()}..{y.max()} but there are "
+                             f"{len(class_names)} class names")
+    if chunk_rows is not None:
+        chunk_rows = _int_at_least(chunk_rows, "chunk_rows", 1, "write_hdf5")
+    attrs = dict(attrs or {})
+    reserved = sorted(set(attrs) & set(_RESERVED_ATTRS))
+    if reserved:
+        raise InputError(f"write_hdf5: attrs may not set reserved attributes {reserved}")
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InputError(f"write_hdf5: output directory does not exist: {directory}")
+    def fill(f):
+        for name, data in ((x_name, X), (y_name, y)):
+            rows = None if chunk_rows is None else min(chunk_rows, len(data))
+            chunks = None if rows is None else (rows, *data.shape[1:])
+            f.create_dataset(name, data=data, chunks=chunks)
+        f.attrs["mpinn_format"] = FORMAT_NAME
+        f.attrs["mpinn_format_version"] = FORMAT_VERSION
+        f.attrs["x_name"] = x_name
+        f.attrs["y_name"] = y_name
+        if class_names is not None:
+            f.attrs["class_names"] = json.dumps(list(class_names))
+        if feature_names is not None:
+            f.attrs["feature_names"] = json.dumps(list(feature_names))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+    write_h5_atomic(path, fill)
+
+
+def write_predictions(path, fitted, scores):
+    """Predictions of a FittedMLP for all rows: y_pred, plus proba for classifiers."""
+    from .fitted import class_index, class_proba
+
+    def fill(f):
+        if fitted.task == "classify":
+            f["y_pred"] = fitted.classes_[class_index(scores)]
+            f["proba"] = class_proba(scores)
+            if fitted.class_names:
+                f.attrs["class_names"] = json.dumps(fitted.class_names)
+        else:
+            f["y_pred"] = scores[:, 0] if scores.shape[1] == 1 else scores
+        f.attrs["mpinn_format"] = "mpinn-predictions"
+
+    write_h5_atomic(path, fill)
+
+
+# ---------------------------------------------------------------- synthetic data
+
+def make_synthetic(n_samples, n_features, n_classes=2, *, task="classify", n_outputs=1,
+                   noise=0.1, seed=0):
+    """Deterministic synthetic data labelled by a fixed random tanh network (the "teacher").
+
+    classify: y = argmax of the teacher's outputs, with class biases tuned so the classes are
+    roughly balanced, then a fraction `noise` of labels replaced by random classes (so the task
+    is learnable well above chance but not perfectly). regress: the teacher's outputs plus
+    gaussian noise of standard deviation `noise`.
+    """
+    n = _int_at_least(n_samples, "n_samples")
+    d = _int_at_least(n_features, "n_features")
+    if task not in ("classify", "regress"):
+        raise InputError(f"make_synthetic: task must be 'classify' or 'regress', got {task!r}")
+    if task == "classify":
+        k = _int_at_least(n_classes, "n_classes", 2)
+        if not 0 <= noise <= 1:
+            raise InputError(f"make_synthetic: noise (label-flip fraction) must be in [0, 1], "
+                             f"got {noise!r}")
+    else:
+        k = _int_at_least(n_outputs, "n_outputs")
+        if not noise >= 0:
+            raise InputError(f"make_synthetic: noise must be >= 0, got {noise!r}")
+    rng = np.random.default_rng(seed)
+    hidden = max(16, 4 * k)
+    # Pre-activations of about unit scale, so tanh is genuinely nonlinear but not saturated.
+    w1 = rng.standard_normal((d, hidden)) * (1.5 / math.sqrt(d))
+    b1 = rng.standard_normal(hidden) * 0.5
+    w2 = rng.standard_normal((hidden, k)) / math.sqrt(hidden)
+
+    def teacher(Z):
+        return np.tanh(Z @ w1 + b1) @ w2
+
+    # A fixed calibration sample sets the output scale (regress) or the class biases (classify),
+    # so the teacher depends on the seed alone, not on n_samples.
+    calib = teacher(rng.standard_normal((2048, d)))
+    X = rng.standard_normal((n, d))
+    if task == "regress":
+        out = (teacher(X) - calib.mean(axis=0)) / calib.std(axis=0).clip(min=1e-12)
+        out += noise * rng.standard_normal(out.shape)
+        return X, (out[:, 0] if k == 1 else out)
+    bias = -calib.mean(axis=0)
+    for _ in range(100):  # nudge each class's bias until argmax gives roughly equal classes
+        frac = (np.bincount(np.argmax(calib + bias, axis=1), minlength=k) + 1) / (len(calib) + k)
+        bias += 0.5 * (math.log(1.0 / k) - np.log(frac)) * calib.std()
+    scores = teacher(X) + bias
+    y = np.argmax(scores, axis=1).astype(np.int64)
+    flip = rng.random(n) < noise
+    y[flip] = rng.integers(0, k, size=int(flip.sum()))
+    # Guarantee every class appears when there is room: give a missing class the rows that score
+    # closest to it, taken from classes that keep at least 3 rows (affects only unlucky draws).
+    for c in (np.flatnonzero(np.bincount(y, minlength=k) == 0) if n >= 10 * k else []):
+        moved = 0
+        for i in np.argsort(scores.max(axis=1) - scores[:, c], kind="stable"):
+            if moved == max(1, n // (10 * k)):
+                break
+            if np.count_nonzero(y == y[i]) > 2:
+                y[i], moved = c, moved + 1
+    return X, y
+
+
+# ---------------------------------------------------------------- conversion
+
+def _fail(msg):
+    raise InputError(f"data convert: {msg}")
+
+
+def _labels(values, task, what):
+    """Labels -> (y, classes summary, class_names or None).
+
+    Integral values are class indices (int64); real values are regression targets (float64,
+    also used for any numbers when task is 'regress'); text is class names, mapped in sorted
+    order to 0..K-1. Real values without a task are refused rather than guessed.
+    """
+    if values.dtype.kind not in "biufUS":
+        _fail(f"labels in {what} must be numbers or strings, got dtype {values.dtype}")
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim == 2:  # several targets per row: only regression makes sense
+        if task == "classify" or values.dtype.kind in "US":
+            _fail(f"labels in {what} have {values.shape[1]} columns; classes need one")
+        return values.astype(np.float64), None, None
+    try:
+        num = values.astype(np.float64)
+    except ValueError:  # text that is not all numbers: class names
+        num = None
+        if task == "regress":
+            _fail(f"task is 'regress' but labels in {what} are not numeric")
+    if num is not None:
+        if task == "regress":
+            return num, None, None
+        if np.isfinite(num).all() and (num == np.round(num)).all():
+            y = num.astype(np.int64)
+            return y, np.unique(y).tolist(), None
+        if task is None:
+            _fail(f"labels in {what} are not integers: pass task='regress' for real-valued "
+                  "targets or task='classify' to treat them as class names")
+    names, y = np.unique(values.astype(str), return_inverse=True)
+    return y.astype(np.int64).ravel(), names.tolist(), names.tolist()
+
+
+def _is_float(s):
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _index(label_column, n_cols, header, src):
+    """Resolve a label column name or (possibly negative, possibly string) index."""
+    if isinstance(label_column, str):
+        if header is not None and label_column in header:
+            return header.index(label_column)
+        try:
+            label_column = int(label_column)
+        except ValueError:
+            if header is None:
+                _fail(f"label column '{label_column}' given by name but {src} has no header row")
+            _fail(f"column '{label_column}' not found in {src} (columns: {', '.join(header)})")
+    if isinstance(label_column, bool) or not isinstance(label_column, (int, np.integer)):
+        _fail(f"label_column must be a column name or an integer index, got {label_column!r}")
+    if not -n_cols <= label_column < n_cols:
+        _fail(f"label column index {label_column} out of range for {n_cols} columns in {src}")
+    return int(label_column) % n_cols
+
+
+def _read_csv(path, src, label_column, task):
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        rows, lines = [], []
+        for row in reader:
+            if row and any(c.strip() for c in row):  # skip blank lines
+                rows.append([c.strip() for c in row])
+                lines.append(reader.line_num)
+    if not rows:
+        _fail(f"{src} is empty")
+    header = rows[0] if not all(_is_float(c) for c in rows[0]) else None
+    if header is not None:
+        rows, lines = rows[1:], lines[1:]
+    if not rows:
+        _fail(f"{src} has a header but no data rows")
+    n_cols = len(header) if header is not None else len(rows[0])
+    for row, line in zip(rows, lines):
+        if len(row) != n_cols:
+            _fail(f"{src} line {line} has {len(row)} columns, expected {n_cols}")
+    if n_cols < 2:
+        _fail(f"{src} needs at least two columns (features and a label), found {n_cols}")
+    names = header if header is not None else [f"column {j}" for j in range(n_cols)]
+    lab = _index(-1 if label_column is None else label_column, n_cols, header, src)
+    feats = [j for j in range(n_cols) if j != lab]
+    X = np.empty((len(rows), len(feats)), dtype=np.float64)
+    for out_j, j in enumerate(feats):
+        col = [r[j] for r in rows]
+        try:
+            X[:, out_j] = np.array(col, dtype=np.float64)
+        except ValueError:
+            bad = next(i for i, s in enumerate(col) if not _is_float(s))
+            _fail(f"feature column '{names[j]}' in {src} is not numeric: "
+                  f"line {lines[bad]} has {col[bad]!r}")
+    labels = [r[lab] for r in rows]
+    if "" in labels:
+        _fail(f"label column '{names[lab]}' in {src} is empty on line {lines[labels.index('')]}")
+    y, classes, class_names = _labels(np.array(labels), task, f"column '{names[lab]}' of {src}")
+    return X, y, classes, class_names, [names[j] for j in feats] if header else None
+
+
+def _numeric_array(a, what, src):
+    if a.dtype.kind not in "biuf":
+        _fail(f"{what} in {src} must be numeric, got dtype {a.dtype}")
+    return a
+
+
+def _read_npy(path, src, label_column, task):
+    a = _numeric_array(np.load(path, allow_pickle=False), "the array", src)
+    if a.ndim != 2 or a.shape[1] < 2:
+        _fail(f"{src} must hold a 2-D array with at least two columns, got shape {a.shape}")
+    lab = _index(-1 if label_column is None else label_column, a.shape[1], None, src)
+    X = np.delete(a, lab, axis=1)
+    return (X,) + _labels(a[:, lab], task, src) + (None,)
+
+
+def _read_npz(path, src, label_column, task):
+    if label_column is not None:
+        _fail(f"label_column does not apply to .npz input ({src} holds separate X and y arrays)")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if "X" in arrays and "y" in arrays:
+        X, y = arrays["X"], arrays["y"]
+    elif len(arrays) == 2:
+        keys = list(arrays)
+        two_d = [k for k in keys if arrays[k].ndim == 2]
+        if not two_d:
+            _fail(f"{src} has no 2-D array to use as features (arrays: {', '.join(keys)})")
+        X = arrays[two_d[0]]
+        y = arrays[keys[1] if two_d[0] == keys[0] else keys[0]]
+    else:
+        _fail(f"{src} must hold arrays 'X' and 'y', or exactly two arrays "
+              f"(found: {', '.join(arrays) or 'none'})")
+    X = _numeric_array(X, "features", src)
+    if X.ndim != 2:
+        _fail(f"features in {src} must be 2-D, got shape {X.shape}")
+    return (X,) + _labels(y, task, src) + (None,)
+
+
+_READERS = {".csv": _read_csv, ".npy": _read_npy, ".npz": _read_npz}
+
+
+def convert(in_path, out_path, *, label_column=None, x_name="X", y_name="y", chunk_rows=None,
+            task=None):
+    """Convert a .csv, .npy or .npz file to an mpinn HDF5 data file; returns a short summary."""
+    in_path = os.fspath(in_path)
+    src = os.path.basename(in_path)
+    if task not in (None, "classify", "regress"):
+        _fail(f"task must be 'classify', 'regress' or None, got {task!r}")
+    ext = os.path.splitext(in_path)[1].lower()
+    if ext not in _READERS:
+        _fail(f"unknown input format for {in_path} (expected .csv, .npy or .npz)")
+    if not os.path.isfile(in_path):
+        _fail(f"input file not found: {in_path}")
+    try:
+        X, y, classes, class_names, feature_names = _READERS[ext](in_path, src, label_column, task)
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        if isinstance(exc, InputError):
+            raise
+        _fail(f"cannot read {in_path}: {exc}")
+    if X.shape[0] == 0:
+        _fail(f"{src} holds no data rows")
+    if len(y) != X.shape[0]:
+        _fail(f"{src} has {X.shape[0]} feature rows but {len(y)} labels")
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        _fail(f"{src} has a non-finite feature (NaN or inf) in data row {int(np.argmin(finite))}")
+    write_hdf5(out_path, X, y, x_name=x_name, y_name=y_name, class_names=class_names,
+               feature_names=feature_names, chunk_rows=chunk_rows)
+    return {"rows": int(X.shape[0]), "features": int(X.shape[1]), "classes": classes}

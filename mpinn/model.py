@@ -1,0 +1,277 @@
+"""The multilayer perceptron in plain numpy: layout, init, forward, backward, losses.
+
+No MPI here. Parameters live in ONE contiguous buffer laid out layer by layer as
+[W0 (fan_in x fan_out, C order), b0, W1, b1, ...]; per-layer W and b are views into it, and the
+gradient buffer has the same layout, so a whole gradient is reduced with one Allreduce and a
+layer's (W, b) is one contiguous slice.
+
+The backward pass returns SUMS over the rows it is given (loss and gradient, without the L2
+term): the caller adds the sums from all ranks, then ``finish_gradient`` adds alpha*W and divides
+by the global batch weight. The formulas and their order follow scikit-learn's MLP so the same
+seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+OUTPUT_ACTIVATIONS = ("identity", "logistic", "softmax")
+# Output activation -> the loss it is paired with; each pair has delta = output - target.
+LOSS_FOR_OUTPUT = {"softmax": "log_loss", "logistic": "binary_log_loss", "identity": "squared_error"}
+
+
+def _identity(z, scratch):
+    pass
+
+
+def _logistic(z, scratch):
+    # 1/(1+exp(-z)) written through tanh: no overflow warning for large |z|.
+    z *= 0.5
+    np.tanh(z, out=z)
+    z *= 0.5
+    z += 0.5
+
+
+def _tanh(z, scratch):
+    np.tanh(z, out=z)
+
+
+def _relu(z, scratch):
+    np.maximum(z, 0, out=z)
+
+
+def _softmax(z, scratch):
+    rowbuf = scratch[: z.shape[0], 0]
+    np.max(z, axis=1, out=rowbuf)
+    np.subtract(z, rowbuf[:, None], out=z)
+    np.exp(z, out=z)
+    np.sum(z, axis=1, out=rowbuf)
+    z /= rowbuf[:, None]
+
+
+ACTIVATE = {"identity": _identity, "logistic": _logistic, "tanh": _tanh, "relu": _relu, "softmax": _softmax}
+
+
+def _identity_derivative(a, delta, scratch):
+    pass
+
+
+def _logistic_derivative(a, delta, scratch):
+    delta *= a
+    np.subtract(1, a, out=scratch)
+    delta *= scratch
+
+
+def _tanh_derivative(a, delta, scratch):
+    np.multiply(a, a, out=scratch)
+    np.subtract(1, scratch, out=scratch)
+    delta *= scratch
+
+
+def _relu_derivative(a, delta, scratch):
+    # relu output is 0 exactly where its input was <= 0.
+    np.greater(a, 0, out=scratch)
+    delta *= scratch
+
+
+DERIVATIVE = {
+    "identity": _identity_derivative,
+    "logistic": _logistic_derivative,
+    "tanh": _tanh_derivative,
+    "relu": _relu_derivative,
+}
+
+
+class MLP:
+    """Architecture plus the flat-buffer layout; holds no parameters itself.
+
+    ``layer_sizes`` is [n_features, hidden..., n_outputs]. The L2 penalty and normalisation by
+    the batch weight are applied by ``finish_gradient`` after the cross-rank sum.
+    """
+
+    def __init__(self, layer_sizes, activation="relu", output="softmax", dtype=np.float64):
+        self.layer_sizes = [int(s) for s in layer_sizes]
+        if len(self.layer_sizes) < 2 or min(self.layer_sizes) < 1:
+            raise ValueError(f"layer sizes must be >= 1, got {self.layer_sizes}")
+        if activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {HIDDEN_ACTIVATIONS}")
+        if output not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"unknown output activation {output!r}; choose from {OUTPUT_ACTIVATIONS}")
+        self.activation = activation
+        self.output = output
+        self.loss = LOSS_FOR_OUTPUT[output]
+        self.dtype = np.dtype(dtype)
+        self.n_layers = len(self.layer_sizes) - 1  # weight layers
+        # (w_start, w_stop, b_stop) per layer in the flat buffer.
+        self.offsets = []
+        pos = 0
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            w_stop = pos + fan_in * fan_out
+            self.offsets.append((pos, w_stop, w_stop + fan_out))
+            pos = w_stop + fan_out
+        self.n_params = pos
+        self._ws = None
+
+    def views(self, flat):
+        """Per-layer (W, b) views into a flat buffer of this layout."""
+        out = []
+        for (s, w, e), fan_in, fan_out in zip(self.offsets, self.layer_sizes[:-1], self.layer_sizes[1:]):
+            out.append((flat[s:w].reshape(fan_in, fan_out), flat[w:e]))
+        return out
+
+    def layer_slice(self, layer):
+        s, _, e = self.offsets[layer]
+        return slice(s, e)
+
+    def new_buffer(self):
+        return np.zeros(self.n_params, dtype=self.dtype)
+
+    def init_params(self, random_state):
+        """Glorot-uniform init drawn as scikit-learn does: W then b per layer, in float64.
+
+        The bound is sqrt(f / (fan_in + fan_out)) with f = 2 for logistic hidden units, else 6.
+        """
+        flat = self.new_buffer()
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for (W, b), fan_in, fan_out in zip(self.views(flat), self.layer_sizes[:-1], self.layer_sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            W[...] = random_state.uniform(-bound, bound, (fan_in, fan_out))
+            b[...] = random_state.uniform(-bound, bound, fan_out)
+        return flat
+
+    # ---- forward -----------------------------------------------------------------------
+
+    def forward(self, params, X, chunk_rows=8192):
+        """Output activations for any number of rows (allocates; for prediction)."""
+        X = np.asarray(X, dtype=self.dtype)
+        out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+        layers = self.views(params)
+        for start in range(0, X.shape[0], chunk_rows):
+            a = X[start : start + chunk_rows]
+            for i, (W, b) in enumerate(layers):
+                a = a @ W
+                a += b
+                kind = self.output if i == self.n_layers - 1 else self.activation
+                ACTIVATE[kind](a, np.empty((a.shape[0], 1), dtype=self.dtype))
+            out[start : start + chunk_rows] = a
+        return out
+
+    # ---- training step -------------------------------------------------------------------
+
+    def _workspace(self, rows):
+        """Activation, delta and scratch arrays for up to ``rows`` rows, reused across steps."""
+        if self._ws is None or self._ws["rows"] < rows:
+            widest = max(self.layer_sizes)
+            self._ws = {
+                "rows": rows,
+                "acts": [np.empty((rows, n), dtype=self.dtype) for n in self.layer_sizes],
+                "deltas": [np.empty((rows, n), dtype=self.dtype) for n in self.layer_sizes[1:]],
+                "scratch": np.empty(rows * widest, dtype=self.dtype),
+                "rowloss": np.empty(rows, dtype=self.dtype),
+            }
+        return self._ws
+
+    def input_buffer(self, rows):
+        """The workspace array a batch of ``rows`` input rows should be gathered into."""
+        return self._workspace(rows)["acts"][0][:rows]
+
+    def loss_grad_sum(self, params, X, Y, grad, sample_weight=None):
+        """Sum over the given rows of the loss and of its gradient (no L2 term).
+
+        ``X`` is (m, n_features) — ideally ``input_buffer(m)`` so no copy is made — and ``Y``
+        is (m, n_outputs) in the training dtype (one-hot for softmax). Writes the summed
+        gradient into ``grad`` (a flat buffer of this layout) and returns the summed loss.
+        With m == 0 the gradient is zero, so a rank without rows still joins the reduction.
+        """
+        m = X.shape[0]
+        layers = self.views(params)
+        grads = self.views(grad)
+        if m == 0:
+            grad[...] = 0
+            return 0.0
+        ws = self._workspace(m)
+        acts = [X] + [a[:m] for a in ws["acts"][1:]]
+        deltas = [d[:m] for d in ws["deltas"]]
+        scratch = ws["scratch"]
+        last = self.n_layers - 1
+        for i, (W, b) in enumerate(layers):
+            np.matmul(acts[i], W, out=acts[i + 1])
+            acts[i + 1] += b
+            kind = self.output if i == last else self.activation
+            ACTIVATE[kind](acts[i + 1], scratch[:m].reshape(m, 1))
+
+        loss = self._loss_sum(acts[-1], Y, sample_weight, ws["rowloss"][:m], scratch)
+        np.subtract(acts[-1], Y, out=deltas[last])
+        if self.loss == "squared_error" and Y.shape[1] > 1:
+            # The loss averages over outputs, so its gradient does too (sklearn omits this).
+            deltas[last] /= Y.shape[1]
+        if sample_weight is not None:
+            deltas[last] *= sample_weight[:, None]
+        derivative = DERIVATIVE[self.activation]
+        for i in range(last, -1, -1):
+            gW, gb = grads[i]
+            np.matmul(acts[i].T, deltas[i], out=gW)
+            np.sum(deltas[i], axis=0, out=gb)
+            if i > 0:
+                np.matmul(deltas[i], layers[i][0].T, out=deltas[i - 1])
+                n = self.layer_sizes[i]
+                derivative(acts[i], deltas[i - 1], scratch[: m * n].reshape(m, n))
+        return loss
+
+    def _loss_sum(self, out, Y, sample_weight, rowloss, scratch):
+        """Per-row losses summed (weighted); formulas as scikit-learn's, clipped at eps."""
+        m, k = out.shape
+        work = scratch[: m * k].reshape(m, k)
+        if self.loss == "squared_error":
+            np.subtract(out, Y, out=work)
+            np.multiply(work, work, out=work)
+            np.sum(work, axis=1, out=rowloss)
+            rowloss *= 0.5 / k
+        else:
+            eps = np.finfo(self.dtype).eps
+            np.clip(out, eps, 1 - eps, out=work)
+            np.log(work, out=work)
+            if self.loss == "binary_log_loss":
+                # y*log(p) + (1-y)*log(1-p), with the clipped p.
+                pos = np.sum(Y * work, axis=1)
+                np.clip(out, eps, 1 - eps, out=work)
+                np.subtract(1, work, out=work)
+                np.log(work, out=work)
+                np.sum((1 - Y) * work, axis=1, out=rowloss)
+                rowloss += pos
+            else:
+                np.multiply(Y, work, out=work)
+                np.sum(work, axis=1, out=rowloss)
+            np.negative(rowloss, out=rowloss)
+        if sample_weight is not None:
+            return float(np.dot(rowloss, sample_weight))
+        return float(rowloss.sum())
+
+    def penalty(self, params):
+        """Sum of squared weights over layers (not biases), as scikit-learn accumulates it."""
+        total = 0.0
+        for W, _ in self.views(params):
+            w = W.ravel()
+            total += np.dot(w, w)
+        return float(total)
+
+    def finish_gradient(self, params, grad, alpha, weight_sum):
+        """After the cross-rank sum: add alpha*W to each weight gradient, divide all by the weight."""
+        if alpha:
+            for (W, _), (gW, _) in zip(self.views(params), self.views(grad)):
+                gW += alpha * W
+        grad /= weight_sum
+
+
+def encode_targets(y, classes, output, dtype):
+    """Targets as the network's output space: one-hot (softmax), 0/1 column (logistic), or values."""
+    if output == "identity":
+        y = np.asarray(y, dtype=dtype)
+        return y.reshape(len(y), -1)
+    idx = np.searchsorted(classes, y)
+    if output == "logistic":
+        return idx.astype(dtype).reshape(-1, 1)
+    onehot = np.zeros((len(y), len(classes)), dtype=dtype)
+    onehot[np.arange(len(y)), idx] = 1
+    return onehot

@@ -1,0 +1,146 @@
+"""Turn a config into what one rank trains on: its shard, the split, the classes.
+
+Rank 0 checks the files' layout and broadcasts what it found; each rank then reads only its
+own rows and checks them, and any rank's complaint becomes every rank's InputError (one
+message, before training starts). Data can also come from in-memory arrays (the estimators),
+in which case each rank keeps only its shard's rows of the arrays it was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import data as datamod
+from .errors import InputError
+from .partition import Shard, make_shard
+
+# Class labels are integers; the set present is found by a MAX-reduction of a presence
+# vector over [min, max], which stays small for any sane label coding.
+MAX_LABEL_SPAN = 1_000_000
+
+
+@dataclass
+class Problem:
+    task: str                   # "classify" or "regress"
+    X: np.ndarray               # this rank's rows (n_local, n_features), training dtype
+    y: np.ndarray               # this rank's raw labels / targets
+    shard: Shard
+    train_rows: np.ndarray      # global row ids used for training (same on every rank)
+    n_features: int
+    classes: np.ndarray | None = None
+    class_names: list | None = None
+    n_outputs: int = 1
+    test_X: np.ndarray | None = None   # this rank's test rows
+    test_y: np.ndarray | None = None
+
+
+def decide_on_root(comm, fn):
+    """Run ``fn`` on rank 0 only; every rank gets its JSON result or raises its InputError."""
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except InputError as exc:
+            error = str(exc)
+    ok, payload = comm.bcast_json([error is None, result if error is None else error])
+    if not ok:
+        raise InputError(payload)
+    return payload
+
+
+def collective_check(comm, message):
+    """Raise on every rank if any rank found a problem (its message, lowest rank first)."""
+    message = comm.any_error(message)
+    if message is not None:
+        raise InputError(message)
+
+
+def _check_values(comm, X, y, path, task):
+    problem = None
+    if not np.isfinite(X).all():
+        bad = int(np.argwhere(~np.isfinite(X))[0][0])
+        problem = f"{path}: features contain NaN or Inf (rank {comm.rank}'s shard, local row {bad})"
+    elif y is not None and task == "regress" and not np.isfinite(y).all():
+        problem = f"{path}: regression targets contain NaN or Inf"
+    elif y is not None and task == "classify" and y.dtype.kind == "f" and not (
+            np.isfinite(y).all() and (y == np.round(y)).all()):
+        problem = f"{path}: classification labels must be integers (found non-integer values); use --task regress for real targets"
+    collective_check(comm, problem)
+
+
+def find_classes(comm, y_parts):
+    """Sorted set of integer labels present on any rank (MAX-reduction of presence flags)."""
+    y_all = [np.asarray(p).astype(np.int64).ravel() for p in y_parts if p is not None and len(p)]
+    bounds = np.array([min((p.min() for p in y_all), default=np.iinfo(np.int64).max),
+                       -max((p.max() for p in y_all), default=np.iinfo(np.int64).min + 1)], dtype=np.int64)
+    comm.allreduce(bounds, "min")
+    low, high = int(bounds[0]), int(-bounds[1])
+    if high - low + 1 > MAX_LABEL_SPAN:
+        raise InputError(f"class labels span {low}..{high}; recode them to 0..K-1 (e.g. with `mpinn data convert`)")
+    present = np.zeros(high - low + 1, dtype=np.int8)
+    for p in y_all:
+        present[p - low] = 1
+    comm.allreduce(present, "max")
+    classes = np.flatnonzero(present) + low
+    if len(classes) < 2:
+        raise InputError(f"classification needs at least 2 classes, found {len(classes)}: {classes.tolist()}")
+    return classes
+
+
+def load_problem(cfg, comm) -> Problem:
+    """Read and check this rank's part of the training (and test) data named in ``cfg``."""
+    import h5py
+
+    if not cfg.data:
+        raise InputError("--data FILE.h5 is required")
+    info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(cfg.data, cfg.x_name, cfg.y_name).to_json()))
+    if info.n_rows < comm.size:
+        raise InputError(f"{cfg.data}: {info.n_rows} rows is fewer than the {comm.size} ranks")
+    task = cfg.task
+    if task == "auto":
+        task = "classify" if info.y_kind == "int" and len(info.y_shape) == 1 else "regress"
+    if task == "classify" and len(info.y_shape) != 1:
+        raise InputError(f"{cfg.data}: classification needs 1-D labels, {info.y_name!r} has shape {info.y_shape}")
+    test_info = None
+    if cfg.test_data:
+        test_info = datamod.DataInfo(**decide_on_root(
+            comm, lambda: datamod.inspect(cfg.test_data, cfg.x_name, cfg.y_name).to_json()))
+        if test_info.n_features != info.n_features:
+            raise InputError(f"{cfg.test_data}: {test_info.n_features} features but training data "
+                             f"{cfg.data} has {info.n_features}")
+        if test_info.y_shape[1:] != info.y_shape[1:]:
+            raise InputError(f"{cfg.test_data}: targets have shape {test_info.y_shape}, training data {info.y_shape}")
+
+    shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard)
+    with h5py.File(cfg.data, "r") as f:
+        X, y = datamod.read_shard(f, info, shard, cfg.dtype)
+    _check_values(comm, X, y, cfg.data, task)
+
+    test_X = test_y = None
+    if cfg.test_fraction:
+        train_rows, test_rows = datamod.train_test_split_indices(info.n_rows, cfg.test_fraction, cfg.seed)
+        local = shard.local_positions(test_rows)[1]
+        test_X, test_y = X[local], y[local]
+    else:
+        train_rows = np.arange(info.n_rows, dtype=np.int64)
+    if test_info is not None:
+        test_shard = make_shard(test_info.n_rows, comm.rank, comm.size, "block")
+        with h5py.File(cfg.test_data, "r") as f:
+            test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
+        _check_values(comm, test_X, test_y, cfg.test_data, task)
+
+    problem = Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
+                      n_features=info.n_features, class_names=info.class_names,
+                      test_X=test_X, test_y=test_y)
+    if task == "classify":
+        train_local = y[shard.local_positions(train_rows)[1]] if cfg.test_fraction else y
+        problem.classes = find_classes(comm, [train_local])
+        if test_y is not None:
+            unseen = np.setdiff1d(np.asarray(test_y).astype(np.int64), problem.classes)
+            collective_check(comm, f"test labels {unseen[:5].tolist()} do not occur in the training data"
+                             if len(unseen) else None)
+    else:
+        problem.n_outputs = 1 if len(info.y_shape) == 1 else info.y_shape[1]
+    return problem

@@ -1,0 +1,218 @@
+"""The training loop: the one place that joins data, model, optimizer and communication.
+
+Every step, each rank computes the loss and gradient SUMS over the rows of the global batch it
+owns (none is fine), packs [gradient | loss | weight] into one flat buffer, and one in-place
+Allreduce adds the buffers of all ranks. Every rank then holds the full-batch sums and applies
+the same update, so the parameters stay identical with no further communication. Stopping
+rules follow scikit-learn; rank 0 makes each decision and broadcasts it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+
+from . import metrics as metricsmod
+from .data import BatchSchedule, resolve_batch_size
+from .fitted import class_index
+from .model import MLP, encode_targets
+from .optim import make_optimizer
+
+
+class TrainingDiverged(RuntimeError):
+    exit_code = 3
+
+
+def build_model(problem, cfg):
+    if problem.task == "classify":
+        k = len(problem.classes)
+        output, n_out = ("logistic", 1) if k == 2 else ("softmax", k)
+    else:
+        output, n_out = "identity", problem.n_outputs
+    sizes = [problem.n_features, *cfg.hidden, n_out]
+    return MLP(sizes, activation=cfg.activation, output=output, dtype=cfg.dtype)
+
+
+def evaluate(model, params, problem, X, y, comm):
+    """Metrics over the rows every rank holds; the same numbers whatever the rank count.
+
+    Classification reduces a confusion matrix (integer counts), regression reduces sums in two
+    passes (mean first, so R2 does not cancel catastrophically). Result valid on rank 0.
+    """
+    scores = model.forward(params, X) if len(X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
+    if problem.task == "classify":
+        k = len(problem.classes)
+        truth = np.searchsorted(problem.classes, np.asarray(y).astype(np.int64))
+        cm = metricsmod.confusion_counts(truth, class_index(scores), k)
+        comm.reduce_sum_to_root(cm)
+        labels = problem.class_names if problem.class_names and len(problem.class_names) == k else problem.classes.tolist()
+        return metricsmod.classification_report(cm, labels) if comm.rank == 0 else None
+    yv = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    first = comm.allreduce(metricsmod.regression_first_pass(yv), "sum")
+    mean = first[1:] / max(first[0], 1)
+    second = comm.reduce_sum_to_root(metricsmod.regression_second_pass(yv, scores.astype(np.float64), mean))
+    return metricsmod.regression_report(first, second) if comm.rank == 0 else None
+
+
+class Trainer:
+    """Holds the model state on every rank and runs epochs in lockstep."""
+
+    def __init__(self, cfg, problem, comm, *, log=print, checkpointer=None):
+        self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
+        self.checkpointer = checkpointer
+        self.model = build_model(problem, cfg)
+        # One RandomState for init and per-epoch shuffles, drawn in sklearn's order.
+        self.random_state = np.random.RandomState(cfg.seed)
+        self.params = self.model.init_params(self.random_state)
+        comm.bcast_array(self.params)  # rank 0's draw is the one every rank uses
+        self.optimizer = make_optimizer(
+            cfg.solver, self.model.n_params, cfg.dtype, lr=cfg.lr, momentum=cfg.momentum,
+            nesterov=cfg.nesterov, schedule=cfg.lr_schedule, power_t=cfg.power_t,
+            beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+        self.n_train = len(problem.train_rows)
+        self.batch_size = resolve_batch_size(cfg.batch_size, self.n_train)
+        self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle,
+                                      self.random_state, problem.shard, local_seed=cfg.seed)
+        # Targets in output space once, so a step only gathers rows.
+        self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
+        self.epoch = 0
+        self.t = 0  # samples seen, as sklearn's t_
+        self.loss_curve = []
+        self.history = []
+        self.best_loss = np.inf
+        self.no_improvement = 0
+        n = self.model.n_params
+        self.buffer = np.zeros(n + 2, dtype=self.model.dtype)  # [gradient | loss sum | weight sum]
+        self.grad = self.buffer[:n]
+        self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
+
+    # ---- one step and one epoch -------------------------------------------------------
+
+    def step(self, local_rows):
+        """One optimizer step on the global batch; returns (batch loss, global batch weight)."""
+        m, n = len(local_rows), self.model.n_params
+        xb = self.model.input_buffer(m)
+        np.take(self.problem.X, local_rows, axis=0, out=xb)
+        if self._ybuf.shape[0] < m:
+            self._ybuf = np.empty((m, self.Y.shape[1]), dtype=self.model.dtype)
+        yb = self._ybuf[:m]
+        np.take(self.Y, local_rows, axis=0, out=yb)
+        self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad)
+        self.buffer[n + 1] = m
+        self.comm.allreduce_sum(self.buffer)  # the one collective per step
+        weight = float(self.buffer[n + 1])
+        alpha = self.cfg.alpha
+        loss = float(self.buffer[n]) / weight
+        if alpha:
+            loss += (0.5 * alpha) * self.model.penalty(self.params) / weight
+        self.model.finish_gradient(self.params, self.grad, alpha, weight)
+        self.optimizer.step(self.params, self.grad)
+        return loss, weight
+
+    def run_epoch(self):
+        accumulated = 0.0
+        for local_rows in self.schedule.epoch():
+            loss, weight = self.step(local_rows)
+            accumulated += loss * weight
+        self.epoch += 1
+        self.t += self.n_train
+        return accumulated / self.n_train
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def _stop_reason(self, loss):
+        """sklearn's rule on the training loss, plus --loss-target and max epochs (rank 0)."""
+        cfg = self.cfg
+        if not math.isfinite(loss):
+            return "diverged"
+        if cfg.loss_target is not None and loss <= cfg.loss_target:
+            return "loss_target"
+        if loss > self.best_loss - cfg.tol:
+            self.no_improvement += 1
+        else:
+            self.no_improvement = 0
+        self.best_loss = min(self.best_loss, loss)
+        self.optimizer.epoch_end(self.t)
+        if self.no_improvement > cfg.n_iter_no_change:
+            if self.optimizer.trigger_stopping():
+                return "converged"
+            self.no_improvement = 0
+        if self.epoch >= cfg.epochs:
+            return "max_epochs"
+        return None
+
+    def fit(self):
+        cfg, comm = self.cfg, self.comm
+        metrics_file = open(cfg.metrics, "w") if cfg.metrics and comm.rank == 0 else None
+        start = time.perf_counter()
+        train_seconds = 0.0
+        reason = None
+        try:
+            while reason is None:
+                t0 = time.perf_counter()
+                loss = self.run_epoch()
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                self.loss_curve.append(loss)
+                # Every rank applies the rule so optimizer state (adaptive lr) stays equal;
+                # rank 0's verdict is the one acted on.
+                reason = self._stop_reason(loss)
+                reason = comm.bcast_json(reason)
+                record = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
+                          "samples_per_second": self.n_train / seconds if seconds > 0 else None,
+                          "learning_rate": self.optimizer.learning_rate}
+                if self.problem.test_X is not None and reason != "diverged":
+                    report = evaluate(self.model, self.params, self.problem, self.problem.test_X,
+                                      self.problem.test_y, comm)
+                    if comm.rank == 0:
+                        record.update(_test_fields(report))
+                self.history.append(record)
+                if comm.rank == 0:
+                    self.log(_epoch_line(record))
+                    if metrics_file:
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                if reason == "diverged":
+                    raise TrainingDiverged(
+                        f"training diverged: loss is {loss} at epoch {self.epoch}; try a smaller --lr")
+                if self.checkpointer and (reason or (cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0)):
+                    self.checkpointer.save(self)
+        finally:
+            if metrics_file:
+                metrics_file.close()
+        self.stop_reason = reason
+        self.train_seconds = train_seconds
+        self.wall_seconds = time.perf_counter() - start
+        return self
+
+    def summary(self):
+        """The end-of-run record rank 0 prints with --json."""
+        last = self.history[-1]
+        out = {"epochs": self.epoch, "final_loss": self.loss_curve[-1], "stop_reason": self.stop_reason,
+               "train_seconds": self.train_seconds,
+               "samples_per_second": self.n_train * self.epoch / self.train_seconds if self.train_seconds else None,
+               "ranks": self.comm.size, "task": self.problem.task,
+               "checkpoint": self.checkpointer.last_path if self.checkpointer else None}
+        out.update({k: v for k, v in last.items() if k.startswith("test_")})
+        return out
+
+
+def _test_fields(report):
+    if "accuracy" in report:
+        return {"test_accuracy": report["accuracy"], "test_f1_macro": report["f1_macro"],
+                "test_precision_macro": report["precision_macro"], "test_recall_macro": report["recall_macro"]}
+    return {"test_r2": report["r2"], "test_mse": report["mse"], "test_mae": report["mae"]}
+
+
+def _epoch_line(r):
+    test = ""
+    if "test_accuracy" in r:
+        test = f"  test_acc {r['test_accuracy']:.4f}"
+    elif "test_r2" in r:
+        test = f"  test_r2 {r['test_r2']:.4f}"
+    rate = r["samples_per_second"]
+    return (f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
+            f"  {rate:,.0f} samples/s" if rate else f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}")
