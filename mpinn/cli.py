@@ -95,7 +95,8 @@ def _train_args(p):
     g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N epochs")
     g.add_argument("--metrics", help="write one JSON object per epoch to this file")
     g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    g.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g.add_argument("--log-every", type=int, default=1, help="print every N-th epoch line (default 1)")
+    g.add_argument("--quiet", action="store_true", help="no start and per-epoch lines, only the result")
 
 
 def build_parser():
@@ -193,7 +194,9 @@ def cmd_train(args):
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
-    trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer,
+    if args.log_every < 1:
+        raise InputError(f"--log-every: must be an integer >= 1, got {args.log_every}")
+    trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=args.log_every,
                       log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)))
     if comm.rank == 0 and not args.quiet:
         print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
@@ -202,9 +205,8 @@ def cmd_train(args):
     trainer.fit()
     if comm.rank == 0:
         summary = trainer.summary()
-        if not args.quiet:
-            test = {k: v for k, v in summary.items() if k.startswith("test_")}
-            print(f"done: {summary['epochs']} epochs ({summary['stop_reason']}), final loss "
+        test = {k: v for k, v in summary.items() if k.startswith("test_")}
+        print(f"done: {summary['epochs']} epochs ({summary['stop_reason']}), final loss "
                   f"{summary['final_loss']:.6f}" + "".join(f", {k} {v:.4f}" for k, v in test.items())
                   + (f", checkpoint {summary['checkpoint']}" if summary["checkpoint"] else ""), flush=True)
         if args.json:

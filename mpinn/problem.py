@@ -144,3 +144,24 @@ def load_problem(cfg, comm) -> Problem:
     else:
         problem.n_outputs = 1 if len(info.y_shape) == 1 else info.y_shape[1]
     return problem
+
+
+def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
+    """Every rank passes the same global arrays; each keeps only its shard's rows of them."""
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or len(y) != len(X):
+        raise InputError(f"X must be 2-D with one row per target, got X {X.shape} and y {y.shape}")
+    if len(X) < comm.size:
+        raise InputError(f"{len(X)} rows is fewer than the {comm.size} ranks")
+    shard = make_shard(len(X), comm.rank, comm.size, cfg.shard)
+    Xl = np.ascontiguousarray(X[shard.as_slice()], dtype=cfg.dtype)
+    yl = y[shard.as_slice()]
+    _check_values(comm, Xl, yl, "X", task)
+    problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=np.int64),
+                      n_features=X.shape[1])
+    if task == "classify":
+        problem.classes = find_classes(comm, [yl])
+    else:
+        problem.n_outputs = 1 if y.ndim == 1 else y.shape[1]
+    return problem

@@ -60,8 +60,9 @@ def evaluate(model, params, problem, X, y, comm):
 class Trainer:
     """Holds the model state on every rank and runs epochs in lockstep."""
 
-    def __init__(self, cfg, problem, comm, *, log=print, checkpointer=None):
+    def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None):
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
+        self.log_every = log_every
         self.checkpointer = checkpointer
         self.model = build_model(problem, cfg)
         # One RandomState for init and per-epoch shuffles, drawn in sklearn's order.
@@ -170,7 +171,7 @@ class Trainer:
                     if comm.rank == 0:
                         record.update(_test_fields(report))
                 self.history.append(record)
-                if comm.rank == 0:
+                if comm.rank == 0 and (reason or self.epoch % self.log_every == 0 or self.epoch == 1):
                     self.log(_epoch_line(record))
                     if metrics_file:
                         metrics_file.write(json.dumps(record) + "\n")

