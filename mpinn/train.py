@@ -171,8 +171,9 @@ class Trainer:
                     if comm.rank == 0:
                         record.update(_test_fields(report))
                 self.history.append(record)
-                if comm.rank == 0 and (reason or self.epoch % self.log_every == 0 or self.epoch == 1):
-                    self.log(_epoch_line(record))
+                if comm.rank == 0:
+                    if reason or self.epoch % self.log_every == 0 or self.epoch == 1:
+                        self.log(_epoch_line(record))
                     if metrics_file:
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()
