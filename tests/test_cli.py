@@ -22,10 +22,11 @@ MPINN = os.path.join(BIN, "mpinn")
 
 
 def _mpiexec():
-    launcher = os.environ.get("MPINN_MPIEXEC") or os.path.join(BIN, "mpiexec")
-    if not shutil.which(shlex.split(launcher)[0]):
-        pytest.skip("no mpiexec")
-    return shlex.split(launcher)
+    launcher = shlex.split(os.environ.get("MPINN_MPIEXEC") or os.path.join(BIN, "mpiexec"))
+    found = shutil.which(launcher[0])
+    if not found:
+        pytest.fail(f"no MPI launcher {launcher[0]!r}: set MPINN_MPIEXEC or install the mpich extra")
+    return [os.path.abspath(found), *launcher[1:]]
 
 
 def _env():
