@@ -6,7 +6,7 @@ and MPI is initialised only when a communicator is first asked for (see comm.py)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "load", "abort_on_exception"]
 
 
 def load(path):
@@ -14,3 +14,10 @@ def load(path):
     from .checkpoint import load_model
 
     return load_model(path)
+
+
+def abort_on_exception():
+    """Install an excepthook that ends every rank when any rank raises (see comm.py)."""
+    from .comm import abort_on_exception as install
+
+    install()

@@ -1,22 +1,29 @@
 """Checkpoints: HDF5 arrays plus JSON attributes, written atomically by rank 0. No pickle.
 
 Layout (docs/data-format.md):
-    /coefs/0 .. /coefs/L-1          (fan_in, fan_out) weights, sklearn layout
+    /coefs/0 .. /coefs/L-1          (fan_in, fan_out) weights, sklearn layout (for readers)
     /intercepts/0 .. /intercepts/L-1
-    /optimizer/<name>               optimizer arrays (velocity, or m and v)
-    /schedule/order                 position of the global training order (resume)
-    /rng/key                        MT19937 key of the shuffling RandomState
-    /loss_curve                     training loss per epoch
-    attrs: mpinn_format="mpinn-checkpoint", mpinn_format_version, mpinn_version, config (JSON),
-           model (JSON: layer_sizes, activation, output, dtype, task), classes (JSON),
-           class_names (JSON), epoch, t, optimizer (JSON scalars), rng (JSON: pos, gauss),
-           history (JSON list of per-epoch records)
+    /state/params                   the flat parameter buffer [W0, b0, W1, b1, ...]
+    /state/optimizer/<name>         optimizer arrays (velocity, or m and v)
+    /state/schedule/order           the global training order of the current epoch
+    /state/rng/key                  MT19937 key of the shuffling RandomState
+    /state/loss_curve               training loss per finished epoch
+    attrs: mpinn_format="mpinn-checkpoint", mpinn_format_version, mpinn_version,
+           config (JSON), model (JSON: layer_sizes, activation, output, dtype, task, n_rows),
+           classes (JSON), class_names (JSON), epoch, state (JSON scalars: step in epoch, RNG
+           position, optimizer scalars, stopping counters, history), checksum (sha256)
+
+A directory holds ckpt-EEEEEE-SSSSSS.h5 files (epoch, step) and a file `latest` naming the
+newest; the newest K are kept. Both the checkpoint and the pointer are replaced atomically,
+so a kill at any moment leaves `latest` naming a complete, verifiable checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -29,43 +36,64 @@ from .fitted import FittedMLP
 FORMAT = "mpinn-checkpoint"
 FORMAT_VERSION = 1
 LATEST = "latest"
+NAME = re.compile(r"^ckpt-\d{6}-\d{6}\.h5$")
+# Attributes covered by the checksum, besides every array under /state.
+_CHECKED_ATTRS = ("config", "model", "classes", "class_names", "state")
+
+
+def _checksum(arrays, attrs):
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    for name in _CHECKED_ATTRS:
+        h.update(f"{name}={attrs[name]}".encode())
+    return h.hexdigest()
 
 
 def save_trainer(path, trainer):
     """Write everything needed to predict with, and to resume, a training run."""
     model, problem = trainer.model, trainer.problem
-    scalars, arrays = trainer.optimizer.state()
-    kind, key, pos, has_gauss, gauss = trainer.random_state.get_state()
+    scalars, arrays = trainer.state()
+    attrs = {
+        "config": json.dumps(trainer.cfg.to_dict()),
+        "model": json.dumps({"layer_sizes": model.layer_sizes, "activation": model.activation,
+                             "output": model.output, "dtype": model.dtype.name, "task": problem.task,
+                             "n_rows": int(problem.shard.n_rows)}),
+        "classes": json.dumps(None if problem.classes is None else problem.classes.tolist()),
+        "class_names": json.dumps(problem.class_names),
+        "state": json.dumps(scalars),
+    }
+    checksum = _checksum(arrays, attrs)
 
     def fill(f):
         f.attrs["mpinn_format"] = FORMAT
         f.attrs["mpinn_format_version"] = FORMAT_VERSION
         f.attrs["mpinn_version"] = __version__
-        f.attrs["config"] = json.dumps(trainer.cfg.to_dict())
-        f.attrs["model"] = json.dumps({"layer_sizes": model.layer_sizes, "activation": model.activation,
-                                       "output": model.output, "dtype": model.dtype.name,
-                                       "task": problem.task})
-        f.attrs["classes"] = json.dumps(None if problem.classes is None else problem.classes.tolist())
-        f.attrs["class_names"] = json.dumps(problem.class_names)
         f.attrs["epoch"] = trainer.epoch
-        f.attrs["t"] = trainer.t
-        f.attrs["optimizer"] = json.dumps({"solver": trainer.optimizer.name, **scalars})
-        f.attrs["rng"] = json.dumps({"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)})
-        f.attrs["history"] = json.dumps(trainer.history)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["checksum"] = checksum
         for i, (W, b) in enumerate(model.views(trainer.params)):
             f[f"coefs/{i}"] = W
             f[f"intercepts/{i}"] = b
         for name, arr in arrays.items():
-            f[f"optimizer/{name}"] = arr
-        f["schedule/order"] = trainer.schedule.order
-        f["rng/key"] = key
-        f["loss_curve"] = np.asarray(trainer.loss_curve, dtype=np.float64)
+            f[f"state/{name}"] = arr
 
     write_h5_atomic(path, fill)
 
 
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Checkpointer:
-    """Rank 0 writes DIR/ckpt-EPOCH.h5 and points DIR/latest at it; keeps the newest ``keep``."""
+    """Rank 0 writes DIR/ckpt-EPOCH-STEP.h5, points DIR/latest at it, keeps the newest ``keep``."""
 
     def __init__(self, directory, comm, keep=3):
         self.directory, self.comm, self.keep = directory, comm, keep
@@ -81,59 +109,82 @@ class Checkpointer:
             raise InputError(f"--checkpoint: directory {self.directory} is not writable ({exc.strerror})") from None
 
     def save(self, trainer):
-        path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}.h5")
+        path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}-{trainer.step_in_epoch:06d}.h5")
         if self.comm.rank == 0:
             save_trainer(path, trainer)
             pointer = os.path.join(self.directory, LATEST)
-            with tempfile.NamedTemporaryFile("w", dir=self.directory, prefix=".tmp-", delete=False) as fh:
+            with tempfile.NamedTemporaryFile("w", dir=self.directory, prefix=".latest-", delete=False) as fh:
                 fh.write(os.path.basename(path) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(fh.name, pointer)
-            existing = sorted(n for n in os.listdir(self.directory) if n.startswith("ckpt-") and n.endswith(".h5"))
+            _fsync_dir(self.directory)
+            existing = sorted(n for n in os.listdir(self.directory) if NAME.match(n))
             for old in existing[: -self.keep]:
-                os.unlink(os.path.join(self.directory, old))
+                if old != os.path.basename(path):
+                    os.unlink(os.path.join(self.directory, old))
         self.last_path = path
 
 
 def resolve(path):
-    """A checkpoint file, or a checkpoint directory (its latest)."""
+    """A checkpoint file, or a checkpoint directory (the file its `latest` names)."""
     if os.path.isdir(path):
         pointer = os.path.join(path, LATEST)
         if not os.path.exists(pointer):
             raise InputError(f"{path}: no checkpoint in this directory (no '{LATEST}' file)")
         with open(pointer) as fh:
-            path = os.path.join(path, fh.read().strip())
+            name = fh.read().strip()
+        # The pointer may only name a checkpoint file inside the directory.
+        if not NAME.match(name):
+            raise InputError(f"{pointer}: does not name a checkpoint file ({name[:60]!r})")
+        path = os.path.join(path, name)
     return path
 
 
-def load_model(path) -> FittedMLP:
-    """A fitted model (sklearn-layout coefs_/intercepts_, predict) from a checkpoint."""
+def read_checkpoint(path):
+    """(attrs dict with JSON decoded, arrays dict) of a verified checkpoint; InputError otherwise."""
     import h5py
 
     path = resolve(path)
     if not os.path.exists(path):
         raise InputError(f"checkpoint not found: {path}")
     if not h5py.is_hdf5(path):
-        raise InputError(f"not an HDF5 file: {path}")
+        raise InputError(f"{path}: not an HDF5 file (truncated or not a checkpoint)")
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("mpinn_format") != FORMAT:
                 raise InputError(f"{path}: not an mpinn checkpoint")
-            meta = json.loads(f.attrs["model"])
-            n = len(meta["layer_sizes"]) - 1
-            coefs = [f[f"coefs/{i}"][()] for i in range(n)]
-            intercepts = [f[f"intercepts/{i}"][()] for i in range(n)]
-            classes = json.loads(f.attrs["classes"])
-            class_names = json.loads(f.attrs["class_names"])
-            config = json.loads(f.attrs["config"])
-            history = json.loads(f.attrs["history"])
-            loss_curve = f["loss_curve"][()].tolist()
-    except (KeyError, ValueError, OSError) as exc:
+            raw = {k: f.attrs[k] for k in _CHECKED_ATTRS}
+            stored = f.attrs["checksum"]
+            arrays = {}
+            f["state"].visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                                  if isinstance(obj, h5py.Dataset) else None)
+    except InputError:
+        raise
+    except (KeyError, ValueError, OSError, TypeError) as exc:
         raise InputError(f"{path}: damaged or incomplete mpinn checkpoint ({exc})") from None
-    for i, (W, b) in enumerate(zip(coefs, intercepts)):
-        if W.shape != (meta["layer_sizes"][i], meta["layer_sizes"][i + 1]) or b.shape != (meta["layer_sizes"][i + 1],):
-            raise InputError(f"{path}: layer {i} arrays do not match the stored architecture")
-    return FittedMLP(coefs, intercepts, activation=meta["activation"], output=meta["output"],
-                     task=meta["task"], classes=classes, class_names=class_names,
-                     config=config, history=history, loss_curve=loss_curve)
+    if _checksum(arrays, raw) != stored:
+        raise InputError(f"{path}: checksum mismatch, the checkpoint is damaged")
+    try:
+        attrs = {k: json.loads(v) for k, v in raw.items()}
+    except ValueError as exc:
+        raise InputError(f"{path}: damaged checkpoint metadata ({exc})") from None
+    attrs["path"] = path
+    return attrs, arrays
+
+
+def load_model(path) -> FittedMLP:
+    """A fitted model (sklearn-layout coefs_/intercepts_, predict) from a checkpoint."""
+    from .model import MLP
+
+    attrs, arrays = read_checkpoint(path)
+    meta = attrs["model"]
+    model = MLP(meta["layer_sizes"], meta["activation"], meta["output"], dtype=meta["dtype"])
+    params = arrays.get("params")
+    if params is None or params.shape != (model.n_params,):
+        raise InputError(f"{attrs['path']}: parameters do not match the stored architecture")
+    views = model.views(params)
+    return FittedMLP([W for W, _ in views], [b for _, b in views], activation=meta["activation"],
+                     output=meta["output"], task=meta["task"], classes=attrs["classes"],
+                     class_names=attrs["class_names"], config=attrs["config"],
+                     history=attrs["state"]["history"], loss_curve=arrays["loss_curve"].tolist())

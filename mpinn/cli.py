@@ -17,6 +17,7 @@ from .errors import InputError
 
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # as mpinn.faults; resumable: run again with --resume
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "SLURM_PROCID")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -93,6 +94,10 @@ def _train_args(p):
     g = p.add_argument_group("output")
     g.add_argument("--checkpoint", help="directory for checkpoints (written at the end and every N epochs)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N epochs")
+    g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the newest K checkpoints (default 3)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --checkpoint DIR (any rank count); "
+                        "starts fresh when DIR has none")
     g.add_argument("--metrics", help="write one JSON object per epoch to this file")
     g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     g.add_argument("--log-every", type=int, default=1, help="print every N-th epoch line (default 1)")
@@ -166,7 +171,7 @@ def config_from_args(args):
         epochs=args.epochs, alpha=args.alpha, tol=args.tol, n_iter_no_change=args.n_iter_no_change,
         loss_target=args.loss_target, dtype=args.dtype, seed=args.seed, shard=args.shard,
         shuffle=args.shuffle, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-        metrics=args.metrics,
+        keep_checkpoints=args.keep_checkpoints, resume=args.resume, metrics=args.metrics,
     ).validate()
 
 
@@ -179,12 +184,13 @@ def _check_output_file(path, what):
 def cmd_train(args):
     from .checkpoint import Checkpointer
     from .comm import world
+    from .faults import Preemption
     from .problem import decide_on_root, load_problem
     from .train import Trainer
 
     cfg = config_from_args(args)
     comm = world()
-    checkpointer = Checkpointer(cfg.checkpoint, comm) if cfg.checkpoint else None
+    checkpointer = Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints) if cfg.checkpoint else None
 
     def check_outputs():
         if checkpointer:
@@ -202,7 +208,12 @@ def cmd_train(args):
         print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
               f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
               f"shard {cfg.shard}, shuffle {cfg.shuffle}, {cfg.dtype}", flush=True)
+    if cfg.resume:
+        _resume(trainer, cfg, comm)
+    Preemption.install()
     trainer.fit()
+    if trainer.stop_reason == "preempted":
+        return EXIT_PREEMPTED
     if comm.rank == 0:
         summary = trainer.summary()
         test = {k: v for k, v in summary.items() if k.startswith("test_")}
@@ -212,6 +223,42 @@ def cmd_train(args):
         if args.json:
             print(json.dumps(summary), flush=True)
     return 0
+
+
+def _resume(trainer, cfg, comm):
+    """Load the latest checkpoint of cfg.checkpoint into ``trainer`` (rank 0 picks the file)."""
+    from .checkpoint import read_checkpoint, resolve
+    from .config import resume_conflicts
+    from .problem import decide_on_root
+
+    def pick():
+        if not os.path.exists(os.path.join(cfg.checkpoint, "latest")):
+            return None
+        path = resolve(cfg.checkpoint)
+        read_checkpoint(path)  # verified once here, so every rank reads a good file
+        return path
+
+    path = decide_on_root(comm, pick)
+    if path is None:
+        if comm.rank == 0:
+            print(f"--resume: no checkpoint in {cfg.checkpoint} yet, starting fresh", flush=True)
+        return
+    attrs, arrays = read_checkpoint(path)
+    conflicts = resume_conflicts(attrs["config"], cfg)
+    if conflicts:
+        detail = ", ".join(f"--{k.replace('_', '-')} {attrs['config'][k]!r} (now {getattr(cfg, k)!r})" for k in conflicts)
+        raise InputError(f"--resume: {path} was trained with {detail}")
+    meta, model = attrs["model"], trainer.model
+    if meta["layer_sizes"] != model.layer_sizes or meta["output"] != model.output:
+        raise InputError(f"--resume: {path} has layers {meta['layer_sizes']}, this data and config give {model.layer_sizes}")
+    classes = trainer.problem.classes
+    if attrs["classes"] != (None if classes is None else classes.tolist()):
+        raise InputError(f"--resume: {path} was trained on classes {attrs['classes']}, this data has "
+                         f"{None if classes is None else classes.tolist()}")
+    trainer.restore(attrs["state"], arrays)
+    if comm.rank == 0:
+        print(f"resumed from {path} at epoch {trainer.epoch} step {trainer.step_in_epoch} "
+              f"on {comm.size} rank(s)", flush=True)
 
 
 def _problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):

@@ -129,6 +129,26 @@ def world() -> Comm:
     return _world
 
 
+def abort_on_exception():
+    """Make an uncaught exception on any rank end the whole job with one clear line.
+
+    Without it, the other ranks wait forever in their next collective. Same effect as running
+    a script with `python -m mpi4py script.py`.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            return previous(kind, value, tb)
+        rank = _mpi().COMM_WORLD.Get_rank()
+        print(f"mpinn: rank {rank}: {kind.__name__}: {value}", file=sys.stderr, flush=True)
+        if _mpi().COMM_WORLD.Get_size() > 1:
+            _mpi().COMM_WORLD.Abort(1)
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def library_info() -> dict:
     MPI = _mpi()
     return {

@@ -50,6 +50,8 @@ class TrainConfig:
     shuffle: str = "global"
     checkpoint: str | None = None
     checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    resume: bool = False
     metrics: str | None = None
 
     def to_dict(self):
@@ -96,7 +98,7 @@ class TrainConfig:
         if self.batch_size not in ("auto", "full"):
             if not isinstance(self.batch_size, int) or self.batch_size < 1:
                 bad("batch_size", self.batch_size, "must be an integer >= 1, 'auto' or 'full'")
-        for name, low in (("epochs", 1), ("n_iter_no_change", 1), ("checkpoint_every", 0)):
+        for name, low in (("epochs", 1), ("n_iter_no_change", 1), ("checkpoint_every", 0), ("keep_checkpoints", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or v < low:
                 bad(name, v, f"must be an integer >= {low}")
@@ -106,8 +108,21 @@ class TrainConfig:
             raise InputError("--test-data and --test-fraction are mutually exclusive")
         if self.checkpoint_every and not self.checkpoint:
             raise InputError("--checkpoint-every needs --checkpoint DIR")
+        if self.resume and not self.checkpoint:
+            raise InputError("--resume needs --checkpoint DIR (the directory to resume from)")
         parse_shard(self.shard)
         return self
+
+
+# Options a resumed run may change; every other one must equal the checkpoint's.
+RESUME_MAY_CHANGE = {"data", "test_data", "epochs", "tol", "n_iter_no_change", "loss_target", "shard",
+                     "checkpoint", "checkpoint_every", "keep_checkpoints", "resume", "metrics"}
+
+
+def resume_conflicts(saved: dict, current: "TrainConfig"):
+    """Names of options whose value differs from the checkpoint's and may not."""
+    now = current.to_dict()
+    return sorted(k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k])
 
 
 def parse_hidden(text):

@@ -132,22 +132,27 @@ class BatchSchedule:
         self.shard = shard
         self.order = np.arange(self.n_train)
         self.n_steps = math.ceil(self.n_train / batch_size)
+        self.local_seed = local_seed
         if shuffle == "local":
             self.local_rows = shard.local_positions(self.train_rows)[1]
-            self.local_rng = np.random.RandomState([local_seed, shard.rank, shard.size])
 
-    def epoch(self):
-        """Yield this rank's local row positions for every step of one epoch (maybe empty)."""
+    def epoch(self, epoch_index=0, start_step=0):
+        """Yield this rank's local row positions for each step of an epoch (maybe empty).
+
+        ``start_step`` > 0 resumes an epoch part-way: the order is the one already drawn for
+        it (restored from a checkpoint), so nothing is drawn again.
+        """
         if self.shuffle == "local":
+            # Drawn from (seed, epoch, rank, size) alone, so a resumed epoch redraws the same.
             rows = self.local_rows.copy()
-            self.local_rng.shuffle(rows)
-            yield from np.array_split(rows, self.n_steps)
+            np.random.RandomState([self.local_seed, epoch_index, self.shard.rank, self.shard.size]).shuffle(rows)
+            yield from np.array_split(rows, self.n_steps)[start_step:]
             return
-        if self.shuffle == "global":
+        if self.shuffle == "global" and start_step == 0:
             perm = np.arange(self.n_train)
             self.random_state.shuffle(perm)
             self.order = self.order[perm]
-        for start in range(0, self.n_train, self.batch_size):
+        for start in range(start_step * self.batch_size, self.n_train, self.batch_size):
             batch = self.train_rows[self.order[start : start + self.batch_size]]
             yield self.shard.local_positions(batch)[1]
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 
 import numpy as np
 
 from . import metrics as metricsmod
 from .data import BatchSchedule, resolve_batch_size
+from .faults import FAULT_ENV, Preemption, inject, parse_faults
+from .errors import InputError
 from .fitted import class_index
 from .model import MLP, encode_targets
 from .optim import make_optimizer
@@ -85,15 +89,21 @@ class Trainer:
         self.history = []
         self.best_loss = np.inf
         self.no_improvement = 0
+        self.step_in_epoch = 0      # steps done in the current, unfinished epoch
+        self.accumulated = 0.0      # its loss so far (sklearn's accumulated_loss)
+        self.global_step = 0
+        self.faults = parse_faults(os.environ.get(FAULT_ENV), comm.rank)
         n = self.model.n_params
-        self.buffer = np.zeros(n + 2, dtype=self.model.dtype)  # [gradient | loss sum | weight sum]
+        # [gradient | loss sum | weight sum | preemption flag]: one Allreduce carries them all,
+        # so every rank learns at the same step that some rank was asked to stop.
+        self.buffer = np.zeros(n + 3, dtype=self.model.dtype)
         self.grad = self.buffer[:n]
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
 
     # ---- one step and one epoch -------------------------------------------------------
 
     def step(self, local_rows):
-        """One optimizer step on the global batch; returns (batch loss, global batch weight)."""
+        """One optimizer step on the global batch; returns (loss, weight, stop requested)."""
         m, n = len(local_rows), self.model.n_params
         xb = self.model.input_buffer(m)
         np.take(self.problem.X, local_rows, axis=0, out=xb)
@@ -103,6 +113,10 @@ class Trainer:
         np.take(self.Y, local_rows, axis=0, out=yb)
         self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad)
         self.buffer[n + 1] = m
+        self.global_step += 1
+        if self.global_step in self.faults:
+            inject(self.faults[self.global_step], self.comm.rank, self.global_step, self.grad)
+        self.buffer[n + 2] = 1.0 if Preemption.requested else 0.0
         self.comm.allreduce_sum(self.buffer)  # the one collective per step
         weight = float(self.buffer[n + 1])
         alpha = self.cfg.alpha
@@ -111,23 +125,33 @@ class Trainer:
             loss += (0.5 * alpha) * self.model.penalty(self.params) / weight
         self.model.finish_gradient(self.params, self.grad, alpha, weight)
         self.optimizer.step(self.params, self.grad)
-        return loss, weight
+        return loss, weight, self.buffer[n + 2] > 0
 
     def run_epoch(self):
-        accumulated = 0.0
-        for local_rows in self.schedule.epoch():
-            loss, weight = self.step(local_rows)
-            accumulated += loss * weight
+        """Run the rest of the current epoch: (its loss or None if stopped part-way, stop flag).
+
+        A preemption seen at a step ends the epoch there; seen at its last step, the epoch
+        completes and the flag tells the caller to stop after it.
+        """
+        stop = False
+        for local_rows in self.schedule.epoch(self.epoch, self.step_in_epoch):
+            loss, weight, stop = self.step(local_rows)
+            self.accumulated += loss * weight
+            self.step_in_epoch += 1
+            if stop and self.step_in_epoch < self.schedule.n_steps:
+                return None, True
+        loss = self.accumulated / self.n_train
+        self.accumulated, self.step_in_epoch = 0.0, 0
         self.epoch += 1
         self.t += self.n_train
-        return accumulated / self.n_train
+        return loss, stop
 
     # ---- the loop ---------------------------------------------------------------------
 
     def _stop_reason(self, loss):
         """sklearn's rule on the training loss, plus --loss-target and max epochs (rank 0)."""
         cfg = self.cfg
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or not np.isfinite(self.params).all():
             return "diverged"
         if cfg.loss_target is not None and loss <= cfg.loss_target:
             return "loss_target"
@@ -147,21 +171,28 @@ class Trainer:
 
     def fit(self):
         cfg, comm = self.cfg, self.comm
-        metrics_file = open(cfg.metrics, "w") if cfg.metrics and comm.rank == 0 else None
+        # A resumed run appends to the metrics of the run it continues.
+        metrics_file = open(cfg.metrics, "a" if self.epoch else "w") if cfg.metrics and comm.rank == 0 else None
         start = time.perf_counter()
         train_seconds = 0.0
         reason = None
         try:
             while reason is None:
                 t0 = time.perf_counter()
-                loss = self.run_epoch()
+                loss, preempted = self.run_epoch()
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
+                if loss is None:  # stopped part-way through an epoch
+                    reason = "preempted"
+                    self._preempt()
+                    break
                 self.loss_curve.append(loss)
                 # Every rank applies the rule so optimizer state (adaptive lr) stays equal;
                 # rank 0's verdict is the one acted on.
                 reason = self._stop_reason(loss)
                 reason = comm.bcast_json(reason)
+                if preempted and reason is None:
+                    reason = "preempted"
                 record = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
                           "samples_per_second": self.n_train / seconds if seconds > 0 else None,
                           "learning_rate": self.optimizer.learning_rate}
@@ -180,7 +211,9 @@ class Trainer:
                 if reason == "diverged":
                     raise TrainingDiverged(
                         f"training diverged: loss is {loss} at epoch {self.epoch}; try a smaller --lr")
-                if self.checkpointer and (reason or (cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0)):
+                if reason == "preempted":
+                    self._preempt()
+                elif self.checkpointer and (reason or (cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0)):
                     self.checkpointer.save(self)
         finally:
             if metrics_file:
@@ -190,10 +223,51 @@ class Trainer:
         self.wall_seconds = time.perf_counter() - start
         return self
 
+    def _preempt(self):
+        if self.checkpointer:
+            self.checkpointer.save(self)
+        if self.comm.rank == 0:
+            print(f"mpinn: preempted ({Preemption.signal_name or 'signal on another rank'}) at epoch {self.epoch} "
+                     f"step {self.step_in_epoch}" + ("; checkpoint written, rerun with --resume" if self.checkpointer else "; no --checkpoint"),
+                  file=sys.stderr, flush=True)
+
+    # ---- checkpoint state ---------------------------------------------------------------
+
+    def state(self):
+        """(JSON scalars, arrays) that make a resumed run continue bit for bit."""
+        opt_scalars, opt_arrays = self.optimizer.state()
+        kind, key, pos, has_gauss, gauss = self.random_state.get_state()
+        scalars = {"epoch": self.epoch, "t": self.t, "step_in_epoch": self.step_in_epoch,
+                   "accumulated": self.accumulated, "global_step": self.global_step,
+                   "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+                   "no_improvement": self.no_improvement, "optimizer": opt_scalars,
+                   "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+                   "history": self.history, "n_train": self.n_train}
+        arrays = {"params": self.params, "schedule/order": self.schedule.order, "rng/key": key,
+                  "loss_curve": np.asarray(self.loss_curve, dtype=np.float64),
+                  **{f"optimizer/{k}": v for k, v in opt_arrays.items()}}
+        return scalars, arrays
+
+    def restore(self, scalars, arrays):
+        """Continue from ``state()`` as saved by any number of ranks."""
+        if scalars["n_train"] != self.n_train:
+            raise InputError(f"checkpoint was trained on {scalars['n_train']} rows, this data has {self.n_train}")
+        self.params[...] = arrays["params"]
+        self.optimizer.load_state(scalars["optimizer"],
+                                  {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")})
+        rng = scalars["rng"]
+        self.random_state.set_state((rng["kind"], arrays["rng/key"], rng["pos"], rng["has_gauss"], rng["gauss"]))
+        self.schedule.order = np.asarray(arrays["schedule/order"], dtype=np.int64)
+        for name in ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "history"):
+            setattr(self, name, scalars[name])
+        self.best_loss = np.inf if scalars["best_loss"] is None else scalars["best_loss"]
+        self.loss_curve = arrays["loss_curve"].tolist()
+
     def summary(self):
         """The end-of-run record rank 0 prints with --json."""
-        last = self.history[-1]
-        out = {"epochs": self.epoch, "final_loss": self.loss_curve[-1], "stop_reason": self.stop_reason,
+        last = self.history[-1] if self.history else {}
+        out = {"epochs": self.epoch, "final_loss": self.loss_curve[-1] if self.loss_curve else None,
+               "stop_reason": self.stop_reason,
                "train_seconds": self.train_seconds,
                "samples_per_second": self.n_train * self.epoch / self.train_seconds if self.train_seconds else None,
                "ranks": self.comm.size, "task": self.problem.task,
