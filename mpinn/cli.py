@@ -286,14 +286,14 @@ def cmd_eval(args):
     import numpy as np
 
     from .comm import world
-    from .problem import collective_check, decide_on_root
+    from .problem import collective_check, labels_as_classes
     from .train import evaluate
 
     comm = world()
     fitted = _load_on_all(comm, args.model)
     problem, _ = _problem_for_model(fitted, args.data, args.x_name, args.y_name, comm)
     if problem.task == "classify":
-        unseen = np.setdiff1d(np.asarray(problem.y).astype(np.int64), problem.classes)
+        unseen = np.setdiff1d(labels_as_classes(problem.y, problem.classes), problem.classes)
         collective_check(comm, f"{args.data}: labels {unseen[:5].tolist()} are not classes of the model"
                          if len(unseen) else None)
     report = evaluate(fitted._model, fitted._params, problem, problem.X, problem.y, comm)

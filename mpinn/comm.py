@@ -76,6 +76,20 @@ class Comm:
         self.mpi.Bcast(raw, root=root)
         return value if self.rank == root else json.loads(raw.tobytes().decode())
 
+    def gather_json(self, value, root: int = 0):
+        """List of every rank's JSON value on ``root`` (None elsewhere); for setup, not data."""
+        if self.size == 1:
+            return [value]
+        data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+        counts = np.empty(self.size, dtype=np.int64)
+        self.mpi.Allgather(np.array([data.size], dtype=np.int64), counts)
+        out = np.empty(int(counts.sum()), dtype=np.uint8) if self.rank == root else None
+        self.mpi.Gatherv(data, [out, counts] if self.rank == root else None, root=root)
+        if self.rank != root:
+            return None
+        bounds = np.concatenate(([0], np.cumsum(counts)))
+        return [json.loads(out[a:b].tobytes().decode()) for a, b in zip(bounds[:-1], bounds[1:])]
+
     def any_error(self, message: str | None):
         """Collective: if any rank has an error message, every rank gets the lowest rank's one.
 

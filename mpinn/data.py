@@ -27,7 +27,7 @@ class DataInfo:
     n_rows: int
     n_features: int
     y_shape: list
-    y_kind: str  # "int" or "float"
+    y_kind: str  # "int", "float" or "str"
     class_names: list | None = None
 
     def to_json(self):
@@ -62,10 +62,14 @@ def inspect(path, x_name="X", y_name="y", *, require_y=True) -> DataInfo:
                 raise InputError(f"{path}: dataset {y_name!r} must be 1-D or 2-D, has shape {Y.shape}")
             if Y.shape[0] != X.shape[0]:
                 raise InputError(f"{path}: {y_name!r} has {Y.shape[0]} rows but {x_name!r} has {X.shape[0]}")
-            if Y.dtype.kind not in "fiub":
-                raise InputError(f"{path}: dataset {y_name!r} has non-numeric dtype {Y.dtype}"
-                                 " (store class labels as integers; `mpinn data convert` maps strings)")
-            y_shape, y_kind = list(Y.shape), "int" if Y.dtype.kind in "iub" else "float"
+            is_text = h5py.check_string_dtype(Y.dtype) is not None
+            if Y.dtype.kind not in "fiub" and not is_text:
+                raise InputError(f"{path}: dataset {y_name!r} has dtype {Y.dtype}; targets must be numbers"
+                                 " or (class labels) strings")
+            if is_text and Y.ndim != 1:
+                raise InputError(f"{path}: string labels {y_name!r} must be 1-D, has shape {Y.shape}")
+            y_shape = list(Y.shape)
+            y_kind = "str" if is_text else "int" if Y.dtype.kind in "iub" else "float"
         class_names = f.attrs.get("class_names")
         if class_names is not None:
             class_names = json.loads(class_names)
@@ -84,8 +88,11 @@ def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True):
     X = X.reshape(shard.count, info.n_features)
     y = None
     if with_y:
-        y = h5file[info.y_name][sel]
-        y = y.reshape((shard.count,) + tuple(info.y_shape[1:]))
+        ds = h5file[info.y_name]
+        if info.y_kind == "str":
+            y = np.array(ds.asstr()[sel], dtype=str).reshape(shard.count)
+        else:
+            y = ds[sel].reshape((shard.count,) + tuple(info.y_shape[1:]))
     return X, y
 
 

@@ -117,7 +117,11 @@ def write_predictions(path, fitted, scores):
 
     def fill(f):
         if fitted.task == "classify":
-            f["y_pred"] = fitted.classes_[class_index(scores)]
+            labels = fitted.classes_[class_index(scores)]
+            if labels.dtype.kind == "U":  # HDF5 has no numpy unicode type: store UTF-8 strings
+                f.create_dataset("y_pred", data=labels.astype(object), dtype=h5py.string_dtype())
+            else:
+                f["y_pred"] = labels
             f["proba"] = class_proba(scores)
             if fitted.class_names:
                 f.attrs["class_names"] = json.dumps(fitted.class_names)

@@ -57,11 +57,13 @@ def collective_check(comm, message):
         raise InputError(message)
 
 
-def _check_values(comm, X, y, path, task):
+def _check_values(comm, X, y, path, task, shard=None):
+    """Each rank checks its own rows; the verdict is agreed by all (see collective_check)."""
     problem = None
     if not np.isfinite(X).all():
         bad = int(np.argwhere(~np.isfinite(X))[0][0])
-        problem = f"{path}: features contain NaN or Inf (rank {comm.rank}'s shard, local row {bad})"
+        where = f"row {int(shard.rows[bad])}" if shard is not None else f"row {bad} of rank {comm.rank}'s part"
+        problem = f"{path}: features contain NaN or Inf ({where})"
     elif y is not None and task == "regress" and not np.isfinite(y).all():
         problem = f"{path}: regression targets contain NaN or Inf"
     elif y is not None and task == "classify" and y.dtype.kind == "f" and not (
@@ -71,7 +73,18 @@ def _check_values(comm, X, y, path, task):
 
 
 def find_classes(comm, y_parts):
-    """Sorted set of integer labels present on any rank (MAX-reduction of presence flags)."""
+    """Sorted set of labels present on any rank.
+
+    Integer labels: a MAX-reduction of presence flags over [min, max]. String labels: each rank's
+    distinct labels gathered to rank 0, whose sorted union is broadcast.
+    """
+    if any(p is not None and np.asarray(p).dtype.kind == "U" for p in y_parts):
+        local = sorted(set().union(*(np.unique(p).tolist() for p in y_parts if p is not None)))
+        union = comm.gather_json(local)
+        classes = comm.bcast_json(sorted(set().union(*union)) if comm.rank == 0 else None)
+        if len(classes) < 2:
+            raise InputError(f"classification needs at least 2 classes, found {len(classes)}: {classes}")
+        return np.array(classes, dtype=str)
     y_all = [np.asarray(p).astype(np.int64).ravel() for p in y_parts if p is not None and len(p)]
     bounds = np.array([min((p.min() for p in y_all), default=np.iinfo(np.int64).max),
                        -max((p.max() for p in y_all), default=np.iinfo(np.int64).min + 1)], dtype=np.int64)
@@ -89,6 +102,12 @@ def find_classes(comm, y_parts):
     return classes
 
 
+def labels_as_classes(y, classes):
+    """Labels in the classes' own type (integral floats become ints; strings stay strings)."""
+    y = np.asarray(y)
+    return y if classes.dtype.kind == "U" else y.astype(np.int64)
+
+
 def load_problem(cfg, comm) -> Problem:
     """Read and check this rank's part of the training (and test) data named in ``cfg``."""
     import h5py
@@ -100,7 +119,9 @@ def load_problem(cfg, comm) -> Problem:
         raise InputError(f"{cfg.data}: {info.n_rows} rows is fewer than the {comm.size} ranks")
     task = cfg.task
     if task == "auto":
-        task = "classify" if info.y_kind == "int" and len(info.y_shape) == 1 else "regress"
+        task = "classify" if info.y_kind in ("int", "str") and len(info.y_shape) == 1 else "regress"
+    if task == "regress" and info.y_kind == "str":
+        raise InputError(f"{cfg.data}: regression needs numeric targets, {info.y_name!r} holds strings")
     if task == "classify" and len(info.y_shape) != 1:
         raise InputError(f"{cfg.data}: classification needs 1-D labels, {info.y_name!r} has shape {info.y_shape}")
     test_info = None
@@ -110,13 +131,15 @@ def load_problem(cfg, comm) -> Problem:
         if test_info.n_features != info.n_features:
             raise InputError(f"{cfg.test_data}: {test_info.n_features} features but training data "
                              f"{cfg.data} has {info.n_features}")
+        if (test_info.y_kind == "str") != (info.y_kind == "str"):
+            raise InputError(f"{cfg.test_data}: labels are {test_info.y_kind}, training labels are {info.y_kind}")
         if test_info.y_shape[1:] != info.y_shape[1:]:
             raise InputError(f"{cfg.test_data}: targets have shape {test_info.y_shape}, training data {info.y_shape}")
 
     shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard)
     with h5py.File(cfg.data, "r") as f:
         X, y = datamod.read_shard(f, info, shard, cfg.dtype)
-    _check_values(comm, X, y, cfg.data, task)
+    _check_values(comm, X, y, cfg.data, task, shard)
 
     test_X = test_y = None
     if cfg.test_fraction:
@@ -129,7 +152,7 @@ def load_problem(cfg, comm) -> Problem:
         test_shard = make_shard(test_info.n_rows, comm.rank, comm.size, "block")
         with h5py.File(cfg.test_data, "r") as f:
             test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
-        _check_values(comm, test_X, test_y, cfg.test_data, task)
+        _check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
 
     problem = Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
                       n_features=info.n_features, class_names=info.class_names,
@@ -138,7 +161,7 @@ def load_problem(cfg, comm) -> Problem:
         train_local = y[shard.local_positions(train_rows)[1]] if cfg.test_fraction else y
         problem.classes = find_classes(comm, [train_local])
         if test_y is not None:
-            unseen = np.setdiff1d(np.asarray(test_y).astype(np.int64), problem.classes)
+            unseen = np.setdiff1d(labels_as_classes(test_y, problem.classes), problem.classes)
             collective_check(comm, f"test labels {unseen[:5].tolist()} do not occur in the training data"
                              if len(unseen) else None)
     else:
@@ -157,7 +180,7 @@ def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
     shard = make_shard(len(X), comm.rank, comm.size, cfg.shard)
     Xl = np.ascontiguousarray(X[shard.as_slice()], dtype=cfg.dtype)
     yl = y[shard.as_slice()]
-    _check_values(comm, Xl, yl, "X", task)
+    _check_values(comm, Xl, yl, "X", task, shard)
     problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=np.int64),
                       n_features=X.shape[1])
     if task == "classify":

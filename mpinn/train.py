@@ -24,6 +24,7 @@ from .errors import InputError
 from .fitted import class_index
 from .model import MLP, encode_targets
 from .optim import make_optimizer
+from .problem import labels_as_classes
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,7 +50,7 @@ def evaluate(model, params, problem, X, y, comm):
     scores = model.forward(params, X) if len(X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
     if problem.task == "classify":
         k = len(problem.classes)
-        truth = np.searchsorted(problem.classes, np.asarray(y).astype(np.int64))
+        truth = np.searchsorted(problem.classes, labels_as_classes(y, problem.classes))
         cm = metricsmod.confusion_counts(truth, class_index(scores), k)
         comm.reduce_sum_to_root(cm)
         labels = problem.class_names if problem.class_names and len(problem.class_names) == k else problem.classes.tolist()
