@@ -94,7 +94,8 @@ def test_inspect_reports_layout_problems(tmp_path):
         (_h5(tmp_path / "noy.h5", X=good, labels=np.zeros(4)), "no dataset 'y' (datasets in file: X, labels)"),
         (_h5(tmp_path / "x1d.h5", X=np.zeros(4), y=np.zeros(4)), "must be 2-D"),
         (_h5(tmp_path / "len.h5", X=good, y=np.zeros(3)), "'y' has 3 rows but 'X' has 4"),
-        (_h5(tmp_path / "str.h5", X=good, y=np.array([b"a", b"b", b"c", b"d"])), "non-numeric"),
+        (_h5(tmp_path / "cplx.h5", X=good, y=np.zeros(4, dtype=complex)), "targets must be numbers or"),
+        (_h5(tmp_path / "xstr.h5", X=np.array([[b"a"], [b"b"]]), y=np.zeros(2)), "non-numeric dtype"),
         (_h5(tmp_path / "empty.h5", X=np.zeros((0, 2)), y=np.zeros(0)), "is empty"),
     ]
     (tmp_path / "text.h5").write_text("hello")
@@ -160,3 +161,15 @@ def test_batch_size_resolution():
     assert datamod.resolve_batch_size("auto", 5000) == 200
     assert datamod.resolve_batch_size("full", 5000) == 5000
     assert datamod.resolve_batch_size(10**6, 30) == 30
+
+
+def test_string_labels_are_read_as_str(tmp_path):
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = np.zeros((5, 2))
+        f.create_dataset("y", data=np.array(["b", "a", "c", "a", "b"], dtype=object), dtype=h5py.string_dtype())
+    info = datamod.inspect(str(path))
+    assert info.y_kind == "str"
+    with h5py.File(path, "r") as f:
+        _, y = datamod.read_shard(f, info, make_shard(5, 1, 2), np.float64)
+    assert y.tolist() == ["a", "b"] and y.dtype.kind == "U"
