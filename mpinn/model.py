@@ -16,9 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
-OUTPUT_ACTIVATIONS = ("identity", "logistic", "softmax")
-# Output activation -> the loss it is paired with; each pair has delta = output - target.
-LOSS_FOR_OUTPUT = {"softmax": "log_loss", "logistic": "binary_log_loss", "identity": "squared_error"}
+OUTPUT_ACTIVATIONS = ("identity", "logistic", "softmax", "exp")
+# Output activation -> the loss it is paired with; each pair has delta = output - target
+# (canonical link). "exp" is MLPRegressor(loss="poisson")'s log link.
+LOSS_FOR_OUTPUT = {"softmax": "log_loss", "logistic": "binary_log_loss", "identity": "squared_error",
+                   "exp": "poisson"}
 
 
 def _identity(z, scratch):
@@ -50,7 +52,12 @@ def _softmax(z, scratch):
     z /= rowbuf[:, None]
 
 
-ACTIVATE = {"identity": _identity, "logistic": _logistic, "tanh": _tanh, "relu": _relu, "softmax": _softmax}
+def _exp(z, scratch):
+    np.exp(z, out=z)
+
+
+ACTIVATE = {"identity": _identity, "logistic": _logistic, "tanh": _tanh, "relu": _relu, "softmax": _softmax,
+            "exp": _exp}
 
 
 def _identity_derivative(a, delta, scratch):
@@ -228,6 +235,16 @@ class MLP:
             np.multiply(work, work, out=work)
             np.sum(work, axis=1, out=rowloss)
             rowloss *= 0.5 / k
+        elif self.loss == "poisson":
+            # Half Poisson deviance summed over outputs: xlogy(y, y/p) - y + p, as sklearn.
+            positive = Y > 0
+            np.divide(Y, out, out=work, where=positive)
+            np.log(work, out=work, where=positive)
+            work *= Y
+            work[~positive] = 0
+            work -= Y
+            work += out
+            np.sum(work, axis=1, out=rowloss)
         else:
             eps = np.finfo(self.dtype).eps
             np.clip(out, eps, 1 - eps, out=work)
@@ -247,6 +264,16 @@ class MLP:
         if sample_weight is not None:
             return float(np.dot(rowloss, sample_weight))
         return float(rowloss.sum())
+
+    def loss_sum(self, params, X, Y, sample_weight=None):
+        """Summed (weighted) loss over the given rows, forward pass only (no L2 term)."""
+        m = len(X)
+        if m == 0:
+            return 0.0
+        out = self.forward(params, X)
+        scratch = np.empty(out.size, dtype=self.dtype)
+        return self._loss_sum(out, np.asarray(Y, dtype=self.dtype), sample_weight,
+                              np.empty(m, dtype=self.dtype), scratch)
 
     def penalty(self, params):
         """Sum of squared weights over layers (not biases), as scikit-learn accumulates it."""

@@ -34,6 +34,12 @@ class Problem:
     n_outputs: int = 1
     test_X: np.ndarray | None = None   # this rank's test rows
     test_y: np.ndarray | None = None
+    # Set by the estimators (estimators.py); the CLI leaves them None.
+    Y: np.ndarray | None = None              # this rank's targets already in output space
+    sample_weight: np.ndarray | None = None  # this rank's per-row weights
+    val_X: np.ndarray | None = None          # this rank's validation rows (early stopping)
+    val_Y: np.ndarray | None = None          # ... their targets in output space
+    val_weight: np.ndarray | None = None     # ... their weights
 
 
 def decide_on_root(comm, fn):

@@ -90,6 +90,7 @@ class Trainer:
         self.history = []
         self.best_loss = np.inf
         self.no_improvement = 0
+        self.finished = None        # why training ended, once it has (kept across resume)
         self.step_in_epoch = 0      # steps done in the current, unfinished epoch
         self.accumulated = 0.0      # its loss so far (sklearn's accumulated_loss)
         self.global_step = 0
@@ -175,8 +176,12 @@ class Trainer:
         # A resumed run appends to the metrics of the run it continues.
         metrics_file = open(cfg.metrics, "a" if self.epoch else "w") if cfg.metrics and comm.rank == 0 else None
         start = time.perf_counter()
+        self._first_epoch = self.epoch
         train_seconds = 0.0
-        reason = None
+        # A resumed run that had already finished stays finished (unless --epochs grew).
+        reason = self.finished if self.finished and (self.finished != "max_epochs" or self.epoch >= cfg.epochs) else None
+        if reason is None and self.epoch >= cfg.epochs:
+            reason = "max_epochs"
         try:
             while reason is None:
                 t0 = time.perf_counter()
@@ -212,6 +217,8 @@ class Trainer:
                 if reason == "diverged":
                     raise TrainingDiverged(
                         f"training diverged: loss is {loss} at epoch {self.epoch}; try a smaller --lr")
+                if reason not in (None, "preempted"):
+                    self.finished = reason
                 if reason == "preempted":
                     self._preempt()
                 elif self.checkpointer and (reason or (cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0)):
@@ -241,7 +248,7 @@ class Trainer:
         scalars = {"epoch": self.epoch, "t": self.t, "step_in_epoch": self.step_in_epoch,
                    "accumulated": self.accumulated, "global_step": self.global_step,
                    "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
-                   "no_improvement": self.no_improvement, "optimizer": opt_scalars,
+                   "no_improvement": self.no_improvement, "optimizer": opt_scalars, "finished": self.finished,
                    "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
                    "history": self.history, "n_train": self.n_train}
         arrays = {"params": self.params, "schedule/order": self.schedule.order, "rng/key": key,
@@ -259,7 +266,8 @@ class Trainer:
         rng = scalars["rng"]
         self.random_state.set_state((rng["kind"], arrays["rng/key"], rng["pos"], rng["has_gauss"], rng["gauss"]))
         self.schedule.order = np.asarray(arrays["schedule/order"], dtype=np.int64)
-        for name in ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "history"):
+        for name in ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "history",
+                     "finished"):
             setattr(self, name, scalars[name])
         self.best_loss = np.inf if scalars["best_loss"] is None else scalars["best_loss"]
         self.loss_curve = arrays["loss_curve"].tolist()
@@ -270,7 +278,8 @@ class Trainer:
         out = {"epochs": self.epoch, "final_loss": self.loss_curve[-1] if self.loss_curve else None,
                "stop_reason": self.stop_reason,
                "train_seconds": self.train_seconds,
-               "samples_per_second": self.n_train * self.epoch / self.train_seconds if self.train_seconds else None,
+               "samples_per_second": (self.n_train * (self.epoch - self._first_epoch) / self.train_seconds
+                                      if self.train_seconds else None),
                "ranks": self.comm.size, "task": self.problem.task,
                "checkpoint": self.checkpointer.last_path if self.checkpointer else None}
         out.update({k: v for k, v in last.items() if k.startswith("test_")})

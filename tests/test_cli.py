@@ -4,44 +4,13 @@ Each launch runs under a timeout so a hang fails the test instead of blocking th
 """
 
 import json
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
 import mpinn
-
-TIMEOUT = 180
-BIN = os.path.dirname(sys.executable)
-MPINN = os.path.join(BIN, "mpinn")
-
-
-def _mpiexec():
-    launcher = shlex.split(os.environ.get("MPINN_MPIEXEC") or os.path.join(BIN, "mpiexec"))
-    found = shutil.which(launcher[0])
-    if not found:
-        pytest.fail(f"no MPI launcher {launcher[0]!r}: set MPINN_MPIEXEC or install the mpich extra")
-    return [os.path.abspath(found), *launcher[1:]]
-
-
-def _env():
-    # A launch from inside an MPI job must not inherit its process-manager variables.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_", "HYDRA_"))}
-    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def run(args, np_=1, cwd=None, check=True):
-    cmd = ([*_mpiexec(), "-n", str(np_)] if np_ > 1 else []) + [MPINN, *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=cwd)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from launch import run
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,138 @@
+"""Real faults under mpiexec: a failing or vanished rank ends the whole job quickly, a
+preempted job checkpoints and resumes, and no kill ever leaves an unloadable checkpoint.
+
+Faults are injected with MPINN_FAULT=RANK:STEP:KIND (mpinn/faults.py). Every launch has a
+timeout, so a hang fails the test.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import mpinn
+from launch import clean_env, command, run
+from mpinn.checkpoint import read_checkpoint
+
+# A run far longer than any test: only a fault can end it early.
+ENDLESS = ["--hidden", "8", "--solver", "adam", "--epochs", "1000000", "--batch-size", "8", "--seed", "3",
+           "--quiet", "--checkpoint-every", "1"]
+SHORT = ["--hidden", "8", "--solver", "sgd", "--epochs", "12", "--batch-size", "16", "--seed", "3", "--quiet"]
+FAULT_DEADLINE = 10  # seconds from the fault to every rank gone
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "iris.h5"
+    run(["data", "iris", path])
+    return path
+
+
+def _assert_loads(directory):
+    attrs, _ = read_checkpoint(directory)  # verifies the checksum
+    model = mpinn.load(directory)
+    assert all(np.isfinite(c).all() for c in model.coefs_)
+    return attrs
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("kind", ["raise", "kill", "exit"])
+def test_a_failing_rank_ends_every_rank(iris, tmp_path, n, kind):
+    # The fault hits the last rank at step 60 (epoch 4 of 19 steps): checkpoints exist by then.
+    proc = run(["train", "--data", iris, "--checkpoint", tmp_path / "ck", *ENDLESS], np_=n, check=False,
+               timeout=60, env=clean_env(MPINN_FAULT=f"{n - 1}:60:{kind}"))
+    assert proc.returncode != 0
+    assert proc.elapsed < FAULT_DEADLINE + 5, f"took {proc.elapsed:.1f}s"
+    if kind == "raise":
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("mpinn:")]
+        assert lines == [f"mpinn: rank {n - 1}: RuntimeError: injected fault at step 60"], proc.stderr
+        assert "Traceback" not in proc.stderr
+    _assert_loads(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_divergence_stops_all_ranks_and_keeps_last_good_checkpoint(iris, tmp_path, n):
+    proc = run(["train", "--data", iris, "--checkpoint", tmp_path / "ck", *ENDLESS], np_=n, check=False,
+               timeout=60, env=clean_env(MPINN_FAULT="1:60:nan"))
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [
+        "mpinn: error: training diverged: loss is nan at epoch 4; try a smaller --lr"]
+    attrs = _assert_loads(tmp_path / "ck")
+    assert attrs["state"]["epoch"] == 3
+
+
+@pytest.mark.parametrize("n,resume_n", [(2, 2), (3, 3), (2, 3), (3, 1)])
+@pytest.mark.parametrize("kind", ["term", "usr1"])
+def test_preemption_checkpoints_then_resume_matches_uninterrupted(iris, tmp_path, n, resume_n, kind):
+    ref = tmp_path / "ref"
+    run(["train", "--data", iris, "--checkpoint", ref, *SHORT], np_=n)
+    ck = tmp_path / "ck"
+    # Signal one rank mid-epoch (step 23 = epoch 3, step 3 of 10): all ranks stop after that step.
+    proc = run(["train", "--data", iris, "--checkpoint", ck, *SHORT], np_=n, check=False,
+               env=clean_env(MPINN_FAULT=f"{n - 1}:23:{kind}"))
+    assert proc.returncode == 75, proc.stderr
+    assert "preempted" in proc.stderr
+    attrs = _assert_loads(ck)
+    assert (attrs["state"]["epoch"], attrs["state"]["step_in_epoch"]) == (2, 3)
+    run(["train", "--data", iris, "--checkpoint", ck, "--resume", *SHORT], np_=resume_n)
+    a, b = mpinn.load(ref), mpinn.load(ck)
+    for x, y in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        if resume_n == n:
+            np.testing.assert_array_equal(x, y)  # same rank count: bit for bit
+        else:
+            assert np.max(np.abs(x - y)) <= 1e-10 * np.max(np.abs(x))
+    assert len(b.loss_curve_) == 12
+
+
+def test_signal_to_the_launcher_preempts_the_job(iris, tmp_path):
+    """Slurm signals the job step; here SIGUSR1 goes to mpiexec, which forwards it to every rank."""
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(command(["train", "--data", iris, "--checkpoint", ck, *ENDLESS], 2),
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ck / "latest").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=FAULT_DEADLINE)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err
+    _assert_loads(ck)
+
+
+def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
+    """20 runs SIGKILLed at random times; each time the latest checkpoint loads and resuming
+    finishes with the weights of an uninterrupted run."""
+    data = tmp_path / "syn.h5"
+    run(["data", "synthetic", data, "--samples", "20000", "--features", "20", "--classes", "3"])
+    # About 1.5 s of training with a checkpoint every epoch (0.1 s): kills land anywhere.
+    args = ["--data", data, "--hidden", "64,64", "--solver", "adam", "--epochs", "20", "--batch-size", "32",
+            "--seed", "1", "--n-iter-no-change", "1000", "--quiet", "--checkpoint-every", "1",
+            "--keep-checkpoints", "2"]
+    ref = tmp_path / "ref"
+    run(["train", "--checkpoint", ref, *args], np_=2)
+    want = mpinn.load(ref)
+    rng = random.Random(0)
+    killed_with_checkpoint = 0
+    for i in range(20):
+        ck = tmp_path / f"ck{i}"
+        proc = subprocess.Popen(command(["train", "--checkpoint", ck, *args], 2),
+                                env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.4, 1.8))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        if (ck / "latest").exists():
+            killed_with_checkpoint += 1
+            _assert_loads(ck)
+        run(["train", "--checkpoint", ck, "--resume", *args], np_=2)
+        got = mpinn.load(ck)
+        for x, y in zip(want.coefs_ + want.intercepts_, got.coefs_ + got.intercepts_):
+            np.testing.assert_array_equal(x, y)
+        assert len([n for n in os.listdir(ck) if n.endswith(".h5")]) <= 2
+    assert killed_with_checkpoint >= 10  # most kills landed after the first checkpoint
