@@ -65,25 +65,35 @@ def evaluate(model, params, problem, X, y, comm):
 class Trainer:
     """Holds the model state on every rank and runs epochs in lockstep."""
 
-    def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None):
+    def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None,
+                 model=None, params=None, random_state=None, optimizer=None):
+        """The optional model, params, random_state and optimizer let the estimators pass their
+        own (warm start, partial_fit, sklearn's draw order); by default they are made here."""
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
         self.log_every = log_every
         self.checkpointer = checkpointer
-        self.model = build_model(problem, cfg)
+        self.model = model if model is not None else build_model(problem, cfg)
         # One RandomState for init and per-epoch shuffles, drawn in sklearn's order.
-        self.random_state = np.random.RandomState(cfg.seed)
-        self.params = self.model.init_params(self.random_state)
-        comm.bcast_array(self.params)  # rank 0's draw is the one every rank uses
-        self.optimizer = make_optimizer(
-            cfg.solver, self.model.n_params, cfg.dtype, lr=cfg.lr, momentum=cfg.momentum,
-            nesterov=cfg.nesterov, schedule=cfg.lr_schedule, power_t=cfg.power_t,
-            beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+        self.random_state = random_state if random_state is not None else np.random.RandomState(cfg.seed)
+        if params is None:
+            self.params = self.model.init_params(self.random_state)
+            comm.bcast_array(self.params)  # rank 0's draw is the one every rank uses
+        else:
+            self.params = params
+        if optimizer is not None or cfg.solver == "lbfgs":
+            self.optimizer = optimizer  # lbfgs: scipy's, see fit_lbfgs
+        else:
+            self.optimizer = make_optimizer(
+                cfg.solver, self.model.n_params, cfg.dtype, lr=cfg.lr, momentum=cfg.momentum,
+                nesterov=cfg.nesterov, schedule=cfg.lr_schedule, power_t=cfg.power_t,
+                beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
         self.n_train = len(problem.train_rows)
         self.batch_size = resolve_batch_size(cfg.batch_size, self.n_train)
         self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle,
                                       self.random_state, problem.shard, local_seed=cfg.seed)
         # Targets in output space once, so a step only gathers rows.
-        self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
+        self.Y = problem.Y if problem.Y is not None else encode_targets(
+            problem.y, problem.classes, self.model.output, self.model.dtype)
         self.epoch = 0
         self.t = 0  # samples seen, as sklearn's t_
         self.loss_curve = []
@@ -101,6 +111,17 @@ class Trainer:
         self.buffer = np.zeros(n + 3, dtype=self.model.dtype)
         self.grad = self.buffer[:n]
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
+        self._wbuf = np.empty(0, dtype=self.model.dtype)
+        # Early stopping (the estimators): sklearn's rule on a validation score instead of the
+        # training loss, and the best parameters restored at the end.
+        self.early_stopping = problem.val_X is not None
+        self.validation_scores = []
+        self.validation_loss_curve = []
+        self.best_validation_score = -np.inf
+        self.best_params = None
+        self.epoch_limit = cfg.epochs   # fit(max_epochs=k) lowers it for one call
+        self.format_line = _epoch_line  # the estimators print sklearn's verbose lines
+        self.extra_state = None         # callable -> JSON dict stored in checkpoints (estimators)
 
     # ---- one step and one epoch -------------------------------------------------------
 
@@ -113,8 +134,14 @@ class Trainer:
             self._ybuf = np.empty((m, self.Y.shape[1]), dtype=self.model.dtype)
         yb = self._ybuf[:m]
         np.take(self.Y, local_rows, axis=0, out=yb)
-        self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad)
-        self.buffer[n + 1] = m
+        sw = None
+        if self.problem.sample_weight is not None:
+            if self._wbuf.shape[0] < m:
+                self._wbuf = np.empty(m, dtype=self.model.dtype)
+            sw = self._wbuf[:m]
+            np.take(self.problem.sample_weight, local_rows, out=sw)
+        self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
+        self.buffer[n + 1] = m if sw is None else sw.sum()
         self.global_step += 1
         if self.global_step in self.faults:
             inject(self.faults[self.global_step], self.comm.rank, self.global_step, self.grad)
@@ -138,6 +165,9 @@ class Trainer:
         stop = False
         for local_rows in self.schedule.epoch(self.epoch, self.step_in_epoch):
             loss, weight, stop = self.step(local_rows)
+            if self.problem.sample_weight is not None:
+                # sklearn weighs each batch loss by its row count, not its sample weight.
+                weight = min(self.batch_size, self.n_train - self.step_in_epoch * self.batch_size)
             self.accumulated += loss * weight
             self.step_in_epoch += 1
             if stop and self.step_in_epoch < self.schedule.n_steps:
