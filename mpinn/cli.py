@@ -189,6 +189,9 @@ def cmd_train(args):
     from .train import Trainer
 
     cfg = config_from_args(args)
+    if args.log_every < 1:
+        raise InputError(f"--log-every: must be an integer >= 1, got {args.log_every}")
+    Preemption.install()  # from here on a SIGTERM/SIGUSR1 means: checkpoint at the next step
     comm = world()
     checkpointer = Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints) if cfg.checkpoint else None
 
@@ -200,17 +203,14 @@ def cmd_train(args):
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
-    if args.log_every < 1:
-        raise InputError(f"--log-every: must be an integer >= 1, got {args.log_every}")
     trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=args.log_every,
                       log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)))
+    if cfg.resume:
+        _resume(trainer, cfg, comm)
     if comm.rank == 0 and not args.quiet:
         print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
               f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
               f"shard {cfg.shard}, shuffle {cfg.shuffle}, {cfg.dtype}", flush=True)
-    if cfg.resume:
-        _resume(trainer, cfg, comm)
-    Preemption.install()
     trainer.fit()
     if trainer.stop_reason == "preempted":
         return EXIT_PREEMPTED
@@ -218,8 +218,8 @@ def cmd_train(args):
         summary = trainer.summary()
         test = {k: v for k, v in summary.items() if k.startswith("test_")}
         print(f"done: {summary['epochs']} epochs ({summary['stop_reason']}), final loss "
-                  f"{summary['final_loss']:.6f}" + "".join(f", {k} {v:.4f}" for k, v in test.items())
-                  + (f", checkpoint {summary['checkpoint']}" if summary["checkpoint"] else ""), flush=True)
+              f"{summary['final_loss']:.6f}" + "".join(f", {k} {v:.4f}" for k, v in test.items())
+              + (f", checkpoint {summary['checkpoint']}" if summary["checkpoint"] else ""), flush=True)
         if args.json:
             print(json.dumps(summary), flush=True)
     return 0
@@ -246,7 +246,8 @@ def _resume(trainer, cfg, comm):
     attrs, arrays = read_checkpoint(path)
     conflicts = resume_conflicts(attrs["config"], cfg)
     if conflicts:
-        detail = ", ".join(f"--{k.replace('_', '-')} {attrs['config'][k]!r} (now {getattr(cfg, k)!r})" for k in conflicts)
+        now = cfg.to_dict()
+        detail = ", ".join(f"--{k.replace('_', '-')} {attrs['config'][k]!r} (now {now[k]!r})" for k in conflicts)
         raise InputError(f"--resume: {path} was trained with {detail}")
     meta, model = attrs["model"], trainer.model
     if meta["layer_sizes"] != model.layer_sizes or meta["output"] != model.output:

@@ -265,15 +265,13 @@ class MLP:
             return float(np.dot(rowloss, sample_weight))
         return float(rowloss.sum())
 
-    def loss_sum(self, params, X, Y, sample_weight=None):
-        """Summed (weighted) loss over the given rows, forward pass only (no L2 term)."""
-        m = len(X)
+    def output_loss_sum(self, out, Y, sample_weight=None):
+        """Summed (weighted) loss of output activations ``out`` (from forward) against ``Y``."""
+        m = len(out)
         if m == 0:
             return 0.0
-        out = self.forward(params, X)
-        scratch = np.empty(out.size, dtype=self.dtype)
         return self._loss_sum(out, np.asarray(Y, dtype=self.dtype), sample_weight,
-                              np.empty(m, dtype=self.dtype), scratch)
+                              np.empty(m, dtype=self.dtype), np.empty(out.size, dtype=self.dtype))
 
     def penalty(self, params):
         """Sum of squared weights over layers (not biases), as scikit-learn accumulates it."""

@@ -119,7 +119,6 @@ class Trainer:
         self.validation_loss_curve = []
         self.best_validation_score = -np.inf
         self.best_params = None
-        self.epoch_limit = cfg.epochs   # fit(max_epochs=k) lowers it for one call
         self.format_line = _epoch_line  # the estimators print sklearn's verbose lines
         self.extra_state = None         # callable -> JSON dict stored in checkpoints (estimators)
 
@@ -180,18 +179,28 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------
 
-    def _stop_reason(self, loss):
-        """sklearn's rule on the training loss, plus --loss-target and max epochs (rank 0)."""
+    def _stop_reason(self, loss, score=None):
+        """sklearn's rule on the training loss (or, with early stopping, on the validation
+        ``score``), plus --loss-target and max epochs (rank 0)."""
         cfg = self.cfg
         if not math.isfinite(loss) or not np.isfinite(self.params).all():
             return "diverged"
         if cfg.loss_target is not None and loss <= cfg.loss_target:
             return "loss_target"
-        if loss > self.best_loss - cfg.tol:
-            self.no_improvement += 1
+        if self.early_stopping:
+            if score < self.best_validation_score + cfg.tol:
+                self.no_improvement += 1
+            else:
+                self.no_improvement = 0
+            if score > self.best_validation_score:
+                self.best_validation_score = score
+                self.best_params = self.params.copy()
         else:
-            self.no_improvement = 0
-        self.best_loss = min(self.best_loss, loss)
+            if loss > self.best_loss - cfg.tol:
+                self.no_improvement += 1
+            else:
+                self.no_improvement = 0
+            self.best_loss = min(self.best_loss, loss)
         self.optimizer.epoch_end(self.t)
         if self.no_improvement > cfg.n_iter_no_change:
             if self.optimizer.trigger_stopping():
@@ -225,13 +234,20 @@ class Trainer:
                 self.loss_curve.append(loss)
                 # Every rank applies the rule so optimizer state (adaptive lr) stays equal;
                 # rank 0's verdict is the one acted on.
-                reason = self._stop_reason(loss)
+                score = self.validate() if self.early_stopping else None  # collective
+                reason = self._stop_reason(loss, score)
                 reason = comm.bcast_json(reason)
+                if self.early_stopping and reason not in (None, "preempted", "diverged") \
+                        and self.best_params is not None:
+                    self.params[...] = self.best_params  # as sklearn: end on the best validation score
                 if preempted and reason is None:
                     reason = "preempted"
                 record = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
                           "samples_per_second": self.n_train / seconds if seconds > 0 else None,
                           "learning_rate": self.optimizer.learning_rate}
+                if self.early_stopping:
+                    record["validation_score"] = score
+                    record["validation_loss"] = self.validation_loss_curve[-1]
                 if self.problem.test_X is not None and reason != "diverged":
                     report = evaluate(self.model, self.params, self.problem, self.problem.test_X,
                                       self.problem.test_y, comm)
@@ -240,7 +256,7 @@ class Trainer:
                 self.history.append(record)
                 if comm.rank == 0:
                     if reason or self.epoch % self.log_every == 0 or self.epoch == 1:
-                        self.log(_epoch_line(record))
+                        self.log(self.format_line(record))
                     if metrics_file:
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()

@@ -99,7 +99,7 @@ CASES = [
     ("checkpoint features", ["eval", "--model", f"{D}/ck", "--data", f"{D}/three_features.h5"],
      "3 features but the model expects 4"),
     ("resume architecture", ["train", "--data", f"{D}/iris.h5", "--hidden", "5", "--epochs", "3",
-                             "--checkpoint", f"{D}/ck", "--resume"], "was trained with --hidden [8] (now (5,))"),
+                             "--checkpoint", f"{D}/ck", "--resume"], "was trained with --hidden [8] (now [5])"),
     ("resume features", ["train", "--data", f"{D}/three_features.h5", "--hidden", "8", "--epochs", "3",
                          "--checkpoint", f"{D}/ck", "--resume"], "has layers [4, 8, 3]"),
     ("checkpoint dir", ["train", "--data", f"{D}/iris.h5", "--checkpoint", "/proc/mpinn"], "is not writable"),
