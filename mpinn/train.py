@@ -285,11 +285,87 @@ class Trainer:
                      f"step {self.step_in_epoch}" + ("; checkpoint written, rerun with --resume" if self.checkpointer else "; no --checkpoint"),
                   file=sys.stderr, flush=True)
 
+    # ---- validation (early stopping) and full-batch L-BFGS (the estimators) --------------
+
+    def validate(self):
+        """Validation score as sklearn's early stopping computes it (accuracy for classifiers,
+        R2 for regressors) and the mean validation loss; collective, same value on every rank."""
+        from . import scoring
+
+        p, model = self.problem, self.model
+        out = model.forward(self.params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
+        w = p.val_weight
+        head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
+        if p.task == "classify":
+            buf = np.concatenate((head, scoring.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
+            self.comm.allreduce(buf, "sum")
+            score = scoring.accuracy(buf[2:])
+        else:
+            buf = self.comm.allreduce(np.concatenate((head, scoring.r2_first_partial(p.val_Y, w))), "sum")
+            mean = buf[3:] / buf[2]
+            second = self.comm.allreduce(scoring.r2_second_partial(p.val_Y, out, mean, w), "sum")
+            score = scoring.r2(second)
+        self.validation_scores.append(score)
+        self.validation_loss_curve.append(float(buf[0] / buf[1]))
+        return score
+
+    def lbfgs_order(self):
+        """Index of sklearn's packing (all W, then all b) into the flat [W0, b0, W1, b1, ...]."""
+        offsets = self.model.offsets
+        return np.concatenate([np.arange(s, w) for s, w, _ in offsets] + [np.arange(w, e) for _, w, e in offsets])
+
+    def fit_lbfgs(self, max_iter, max_fun, tol, chunk_rows=65536):
+        """Full-batch L-BFGS-B (scipy) on every rank; each loss/gradient evaluation sums this
+        rank's training rows and joins one Allreduce, so all ranks see the same function and
+        take the same steps. scipy sees sklearn's packing order, so runs match sklearn's.
+        Returns scipy's OptimizeResult."""
+        try:
+            import scipy.optimize
+        except ImportError:
+            raise ImportError("solver='lbfgs' needs scipy: pip install scipy") from None
+        model, p, n = self.model, self.problem, self.model.n_params
+        order = self.lbfgs_order()
+        local = p.shard.local_positions(p.train_rows)[1]
+        total = np.zeros(n + 3, dtype=model.dtype) if len(local) > chunk_rows else None
+        alpha = self.cfg.alpha
+
+        def loss_grad(x):
+            self.params[order] = x
+            acc = self.buffer if total is None else total  # [gradient | loss | weight | flag]
+            acc[...] = 0
+            for start in range(0, max(len(local), 1), chunk_rows):  # one pass even with no rows
+                rows = local[start : start + chunk_rows]
+                xb = model.input_buffer(len(rows))
+                np.take(p.X, rows, axis=0, out=xb)
+                sw = None if p.sample_weight is None else p.sample_weight[rows]
+                acc[n] += model.loss_grad_sum(self.params, xb, self.Y[rows], self.grad, sw)
+                acc[n + 1] += len(rows) if sw is None else sw.sum()
+                if total is not None:
+                    total[:n] += self.grad
+            if total is not None:
+                self.buffer[...] = total
+            self.comm.allreduce_sum(self.buffer)
+            weight = float(self.buffer[n + 1])
+            value = float(self.buffer[n]) / weight
+            if alpha:
+                value += (0.5 * alpha) * model.penalty(self.params) / weight
+            model.finish_gradient(self.params, self.grad, alpha, weight)
+            return value, self.grad[order]
+
+        result = scipy.optimize.minimize(loss_grad, self.params[order], method="L-BFGS-B", jac=True,
+                                         options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
+        self.params[order] = result.x
+        # Ranks ran identical iterations; rank 0's result is the one kept, bit for bit.
+        self.comm.bcast_array(self.params)
+        if self.checkpointer:
+            self.checkpointer.save(self)
+        return result
+
     # ---- checkpoint state ---------------------------------------------------------------
 
     def state(self):
         """(JSON scalars, arrays) that make a resumed run continue bit for bit."""
-        opt_scalars, opt_arrays = self.optimizer.state()
+        opt_scalars, opt_arrays = self.optimizer.state() if self.optimizer else ({}, {})
         kind, key, pos, has_gauss, gauss = self.random_state.get_state()
         scalars = {"epoch": self.epoch, "t": self.t, "step_in_epoch": self.step_in_epoch,
                    "accumulated": self.accumulated, "global_step": self.global_step,
@@ -300,6 +376,8 @@ class Trainer:
         arrays = {"params": self.params, "schedule/order": self.schedule.order, "rng/key": key,
                   "loss_curve": np.asarray(self.loss_curve, dtype=np.float64),
                   **{f"optimizer/{k}": v for k, v in opt_arrays.items()}}
+        if self.extra_state is not None:
+            scalars["estimator"] = self.extra_state()
         return scalars, arrays
 
     def restore(self, scalars, arrays):

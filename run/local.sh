@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Train with mpinn on NP local MPI ranks.
+#
+#   run/local.sh NP [mpinn train args...]
+#
+# With no training args: writes out/iris.h5 (built-in iris data) and trains on it into
+# out/iris-checkpoints. Uses the `mpinn` found on PATH.
+#
+# Environment:
+#   MPIEXEC          launcher and its flags (default: mpiexec), e.g. "mpiexec --oversubscribe"
+#   OMP_NUM_THREADS  BLAS threads per rank (default 1; OPENBLAS/MKL follow it unless set)
+#   TIMEOUT          if set, the run is killed after this many seconds (coreutils timeout)
+#   OUT              output directory for the iris defaults (default: out)
+set -euo pipefail
+
+usage() { echo "usage: $0 NP [mpinn train args...]" >&2; exit 2; }
+[[ $# -ge 1 && "$1" =~ ^[1-9][0-9]*$ ]] || usage
+np=$1
+shift
+
+# One BLAS thread per rank: NP ranks already occupy NP cores. Raise on purpose for hybrid runs.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$OMP_NUM_THREADS}"
+export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
+
+mpinn=$(command -v mpinn) || { echo "$0: mpinn is not on PATH (activate the venv: . .venv/bin/activate)" >&2; exit 2; }
+read -r -a launcher <<< "${MPIEXEC:-mpiexec}"
+
+if [[ $# -eq 0 ]]; then
+    out=${OUT:-out}
+    mkdir -p "$out"
+    "$mpinn" data iris "$out/iris.h5"
+    set -- --data "$out/iris.h5" --test-fraction 0.2 --seed 42 --hidden 10 --solver sgd \
+           --epochs 1000 --log-every 100 --checkpoint "$out/iris-checkpoints"
+fi
+
+prefix=()
+[[ -n "${TIMEOUT:-}" ]] && prefix=(timeout "$TIMEOUT")
+exec "${prefix[@]}" "${launcher[@]}" -n "$np" "$mpinn" train "$@"
