@@ -136,3 +136,25 @@ def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
             np.testing.assert_array_equal(x, y)
         assert len([n for n in os.listdir(ck) if n.endswith(".h5")]) <= 2
     assert killed_with_checkpoint >= 10  # most kills landed after the first checkpoint
+
+
+def test_user_script_exception_ends_every_rank(tmp_path):
+    """A user script calling mpinn.abort_on_exception(): rank 1 raises while rank 0 waits."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import mpinn\n"
+        "mpinn.abort_on_exception()\n"
+        "from mpi4py import MPI\n"
+        "if MPI.COMM_WORLD.Get_rank() == 1:\n"
+        "    raise ValueError('bad things on rank 1')\n"
+        "MPI.COMM_WORLD.Barrier()  # rank 0 would wait here forever without the hook\n")
+    import sys
+
+    from launch import mpiexec
+
+    start = time.monotonic()
+    proc = subprocess.run([*mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=60, env=clean_env())
+    assert proc.returncode != 0
+    assert time.monotonic() - start < FAULT_DEADLINE + 5
+    assert "mpinn: rank 1: ValueError: bad things on rank 1" in proc.stderr
