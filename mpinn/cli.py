@@ -46,10 +46,10 @@ def limit_blas_threads():
             os.environ[name] = "1"
 
 
-def say(*args, file=None):
+def say(*args, file=None, end="\n"):
     """Print on rank 0 only."""
     if env_rank() == 0:
-        print(*args, file=file or sys.stdout, flush=True)
+        print(*args, file=file or sys.stdout, end=end, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,48 +59,53 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_args(p):
+    """Options of `mpinn train`. No argparse defaults: an option absent from the command line
+    is absent from the namespace, so --config values apply unless a flag overrides them; the
+    defaults themselves live in config.TrainConfig."""
+    p.add_argument("--config", help="TOML file of options (keys are the long option names); flags override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and exit")
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y")
+    g.add_argument("--data", help="training data, HDF5 with datasets X and y (required, here or in --config)")
     g.add_argument("--test-data", help="held-out test data, same layout")
     g.add_argument("--test-fraction", type=float, help="hold out this fraction of --data (seeded, N-independent)")
-    g.add_argument("--x-name", default="X", help="feature dataset name (default X)")
-    g.add_argument("--y-name", default="y", help="target dataset name (default y)")
-    g.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],
-                   help="auto: integer 1-D targets classify, others regress")
+    g.add_argument("--x-name", help="feature dataset name (default X)")
+    g.add_argument("--y-name", help="target dataset name (default y)")
+    g.add_argument("--task", choices=["auto", "classify", "regress"],
+                   help="auto (default): integer or string 1-D targets classify, others regress")
     g = p.add_argument_group("model and optimizer (defaults as sklearn's MLPClassifier)")
-    g.add_argument("--hidden", default="100", help="hidden layer sizes, e.g. 64,32 (default 100)")
-    g.add_argument("--activation", default="relu", help="relu, tanh, logistic or identity")
-    g.add_argument("--solver", default="adam", help="gd (w -= lr*grad), sgd (momentum) or adam")
-    g.add_argument("--lr", type=float, default=0.001, help="initial learning rate (default 0.001)")
-    g.add_argument("--lr-schedule", default="constant", help="constant, invscaling or adaptive (sgd)")
-    g.add_argument("--power-t", type=float, default=0.5, help="exponent for invscaling (default 0.5)")
-    g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum in [0, 1] (default 0.9)")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--hidden", help="hidden layer sizes, e.g. 64,32 (default 100)")
+    g.add_argument("--activation", help="relu (default), tanh, logistic or identity")
+    g.add_argument("--solver", help="gd (w -= lr*grad), sgd (momentum) or adam (default)")
+    g.add_argument("--lr", type=float, help="initial learning rate (default 0.001)")
+    g.add_argument("--lr-schedule", help="constant (default), invscaling or adaptive (sgd)")
+    g.add_argument("--power-t", type=float, help="exponent for invscaling (default 0.5)")
+    g.add_argument("--momentum", type=float, help="sgd momentum in [0, 1] (default 0.9)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
                    help="Nesterov momentum for sgd (default on)")
-    g.add_argument("--beta-1", type=float, default=0.9)
-    g.add_argument("--beta-2", type=float, default=0.999)
-    g.add_argument("--epsilon", type=float, default=1e-8)
-    g.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 1e-4)")
-    g.add_argument("--batch-size", default="auto", help="global batch: integer, auto (min(200, n)) or full")
-    g.add_argument("--epochs", type=int, default=200, help="maximum epochs (default 200)")
-    g.add_argument("--tol", type=float, default=1e-4, help="improvement needed to count as progress")
-    g.add_argument("--n-iter-no-change", type=int, default=10, help="epochs without progress before stopping")
+    g.add_argument("--beta-1", type=float, help="adam: decay of the first moment (default 0.9)")
+    g.add_argument("--beta-2", type=float, help="adam: decay of the second moment (default 0.999)")
+    g.add_argument("--epsilon", type=float, help="adam: numerical stability term (default 1e-8)")
+    g.add_argument("--alpha", type=float, help="L2 penalty (default 1e-4)")
+    g.add_argument("--batch-size", help="global batch: integer, auto (default: min(200, n)) or full")
+    g.add_argument("--epochs", type=int, help="maximum epochs (default 200)")
+    g.add_argument("--tol", type=float, help="improvement needed to count as progress (default 1e-4)")
+    g.add_argument("--n-iter-no-change", type=int, help="epochs without progress before stopping (default 10)")
     g.add_argument("--loss-target", type=float, help="stop once the epoch loss is at or below this")
-    g.add_argument("--dtype", default="float64", help="float64 (default) or float32")
-    g.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and the test split")
+    g.add_argument("--dtype", help="float64 (default) or float32")
+    g.add_argument("--seed", type=int, help="seed for init, shuffling and the test split (default 0)")
     g = p.add_argument_group("distribution")
-    g.add_argument("--shard", default="block", help="block, strided or weighted:W0,W1,... (one weight per rank)")
-    g.add_argument("--shuffle", default="global", help="global (N-independent), local (per shard) or none")
+    g.add_argument("--shard", help="block (default), strided or weighted:W0,W1,... (one weight per rank)")
+    g.add_argument("--shuffle", help="global (default; N-independent), local (per shard) or none")
     g = p.add_argument_group("output")
     g.add_argument("--checkpoint", help="directory for checkpoints (written at the end and every N epochs)")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N epochs")
-    g.add_argument("--keep-checkpoints", type=int, default=3, help="keep the newest K checkpoints (default 3)")
+    g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N epochs (default 0: only at the end)")
+    g.add_argument("--keep-checkpoints", type=int, help="keep the newest K checkpoints (default 3)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --checkpoint DIR (any rank count); "
                         "starts fresh when DIR has none")
     g.add_argument("--metrics", help="write one JSON object per epoch to this file")
     g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    g.add_argument("--log-every", type=int, default=1, help="print every N-th epoch line (default 1)")
+    g.add_argument("--log-every", type=int, help="print every N-th epoch line (default 1)")
     g.add_argument("--quiet", action="store_true", help="no start and per-epoch lines, only the result")
 
 
@@ -109,7 +114,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"mpinn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train an MLP (run under mpiexec -n N)")
+    p = sub.add_parser("train", help="train an MLP (run under mpiexec -n N)", argument_default=argparse.SUPPRESS)
     _train_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -160,19 +165,13 @@ def build_parser():
 
 
 def config_from_args(args):
-    from .config import TrainConfig, parse_batch_size, parse_hidden
+    """TrainConfig defaults <- --config TOML file <- flags given on the command line."""
+    from .config import CLI_ONLY, TrainConfig, load_toml
 
-    return TrainConfig(
-        data=args.data, test_data=args.test_data, test_fraction=args.test_fraction,
-        x_name=args.x_name, y_name=args.y_name, task=args.task, hidden=parse_hidden(args.hidden),
-        activation=args.activation, solver=args.solver, lr=args.lr, lr_schedule=args.lr_schedule,
-        power_t=args.power_t, momentum=args.momentum, nesterov=args.nesterov, beta_1=args.beta_1,
-        beta_2=args.beta_2, epsilon=args.epsilon, batch_size=parse_batch_size(args.batch_size),
-        epochs=args.epochs, alpha=args.alpha, tol=args.tol, n_iter_no_change=args.n_iter_no_change,
-        loss_target=args.loss_target, dtype=args.dtype, seed=args.seed, shard=args.shard,
-        shuffle=args.shuffle, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints, resume=args.resume, metrics=args.metrics,
-    ).validate()
+    values = load_toml(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in TrainConfig.field_names() or k in CLI_ONLY})
+    options = {k: values.pop(k) for k in list(values) if k in CLI_ONLY}
+    return TrainConfig.from_dict(values), options
 
 
 def _check_output_file(path, what):
@@ -188,9 +187,13 @@ def cmd_train(args):
     from .problem import decide_on_root, load_problem
     from .train import Trainer
 
-    cfg = config_from_args(args)
-    if args.log_every < 1:
-        raise InputError(f"--log-every: must be an integer >= 1, got {args.log_every}")
+    cfg, options = config_from_args(args)
+    log_every, quiet, as_json = options.get("log_every", 1), options.get("quiet", False), options.get("json", False)
+    if not isinstance(log_every, int) or log_every < 1:
+        raise InputError(f"--log-every: must be an integer >= 1, got {log_every!r}")
+    if getattr(args, "print_config", False):
+        say(cfg.to_toml(), end="")
+        return 0
     Preemption.install()  # from here on a SIGTERM/SIGUSR1 means: checkpoint at the next step
     comm = world()
     checkpointer = Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints) if cfg.checkpoint else None
@@ -203,11 +206,16 @@ def cmd_train(args):
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
-    trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=args.log_every,
-                      log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)))
+    trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
+                      log=(lambda line: None) if quiet else (lambda line: print(line, flush=True)))
     if cfg.resume:
         _resume(trainer, cfg, comm)
-    if comm.rank == 0 and not args.quiet:
+    if comm.rank == 0:
+        if cfg.metrics:  # the resolved configuration next to the metrics it produced
+            with open(os.path.splitext(cfg.metrics)[0] + ".config.toml", "w") as fh:
+                fh.write(cfg.to_toml())
+    if comm.rank == 0 and not quiet:
+        print("# resolved configuration\n" + cfg.to_toml(), end="", flush=True)
         print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
               f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
               f"shard {cfg.shard}, shuffle {cfg.shuffle}, {cfg.dtype}", flush=True)
@@ -220,7 +228,7 @@ def cmd_train(args):
         print(f"done: {summary['epochs']} epochs ({summary['stop_reason']}), final loss "
               f"{summary['final_loss']:.6f}" + "".join(f", {k} {v:.4f}" for k, v in test.items())
               + (f", checkpoint {summary['checkpoint']}" if summary["checkpoint"] else ""), flush=True)
-        if args.json:
+        if as_json:
             print(json.dumps(summary), flush=True)
     return 0
 

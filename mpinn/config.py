@@ -7,6 +7,8 @@ names the option and the bad value, before any file is read or any collective is
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from dataclasses import dataclass
 
 from .errors import InputError
@@ -59,15 +61,26 @@ class TrainConfig:
         d["hidden"] = list(self.hidden)
         return d
 
+    def to_toml(self):
+        """The resolved configuration as a TOML file `--config` accepts (unset options omitted)."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def field_names(cls):
+        return {f.name for f in dataclasses.fields(cls)}
+
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """A validated config from plain values (TOML, JSON, argparse); unknown keys are refused."""
+        unknown = sorted(set(d) - cls.field_names())
         if unknown:
             raise InputError(f"unknown config keys: {', '.join(unknown)}")
-        cfg = cls(**d)
-        cfg.hidden = tuple(cfg.hidden)
-        return cfg.validate()
+        d = {k: _coerce(k, v) for k, v in d.items()}
+        return cls(**d).validate()
 
     def validate(self):
         def bad(option, value, why):
@@ -123,6 +136,85 @@ def resume_conflicts(saved: dict, current: "TrainConfig"):
     """Names of options whose value differs from the checkpoint's and may not."""
     now = current.to_dict()
     return sorted(k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k])
+
+
+# Options of `mpinn train` that are not part of the model's configuration.
+CLI_ONLY = {"json": bool, "quiet": bool, "log_every": int}
+_FLOATS = {"test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
+_INTS = {"epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
+_BOOLS = {"nesterov", "resume"}
+
+
+def _coerce(key, value):
+    """Check one value's type, as it came from TOML or the command line."""
+    if value is None:
+        return None
+    if key == "hidden":
+        if isinstance(value, str):
+            return parse_hidden(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise InputError(f"hidden: expected a list of integers like [64, 32], got {value!r}")
+    if key == "batch_size":
+        return parse_batch_size(value) if isinstance(value, str) else _checked(key, value, int)
+    if key in _FLOATS:
+        return float(_checked(key, value, (int, float)))
+    if key in _INTS:
+        return _checked(key, value, int)
+    if key in _BOOLS:
+        return _checked(key, value, bool)
+    return _checked(key, value, str)
+
+
+def _checked(key, value, types):
+    if isinstance(value, bool) and types is not bool:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise InputError(f"{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+def load_toml(path):
+    """Options from a TOML file: long option names as keys (`batch-size` or `batch_size`)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"--config: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"--config: {path} is not valid TOML ({exc})") from None
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            raise InputError(f"--config: {path}: tables are not supported, put [{key}]'s keys at top level")
+        values[key.replace("-", "_")] = value
+    allowed = TrainConfig.field_names() | set(CLI_ONLY)
+    unknown = sorted(k for k in values if k not in allowed)
+    if unknown:
+        raise InputError(f"--config: {path}: unknown keys: {', '.join(unknown)}")
+    for key, kind in CLI_ONLY.items():
+        if key in values:
+            _checked(key, values[key], kind)
+    return values
 
 
 def parse_hidden(text):

@@ -194,3 +194,34 @@ def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
     else:
         problem.n_outputs = 1 if y.ndim == 1 else y.shape[1]
     return problem
+
+
+def load_shard(path, comm, *, x_name="X", y_name="y", w_name=None, shard="block", dtype=None, task="classify"):
+    """This rank's rows of an HDF5 file, for the estimators' fit(path): (X, y, weights, shard).
+
+    As load_problem: rank 0 checks the layout, each rank reads only its rows and checks them.
+    ``dtype`` None keeps float32 features in float32 and reads anything else as float64.
+    """
+    import h5py
+
+    info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
+
+    def check_weights():
+        with h5py.File(path, "r") as f:
+            if w_name not in f or f[w_name].shape != (info.n_rows,):
+                raise InputError(f"{path}: no 1-D dataset {w_name!r} with one weight per row")
+            return str(f[x_name].dtype)
+
+    def x_dtype():
+        with h5py.File(path, "r") as f:
+            return str(f[x_name].dtype)
+
+    stored = decide_on_root(comm, check_weights if w_name else x_dtype)
+    if dtype is None:
+        dtype = np.float32 if stored == "float32" else np.float64
+    shard = make_shard(info.n_rows, comm.rank, comm.size, shard)
+    with h5py.File(path, "r") as f:
+        X, y = datamod.read_shard(f, info, shard, dtype)
+        w = np.asarray(f[w_name][shard.as_slice()], dtype=dtype) if w_name else None
+    _check_values(comm, X, y, path, task, shard)
+    return X, y, w, shard

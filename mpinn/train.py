@@ -318,7 +318,7 @@ class Trainer:
         """Full-batch L-BFGS-B (scipy) on every rank; each loss/gradient evaluation sums this
         rank's training rows and joins one Allreduce, so all ranks see the same function and
         take the same steps. scipy sees sklearn's packing order, so runs match sklearn's.
-        Returns scipy's OptimizeResult."""
+        Returns scipy's OptimizeResult; the caller checkpoints (it knows the iteration count)."""
         try:
             import scipy.optimize
         except ImportError:
@@ -357,8 +357,6 @@ class Trainer:
         self.params[order] = result.x
         # Ranks ran identical iterations; rank 0's result is the one kept, bit for bit.
         self.comm.bcast_array(self.params)
-        if self.checkpointer:
-            self.checkpointer.save(self)
         return result
 
     # ---- checkpoint state ---------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_classic_iris_example_distributed(iris, tmp_path):
     assert summary["test_accuracy"] >= 0.9
     # rank 0 alone prints: one start line, epoch lines 1, 100, ..., 1000, the done line, JSON.
     lines = proc.stdout.strip().splitlines()
-    assert sum(line.startswith("epoch") for line in lines) == 11
+    assert sum(line.startswith("epoch ") for line in lines) == 11
     records = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
     assert [r["epoch"] for r in records] == list(range(1, 1001))
     assert records[-1]["loss"] == pytest.approx(summary["final_loss"], rel=1e-15)

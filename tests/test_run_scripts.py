@@ -1,0 +1,132 @@
+"""The launch scripts in run/: syntax, and end-to-end runs with the scheduler's variables faked.
+
+Serial tests: each script starts its own `mpiexec -n 2` (MPINN_MPIEXEC from the Makefile, else
+the mpiexec on PATH), each under a timeout, with the parent's MPI/PMI variables removed so a
+script never joins the job of a parent launched under mpiexec.
+"""
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "run"
+SCRIPTS = ["local.sh", "slurm.sbatch", "pbs.sh"]
+TIMEOUT = 300
+BIN = Path(sys.executable).parent
+
+
+def mpiexec():
+    launcher = os.environ.get("MPINN_MPIEXEC", "").strip()
+    if launcher:
+        return launcher
+    found = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.skip("no mpiexec found (set MPINN_MPIEXEC)")
+    return shlex.quote(found)
+
+
+def clean_env(**extra):
+    """The parent environment without launcher/scheduler variables; the venv's bin first."""
+    drop = ("PMI_", "PMIX_", "OMPI_", "PRTE_", "MPI_", "MPIR_", "HYDRA_", "SLURM_", "PBS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MPIEXEC", "TIMEOUT"):
+        env.pop(name, None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd, env, cwd):
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "iris.h5"
+    run([str(BIN / "mpinn"), "data", "iris", str(path)], clean_env(), path.parent)
+    return path
+
+
+def load_latest(directory):
+    import mpinn
+
+    model = mpinn.load(str(directory))
+    assert model.coefs_[0].shape[0] == 4 and list(model.classes_) == [0, 1, 2]
+    return model
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_parse_and_are_strict(name):
+    path = RUN / name
+    assert os.access(path, os.X_OK), f"{path} is not executable"
+    subprocess.run(["bash", "-n", str(path)], check=True, timeout=60)
+    assert "set -euo pipefail" in path.read_text()
+
+
+def test_local_sh_trains_on_two_ranks(tmp_path, iris):
+    ckpt = tmp_path / "ckpt"
+    proc = run([str(RUN / "local.sh"), "2", "--data", str(iris), "--hidden", "10", "--epochs", "20",
+                "--checkpoint", str(ckpt)],
+               clean_env(MPIEXEC=mpiexec(), TIMEOUT=TIMEOUT - 20), tmp_path)
+    assert "2 rank(s)" in proc.stdout and "done: 20 epochs" in proc.stdout
+    assert (ckpt / "latest").exists()
+    load_latest(ckpt)
+
+
+def test_local_sh_rejects_a_bad_rank_count(tmp_path):
+    proc = subprocess.run([str(RUN / "local.sh"), "two"], env=clean_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_slurm_sbatch_with_faked_job(tmp_path, iris):
+    env = clean_env(SLURM_NTASKS=2, SLURM_CPUS_PER_TASK=1, SLURM_SUBMIT_DIR=tmp_path,
+                    SLURM_JOB_ID=12345, MPIEXEC=mpiexec())
+    proc = run([str(RUN / "slurm.sbatch"), "--data", str(iris), "--hidden", "10", "--epochs", "20"],
+               env, tmp_path)
+    assert "ranks: 2" in proc.stdout and "blas_threads: 1" in proc.stdout
+    ckpt = tmp_path / "checkpoints" / "12345"
+    assert sorted(p.name for p in ckpt.glob("ckpt-*.h5")), proc.stdout  # every 10 epochs and at the end
+    load_latest(ckpt)
+
+
+def test_slurm_sbatch_usr1_is_logged_and_training_continues(tmp_path, iris):
+    env = clean_env(SLURM_NTASKS=2, SLURM_CPUS_PER_TASK=1, SLURM_SUBMIT_DIR=tmp_path,
+                    SLURM_JOB_ID=7, MPIEXEC=mpiexec(), CHECKPOINT_EVERY=100)
+    cmd = [str(RUN / "slurm.sbatch"), "--data", str(iris), "--hidden", "10", "--epochs", "2000",
+           "--tol", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        latest = tmp_path / "checkpoints" / "7" / "latest"
+        deadline = time.monotonic() + TIMEOUT
+        while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before the signal could be sent"
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "time limit in 60 s; newest checkpoint:" in err and "done: 2000 epochs" in out
+
+
+def test_pbs_sh_with_faked_job(tmp_path, iris):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("localhost\nlocalhost\n")
+    env = clean_env(PBS_NODEFILE=nodefile, PBS_O_WORKDIR=tmp_path, PBS_JOBID="99.server",
+                    MPIEXEC=mpiexec(), MPINN_ARGS=f"--data {iris} --hidden 10 --epochs 20")
+    proc = run([str(RUN / "pbs.sh")], env, tmp_path)
+    assert "ranks: 2" in proc.stdout and "done: 20 epochs" in proc.stdout
+    load_latest(tmp_path / "checkpoints" / "99.server")
