@@ -103,7 +103,7 @@ def _train_args(p):
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --checkpoint DIR (any rank count); "
                         "starts fresh when DIR has none")
-    g.add_argument("--metrics", help="write one JSON object per epoch to this file")
+    g.add_argument("--metrics", help="write one record per epoch to this file: JSON lines, or CSV if it ends in .csv")
     g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     g.add_argument("--log-every", type=int, help="print every N-th epoch line (default 1)")
     g.add_argument("--quiet", action="store_true", help="no start and per-epoch lines, only the result")
@@ -184,6 +184,7 @@ def cmd_train(args):
     from .checkpoint import Checkpointer
     from .comm import world
     from .faults import Preemption
+    from .logs import ProgressBar
     from .problem import decide_on_root, load_problem
     from .train import Trainer
 
@@ -206,8 +207,17 @@ def cmd_train(args):
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
+    bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted() else None
+
+    def log(line):
+        if bar:
+            bar.clear()
+        print(line, flush=True)
+
     trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
-                      log=(lambda line: None) if quiet else (lambda line: print(line, flush=True)))
+                      log=(lambda line: None) if quiet else log)
+    if bar:  # a live bar on a terminal only, never in batch logs
+        trainer.progress = lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)
     if cfg.resume:
         _resume(trainer, cfg, comm)
     if comm.rank == 0:

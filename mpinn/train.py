@@ -9,7 +9,6 @@ rules follow scikit-learn; rank 0 makes each decision and broadcasts it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 from . import metrics as metricsmod
 from .data import BatchSchedule, resolve_batch_size
 from .faults import FAULT_ENV, Preemption, inject, parse_faults
+from .logs import MetricsWriter
 from .errors import InputError
 from .fitted import class_index
 from .model import MLP, encode_targets
@@ -120,6 +120,7 @@ class Trainer:
         self.best_validation_score = -np.inf
         self.best_params = None
         self.format_line = _epoch_line  # the estimators print sklearn's verbose lines
+        self.progress = None  # rank 0 on a terminal: called as progress(epoch, step, n_steps)
         self.extra_state = None         # callable -> JSON dict stored in checkpoints (estimators)
 
     # ---- one step and one epoch -------------------------------------------------------
@@ -169,6 +170,8 @@ class Trainer:
                 weight = min(self.batch_size, self.n_train - self.step_in_epoch * self.batch_size)
             self.accumulated += loss * weight
             self.step_in_epoch += 1
+            if self.progress is not None:
+                self.progress(self.epoch + 1, self.step_in_epoch, self.schedule.n_steps)
             if stop and self.step_in_epoch < self.schedule.n_steps:
                 return None, True
         loss = self.accumulated / self.n_train
@@ -213,7 +216,7 @@ class Trainer:
     def fit(self):
         cfg, comm = self.cfg, self.comm
         # A resumed run appends to the metrics of the run it continues.
-        metrics_file = open(cfg.metrics, "a" if self.epoch else "w") if cfg.metrics and comm.rank == 0 else None
+        metrics_file = MetricsWriter(cfg.metrics, append=self.epoch > 0) if cfg.metrics and comm.rank == 0 else None
         start = time.perf_counter()
         self._first_epoch = self.epoch
         train_seconds = 0.0
@@ -258,8 +261,7 @@ class Trainer:
                     if reason or self.epoch % self.log_every == 0 or self.epoch == 1:
                         self.log(self.format_line(record))
                     if metrics_file:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
+                        metrics_file.write(record)
                 if reason == "diverged":
                     raise TrainingDiverged(
                         f"training diverged: loss is {loss} at epoch {self.epoch}; try a smaller --lr")
