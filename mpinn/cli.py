@@ -124,6 +124,7 @@ def build_parser():
     p.add_argument("--x-name", default="X")
     p.add_argument("--y-name", default="y")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", help="also write the confusion matrix as a PNG (classifiers; needs matplotlib)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write predictions of a checkpoint to HDF5")
@@ -135,6 +136,17 @@ def build_parser():
 
     p = sub.add_parser("info", help="versions, MPI library and ranks")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("plot", help="plot a metrics file (loss, test metric, samples/s per epoch) to PNG")
+    p.add_argument("metrics", help="JSONL or CSV written by `mpinn train --metrics`")
+    p.add_argument("-o", "--out", default="curves.png", help="output PNG (default curves.png)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="export a checkpoint to npz, onnx or a scikit-learn estimator")
+    p.add_argument("model", help="checkpoint file or checkpoint directory")
+    p.add_argument("--format", required=True, choices=["npz", "onnx", "sklearn"])
+    p.add_argument("-o", "--out", help="output file (default: the checkpoint name with .npz/.onnx/.joblib)")
+    p.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="make or convert datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser)
@@ -151,6 +163,23 @@ def build_parser():
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synthetic)
+    p = data.add_parser("digits", help="write scikit-learn's digits data (1797 x 64, 10 classes; needs sklearn)")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_data_digits)
+    p = data.add_parser("info", help="shapes, dtypes, chunks, class balance and NaN count of a data file")
+    p.add_argument("file")
+    p.add_argument("--x-name", default="X")
+    p.add_argument("--y-name", default="y")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_data_info)
+    p = data.add_parser("split", help="split a data file into train and test files (stratified, seeded)")
+    p.add_argument("file")
+    p.add_argument("train_out")
+    p.add_argument("test_out")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="(default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-stratify", action="store_true", help="plain random split even for class labels")
+    p.set_defaults(func=cmd_data_split)
     p = data.add_parser("convert", help="CSV, NPY or NPZ to mpinn's HDF5 layout")
     p.add_argument("input")
     p.add_argument("out")
@@ -305,7 +334,7 @@ def cmd_eval(args):
     import numpy as np
 
     from .comm import world
-    from .problem import collective_check, labels_as_classes
+    from .problem import collective_check, decide_on_root, labels_as_classes
     from .train import evaluate
 
     comm = world()
@@ -315,7 +344,16 @@ def cmd_eval(args):
         unseen = np.setdiff1d(labels_as_classes(problem.y, problem.classes), problem.classes)
         collective_check(comm, f"{args.data}: labels {unseen[:5].tolist()} are not classes of the model"
                          if len(unseen) else None)
+    if args.plot:  # checked on every rank, before any work
+        if problem.task != "classify":
+            raise InputError("eval --plot draws a confusion matrix: classifiers only")
+        from .plot import _pyplot, plot_confusion
+
+        _pyplot()
+        decide_on_root(comm, lambda: _check_output_file(args.plot, "--plot"))
     report = evaluate(fitted._model, fitted._params, problem, problem.X, problem.y, comm)
+    if comm.rank == 0 and args.plot:
+        plot_confusion(report, args.plot)
     if comm.rank == 0:
         if args.json:
             print(json.dumps(report))
@@ -388,6 +426,68 @@ def cmd_data_synthetic(args):
                               n_outputs=args.outputs, seed=args.seed)
         write_hdf5(args.out, X.astype(args.dtype), y)
         print(f"wrote {args.out}: {X.shape[0]} rows x {X.shape[1]} features, {args.task}")
+    return 0
+
+
+def cmd_plot(args):
+    from .plot import plot_metrics
+
+    if env_rank() == 0:
+        plot_metrics(args.metrics, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_export(args):
+    from .export import export
+
+    if env_rank() == 0:
+        import mpinn
+
+        model = mpinn.load(args.model)
+        out = args.out or os.path.splitext(_checkpoint_file(args.model))[0] + {
+            "npz": ".npz", "onnx": ".onnx", "sklearn": ".joblib"}[args.format]
+        export(model, out, args.format)
+        print(f"wrote {out}")
+    return 0
+
+
+def _checkpoint_file(path):
+    from .checkpoint import resolve
+
+    return resolve(path)
+
+
+def cmd_data_digits(args):
+    from .datasets import load_digits, write_hdf5
+
+    if env_rank() == 0:
+        X, y, names = load_digits()
+        write_hdf5(args.out, X, y, class_names=names)
+        print(f"wrote {args.out}: digits, {X.shape[0]} rows x {X.shape[1]} features, 10 classes")
+    return 0
+
+
+def cmd_data_info(args):
+    from .datasets import info
+
+    if env_rank() == 0:
+        report = info(args.file, x_name=args.x_name, y_name=args.y_name)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            for key, value in report.items():
+                print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+def cmd_data_split(args):
+    from .datasets import split
+
+    if env_rank() == 0:
+        counts = split(args.file, args.train_out, args.test_out, test_fraction=args.test_fraction,
+                       seed=args.seed, stratify=not args.no_stratify)
+        print(f"wrote {args.train_out} ({counts['train_rows']} rows) and {args.test_out} ({counts['test_rows']} rows)")
     return 0
 
 

@@ -112,12 +112,18 @@ def write_hdf5(path, X, y, *, x_name="X", y_name="y", class_names=None, feature_
 
 
 def write_predictions(path, fitted, scores):
-    """Predictions of a FittedMLP for all rows: y_pred, plus proba for classifiers."""
+    """Predictions of a FittedMLP for all rows: y_pred (class names when the training data had
+    them), plus proba (columns in class order) for classifiers."""
     from .fitted import class_index, class_proba
 
     def fill(f):
         if fitted.task == "classify":
             labels = fitted.classes_[class_index(scores)]
+            names = fitted.class_names
+            if names and labels.dtype.kind in "iu" and labels.min() >= 0 and labels.max() < len(names):
+                # Codes written by `data convert` for string labels: give the strings back.
+                f["y_pred_code"] = labels
+                labels = np.asarray(names)[labels]
             if labels.dtype.kind == "U":  # HDF5 has no numpy unicode type: store UTF-8 strings
                 f.create_dataset("y_pred", data=labels.astype(object), dtype=h5py.string_dtype())
             else:
@@ -369,3 +375,88 @@ def convert(in_path, out_path, *, label_column=None, x_name="X", y_name="y", chu
     write_hdf5(out_path, X, y, x_name=x_name, y_name=y_name, class_names=class_names,
                feature_names=feature_names, chunk_rows=chunk_rows)
     return {"rows": int(X.shape[0]), "features": int(X.shape[1]), "classes": classes}
+
+
+# ---------------------------------------------------------------- inspection and splitting
+
+
+def _open_data(path, x_name, y_name):
+    from .data import inspect
+
+    info = inspect(path, x_name, y_name)
+    return info, h5py.File(path, "r")
+
+
+def info(path, *, x_name="X", y_name="y", block_rows=65536):
+    """Shapes, dtypes, chunking, class balance and NaN count; reads the file in row blocks."""
+    meta, f = _open_data(path, x_name, y_name)
+    with f:
+        X, Y = f[x_name], f[y_name]
+        nan_rows = nan_values = 0
+        for start in range(0, meta.n_rows, block_rows):
+            bad = ~np.isfinite(X[start:start + block_rows])
+            nan_values += int(bad.sum())
+            nan_rows += int(bad.any(axis=1).sum())
+        out = {"file": str(path), "rows": meta.n_rows, "features": meta.n_features,
+               "x": {"name": x_name, "dtype": str(X.dtype), "chunks": X.chunks},
+               "y": {"name": y_name, "dtype": "string" if meta.y_kind == "str" else str(Y.dtype),
+                     "shape": list(Y.shape), "chunks": Y.chunks},
+               "non_finite_feature_values": nan_values, "rows_with_non_finite_features": nan_rows}
+        if meta.y_kind in ("int", "str") and Y.ndim == 1:
+            y = Y.asstr()[()] if meta.y_kind == "str" else Y[()]
+            labels, counts = np.unique(y, return_counts=True)
+            names = meta.class_names
+            out["classes"] = {
+                (names[int(l)] if names and meta.y_kind == "int" and 0 <= int(l) < len(names) else str(l)): int(c)
+                for l, c in zip(labels, counts)}
+        else:
+            y = Y[()].astype(np.float64)
+            out["targets"] = {"mean": float(np.nanmean(y)), "std": float(np.nanstd(y)),
+                              "non_finite": int((~np.isfinite(y)).sum())}
+        return out
+
+
+def split(path, train_out, test_out, *, test_fraction=0.2, seed=0, stratify=True, x_name="X", y_name="y"):
+    """Write train and test files; stratified by class for classification labels, seeded.
+
+    Each class contributes round(fraction * its count) test rows (at least one when it has two
+    or more), drawn with np.random.default_rng(seed); rows keep their file order.
+    """
+    if not 0 < test_fraction < 1:
+        raise InputError(f"data split: --test-fraction must be in (0, 1), got {test_fraction}")
+    meta, f = _open_data(path, x_name, y_name)
+    with f:
+        X = f[x_name][()]
+        y = f[y_name].asstr()[()] if meta.y_kind == "str" else f[y_name][()]
+        attrs = {k: f.attrs[k] for k in ("class_names", "feature_names") if k in f.attrs}
+    rng = np.random.default_rng(seed)
+    test = np.zeros(meta.n_rows, dtype=bool)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify and y.ndim == 1 \
+        and meta.y_kind in ("int", "str") else [np.arange(meta.n_rows)]
+    for rows in groups:
+        n_test = int(round(test_fraction * len(rows)))
+        if len(rows) >= 2:
+            n_test = min(max(n_test, 1), len(rows) - 1)
+        test[rng.permutation(rows)[:n_test]] = True
+    if test.all() or not test.any():
+        raise InputError(f"data split: {meta.n_rows} rows leave no train or no test rows at fraction {test_fraction}")
+    names = {k: json.loads(v) for k, v in attrs.items()}
+    for out, mask in ((train_out, ~test), (test_out, test)):
+        yy = y[mask]
+        if meta.y_kind == "str":  # store string labels as codes with their names, as convert does
+            classes = sorted(set(y.tolist()))
+            yy = np.searchsorted(classes, yy)
+            names["class_names"] = classes
+        write_hdf5(out, X[mask], yy, x_name=x_name, y_name=y_name, class_names=names.get("class_names"),
+                   feature_names=names.get("feature_names"))
+    return {"train_rows": int((~test).sum()), "test_rows": int(test.sum())}
+
+
+def load_digits():
+    """scikit-learn's 8x8 digits (1797 x 64, 10 classes); needs scikit-learn installed."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError:
+        raise InputError("data digits: needs scikit-learn: pip install 'mpinn[sklearn]'") from None
+    bunch = sk_load_digits()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.int64), [str(i) for i in range(10)]
