@@ -60,5 +60,11 @@ test-serial: install
 test-%: install
 	timeout $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $* $(BIN)/python -m pytest -q -p no:cacheprovider --with-mpi -m mpi
 
+# Benchmarks, not part of `make test`: tables of ratios (docs/performance.md), a few minutes.
+# BENCH_FLAGS e.g. --quick, --ompi-venv DIR (Open MPI wheel venv), --torch-python PY.
+BENCH_FLAGS ?=
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_FLAGS)
+
 clean:
 	rm -rf $(OUT) build *.egg-info .pytest_cache

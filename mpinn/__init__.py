@@ -6,14 +6,24 @@ and MPI is initialised only when a communicator is first asked for (see comm.py)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "abort_on_exception"]
+__all__ = ["__version__", "load", "abort_on_exception", "MLPClassifier", "MLPRegressor"]
 
 
 def load(path):
-    """Load a checkpoint written by mpinn and return a fitted model with predict()."""
-    from .checkpoint import load_model
+    """Load a checkpoint (file or directory) written by mpinn: the fitted MLPClassifier or
+    MLPRegressor it holds, whether an estimator or `mpinn train` wrote it."""
+    from .loading import load as load_estimator
 
-    return load_model(path)
+    return load_estimator(path)
+
+
+def __getattr__(name):
+    # The estimators are imported on first use, so `import mpinn` stays light.
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'mpinn' has no attribute {name!r}")
 
 
 def abort_on_exception():

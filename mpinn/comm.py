@@ -31,6 +31,7 @@ class Comm:
         self.size = mpi_comm.Get_size()
         # Gradient Allreduce calls so far; tests check it is exactly one per step.
         self.allreduce_calls = 0
+        self.iallreduce_calls = 0  # per-layer parts of the overlapped step (Trainer.overlap)
 
     # ---- hot path --------------------------------------------------------------------
 
@@ -40,6 +41,27 @@ class Comm:
         if self.size > 1:
             self.mpi.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
         return buf
+
+    def start_allreduce_sum(self, part: np.ndarray):
+        """Start summing ``part`` (a slice of the gradient buffer) in place; returns a request.
+
+        The overlapped step starts one per layer as backward produces it and waits for all
+        before the update; together the parts cover the buffer exactly once. None with one rank.
+        """
+        self.iallreduce_calls += 1
+        if self.size == 1:
+            return None
+        MPI = _mpi()
+        return self.mpi.Iallreduce(MPI.IN_PLACE, part, op=MPI.SUM)
+
+    def progress(self, requests):
+        """Let MPI advance pending reductions (MPICH and Open MPI progress only inside calls)."""
+        if self.size > 1 and requests:
+            _mpi().Request.Testall(requests)
+
+    def wait_all(self, requests):
+        if self.size > 1 and requests:
+            _mpi().Request.Waitall(requests)
 
     # ---- setup and per-epoch ----------------------------------------------------------
 

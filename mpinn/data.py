@@ -77,15 +77,17 @@ def inspect(path, x_name="X", y_name="y", *, require_y=True) -> DataInfo:
                         y_shape, y_kind, class_names)
 
 
-def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True):
+def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True, with_x=True):
     """This rank's rows of X (as ``dtype``) and y, read as one hyperslab each.
 
     ``h5file`` is an open h5py.File (tests pass one over an instrumented file object to check
-    that no byte outside the shard is read).
+    that no byte outside the shard is read). ``with_x=False`` (streaming) returns X as None.
     """
     sel = shard.as_slice()
-    X = np.asarray(h5file[info.x_name][sel], dtype=dtype)
-    X = X.reshape(shard.count, info.n_features)
+    X = None
+    if with_x:
+        X = np.asarray(h5file[info.x_name][sel], dtype=dtype)
+        X = X.reshape(shard.count, info.n_features)
     y = None
     if with_y:
         ds = h5file[info.y_name]
@@ -130,7 +132,7 @@ class BatchSchedule:
     cuts them into as many pieces as there are global batches (faster, depends on N).
     """
 
-    def __init__(self, train_rows, batch_size, shuffle, random_state, shard, local_seed=0):
+    def __init__(self, train_rows, batch_size, shuffle, random_state, shard, local_seed=0, stream=None):
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
         self.n_train = len(self.train_rows)
         self.batch_size = batch_size
@@ -140,7 +142,12 @@ class BatchSchedule:
         self.order = np.arange(self.n_train)
         self.n_steps = math.ceil(self.n_train / batch_size)
         self.local_seed = local_seed
-        if shuffle == "local":
+        # A StreamingRows X (mpinn.stream): batches must visit its chunks in order, so
+        # 'local' shuffles the chunk order and the rows within each chunk instead.
+        self.stream = stream
+        if shuffle == "local" and stream is not None:
+            self.local_rows = None  # streaming trains on the whole shard (no --test-fraction)
+        elif shuffle == "local":
             self.local_rows = shard.local_positions(self.train_rows)[1]
 
     def epoch(self, epoch_index=0, start_step=0):
@@ -151,10 +158,19 @@ class BatchSchedule:
         """
         if self.shuffle == "local":
             # Drawn from (seed, epoch, rank, size) alone, so a resumed epoch redraws the same.
-            rows = self.local_rows.copy()
-            np.random.RandomState([self.local_seed, epoch_index, self.shard.rank, self.shard.size]).shuffle(rows)
+            rng = np.random.RandomState([self.local_seed, epoch_index, self.shard.rank, self.shard.size])
+            if self.stream is not None:
+                from .stream import chunk_order_rows
+
+                rows, order = chunk_order_rows(self.shard.count, self.stream.chunk_rows, rng)
+                self.stream.set_order(order)
+            else:
+                rows = self.local_rows.copy()
+                rng.shuffle(rows)
             yield from np.array_split(rows, self.n_steps)[start_step:]
             return
+        if self.stream is not None:
+            self.stream.set_order(np.arange(self.stream.n_chunks))
         if self.shuffle == "global" and start_step == 0:
             perm = np.arange(self.n_train)
             self.random_state.shuffle(perm)

@@ -28,11 +28,12 @@ def _identity(z, scratch):
 
 
 def _logistic(z, scratch):
-    # 1/(1+exp(-z)) written through tanh: no overflow warning for large |z|.
-    z *= 0.5
-    np.tanh(z, out=z)
-    z *= 0.5
-    z += 0.5
+    # 1/(1+exp(-z)), as scipy's expit (sklearn) rounds it; exp overflowing to inf gives 0.
+    with np.errstate(over="ignore"):
+        np.negative(z, out=z)
+        np.exp(z, out=z)
+        z += 1
+        np.reciprocal(z, out=z)
 
 
 def _tanh(z, scratch):
@@ -44,12 +45,13 @@ def _relu(z, scratch):
 
 
 def _softmax(z, scratch):
-    rowbuf = scratch[: z.shape[0], 0]
-    np.max(z, axis=1, out=rowbuf)
-    np.subtract(z, rowbuf[:, None], out=z)
+    # The ufuncs' own reduce (not np.max/np.sum): same result, no Python wrapper per call.
+    rowbuf = scratch[: z.shape[0]]
+    np.maximum.reduce(z, axis=1, out=rowbuf[:, 0])
+    np.subtract(z, rowbuf, out=z)
     np.exp(z, out=z)
-    np.sum(z, axis=1, out=rowbuf)
-    z /= rowbuf[:, None]
+    np.add.reduce(z, axis=1, out=rowbuf[:, 0])
+    z /= rowbuf
 
 
 def _exp(z, scratch):
@@ -119,9 +121,33 @@ class MLP:
             pos = w_stop + fan_out
         self.n_params = pos
         self._ws = None
+        self._views = {}  # (address, size) of a flat buffer -> its per-layer views
+        self._eps = np.finfo(self.dtype).eps
+        self._alpha_scratch = None
 
     def views(self, flat):
-        """Per-layer (W, b) views into a flat buffer of this layout."""
+        """Per-layer (W, b) views into a flat buffer of this layout.
+
+        The training buffers (parameters, gradient) are the same arrays every step, so their
+        views are kept (a few) rather than rebuilt: the step makes no new array objects.
+        """
+        key = (flat.__array_interface__["data"][0], flat.size, flat.strides)
+        cached = self._views.get(key)
+        if cached is not None and cached[0] is flat:
+            return cached[1]
+        out = self._make_views(flat)
+        if len(self._views) >= 4:
+            self._views.pop(next(iter(self._views)))
+        self._views[key] = (flat, out)
+        return out
+
+    def __getstate__(self):
+        # Cached views would be copied as separate arrays, no longer views of the copied buffer.
+        state = dict(self.__dict__)
+        state["_views"] = {}
+        return state
+
+    def _make_views(self, flat):
         out = []
         for (s, w, e), fan_in, fan_out in zip(self.offsets, self.layer_sizes[:-1], self.layer_sizes[1:]):
             out.append((flat[s:w].reshape(fan_in, fan_out), flat[w:e]))
@@ -183,19 +209,24 @@ class MLP:
         """The workspace array a batch of ``rows`` input rows should be gathered into."""
         return self._workspace(rows)["acts"][0][:rows]
 
-    def loss_grad_sum(self, params, X, Y, grad, sample_weight=None):
+    def loss_grad_sum(self, params, X, Y, grad, sample_weight=None, on_grad=None):
         """Sum over the given rows of the loss and of its gradient (no L2 term).
 
         ``X`` is (m, n_features) — ideally ``input_buffer(m)`` so no copy is made — and ``Y``
         is (m, n_outputs) in the training dtype (one-hot for softmax). Writes the summed
         gradient into ``grad`` (a flat buffer of this layout) and returns the summed loss.
         With m == 0 the gradient is zero, so a rank without rows still joins the reduction.
+        ``on_grad(layer, loss)``, if given, is called as soon as a layer's gradient slice is
+        final, last layer first (to start its reduction while backward goes on).
         """
         m = X.shape[0]
         layers = self.views(params)
         grads = self.views(grad)
         if m == 0:
             grad[...] = 0
+            if on_grad is not None:
+                for i in range(self.n_layers - 1, -1, -1):
+                    on_grad(i, 0.0)
             return 0.0
         ws = self._workspace(m)
         acts = [X] + [a[:m] for a in ws["acts"][1:]]
@@ -219,7 +250,9 @@ class MLP:
         for i in range(last, -1, -1):
             gW, gb = grads[i]
             np.matmul(acts[i].T, deltas[i], out=gW)
-            np.sum(deltas[i], axis=0, out=gb)
+            np.add.reduce(deltas[i], axis=0, out=gb)
+            if on_grad is not None:
+                on_grad(i, loss)
             if i > 0:
                 np.matmul(deltas[i], layers[i][0].T, out=deltas[i - 1])
                 n = self.layer_sizes[i]
@@ -233,7 +266,7 @@ class MLP:
         if self.loss == "squared_error":
             np.subtract(out, Y, out=work)
             np.multiply(work, work, out=work)
-            np.sum(work, axis=1, out=rowloss)
+            np.add.reduce(work, axis=1, out=rowloss)
             rowloss *= 0.5 / k
         elif self.loss == "poisson":
             # Half Poisson deviance summed over outputs: xlogy(y, y/p) - y + p, as sklearn.
@@ -244,9 +277,9 @@ class MLP:
             work[~positive] = 0
             work -= Y
             work += out
-            np.sum(work, axis=1, out=rowloss)
+            np.add.reduce(work, axis=1, out=rowloss)
         else:
-            eps = np.finfo(self.dtype).eps
+            eps = self._eps
             np.clip(out, eps, 1 - eps, out=work)
             np.log(work, out=work)
             if self.loss == "binary_log_loss":
@@ -259,7 +292,7 @@ class MLP:
                 rowloss += pos
             else:
                 np.multiply(Y, work, out=work)
-                np.sum(work, axis=1, out=rowloss)
+                np.add.reduce(work, axis=1, out=rowloss)
             np.negative(rowloss, out=rowloss)
         if sample_weight is not None:
             return float(np.dot(rowloss, sample_weight))
@@ -282,10 +315,23 @@ class MLP:
         return float(total)
 
     def finish_gradient(self, params, grad, alpha, weight_sum):
-        """After the cross-rank sum: add alpha*W to each weight gradient, divide all by the weight."""
+        """After the cross-rank sum: add alpha*W to each weight gradient, divide all by the weight.
+
+        alpha*W goes through a small reused scratch, block by block (the same numbers as
+        ``gW += alpha * W``, without a temporary the size of W every step).
+        """
         if alpha:
-            for (W, _), (gW, _) in zip(self.views(params), self.views(grad)):
-                gW += alpha * W
+            block = 1 << 15
+            if self._alpha_scratch is None:
+                widest = max(w - s for s, w, _ in self.offsets)
+                self._alpha_scratch = np.empty(min(widest, block), dtype=self.dtype)
+            tmp = self._alpha_scratch
+            for s, w, _ in self.offsets:
+                for lo in range(s, w, block):
+                    hi = min(lo + block, w)
+                    t = tmp[: hi - lo]
+                    np.multiply(params[lo:hi], alpha, out=t)
+                    grad[lo:hi] += t
         grad /= weight_sum
 
 

@@ -40,6 +40,7 @@ class Problem:
     val_X: np.ndarray | None = None          # this rank's validation rows (early stopping)
     val_Y: np.ndarray | None = None          # ... their targets in output space
     val_weight: np.ndarray | None = None     # ... their weights
+    stream: object | None = None             # X as mpinn.stream.StreamingRows (load_problem(stream=True))
 
 
 def decide_on_root(comm, fn):
@@ -63,11 +64,21 @@ def collective_check(comm, message):
         raise InputError(message)
 
 
+def _first_non_finite_row(X, block=4096):
+    """Index of the first row holding NaN or Inf, or None; checked a block of rows at a time
+    so the check never allocates a mask the size of the shard (peak memory = shard + a little)."""
+    for start in range(0, len(X), block):
+        part = X[start:start + block]
+        if not np.isfinite(part).all():
+            return start + int(np.argwhere(~np.isfinite(part))[0][0])
+    return None
+
+
 def _check_values(comm, X, y, path, task, shard=None):
     """Each rank checks its own rows; the verdict is agreed by all (see collective_check)."""
     problem = None
-    if not np.isfinite(X).all():
-        bad = int(np.argwhere(~np.isfinite(X))[0][0])
+    bad = X.first_non_finite_row() if hasattr(X, "first_non_finite_row") else _first_non_finite_row(X)
+    if bad is not None:
         where = f"row {int(shard.rows[bad])}" if shard is not None else f"row {bad} of rank {comm.rank}'s part"
         problem = f"{path}: features contain NaN or Inf ({where})"
     elif y is not None and task == "regress" and not np.isfinite(y).all():
@@ -114,8 +125,13 @@ def labels_as_classes(y, classes):
     return y if classes.dtype.kind == "U" else y.astype(np.int64)
 
 
-def load_problem(cfg, comm) -> Problem:
-    """Read and check this rank's part of the training (and test) data named in ``cfg``."""
+def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
+    """Read and check this rank's part of the training (and test) data named in ``cfg``.
+
+    ``stream=True`` keeps X in the file: problem.X is a StreamingRows that training reads in
+    chunks of ``chunk_rows`` rows (default: about 8 MB) with read-ahead (bounded memory); y and
+    the test data are read as usual.
+    """
     import h5py
 
     if not cfg.data:
@@ -142,9 +158,18 @@ def load_problem(cfg, comm) -> Problem:
         if test_info.y_shape[1:] != info.y_shape[1:]:
             raise InputError(f"{cfg.test_data}: targets have shape {test_info.y_shape}, training data {info.y_shape}")
 
+    if stream and cfg.shuffle == "global":
+        raise InputError("streaming reads the data in chunks: use --shuffle none (the same batches as in "
+                         "memory) or local (chunk order and rows within chunks shuffled), not global")
+    if stream and cfg.test_fraction:
+        raise InputError("streaming: hold out test rows with --test-data, not --test-fraction")
     shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard)
     with h5py.File(cfg.data, "r") as f:
-        X, y = datamod.read_shard(f, info, shard, cfg.dtype)
+        X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=not stream)
+    if stream:
+        from .stream import StreamingRows
+
+        X = StreamingRows(cfg.data, info.x_name, shard, info.n_features, cfg.dtype, chunk_rows=chunk_rows)
     _check_values(comm, X, y, cfg.data, task, shard)
 
     test_X = test_y = None
@@ -162,7 +187,7 @@ def load_problem(cfg, comm) -> Problem:
 
     problem = Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
                       n_features=info.n_features, class_names=info.class_names,
-                      test_X=test_X, test_y=test_y)
+                      test_X=test_X, test_y=test_y, stream=X if stream else None)
     if task == "classify":
         train_local = y[shard.local_positions(train_rows)[1]] if cfg.test_fraction else y
         problem.classes = find_classes(comm, [train_local])

@@ -90,10 +90,15 @@ class Trainer:
         self.n_train = len(problem.train_rows)
         self.batch_size = resolve_batch_size(cfg.batch_size, self.n_train)
         self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle,
-                                      self.random_state, problem.shard, local_seed=cfg.seed)
+                                      self.random_state, problem.shard, local_seed=cfg.seed,
+                                      stream=getattr(problem, "stream", None))
         # Targets in output space once, so a step only gathers rows.
-        self.Y = problem.Y if problem.Y is not None else encode_targets(
-            problem.y, problem.classes, self.model.output, self.model.dtype)
+        if problem.Y is not None:
+            self.Y = problem.Y
+        elif getattr(problem, "stream", None) is not None and self.model.output in ("softmax", "logistic"):
+            self.Y = _encoded_rows(problem, self.model)  # streaming: class codes, encoded per batch
+        else:
+            self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
         self.epoch = 0
         self.t = 0  # samples seen, as sklearn's t_
         self.loss_curve = []
@@ -122,11 +127,21 @@ class Trainer:
         self.format_line = _epoch_line  # the estimators print sklearn's verbose lines
         self.progress = None  # rank 0 on a terminal: called as progress(epoch, step, n_steps)
         self.extra_state = None         # callable -> JSON dict stored in checkpoints (estimators)
+        # overlap=True: each layer's gradient slice is reduced with a non-blocking Iallreduce
+        # started as soon as backward has produced it (last layer first), all waited for
+        # before the update. Same sums, each element reduced once. Off by default: on the
+        # 2-core machine measured (docs/performance.md) it did not beat the single Allreduce.
+        self.overlap = False
+        self._parts = None
+        # Seconds this epoch spent gathering rows, computing (forward, backward, update) and
+        # in the gradient reduction; fit() reports the max over ranks of each.
+        self.timing = np.zeros(3)
 
     # ---- one step and one epoch -------------------------------------------------------
 
     def step(self, local_rows):
         """One optimizer step on the global batch; returns (loss, weight, stop requested)."""
+        t0 = time.perf_counter()
         m, n = len(local_rows), self.model.n_params
         xb = self.model.input_buffer(m)
         np.take(self.problem.X, local_rows, axis=0, out=xb)
@@ -140,13 +155,21 @@ class Trainer:
                 self._wbuf = np.empty(m, dtype=self.model.dtype)
             sw = self._wbuf[:m]
             np.take(self.problem.sample_weight, local_rows, out=sw)
-        self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
-        self.buffer[n + 1] = m if sw is None else sw.sum()
-        self.global_step += 1
-        if self.global_step in self.faults:
-            inject(self.faults[self.global_step], self.comm.rank, self.global_step, self.grad)
-        self.buffer[n + 2] = 1.0 if Preemption.requested else 0.0
-        self.comm.allreduce_sum(self.buffer)  # the one collective per step
+        t1 = time.perf_counter()
+        if self.overlap:
+            comm_seconds = self._overlapped_sums(xb, yb, sw, m)
+            t3 = time.perf_counter()
+            t2 = t3 - comm_seconds
+        else:
+            self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
+            self.buffer[n + 1] = m if sw is None else sw.sum()
+            self.global_step += 1
+            if self.global_step in self.faults:
+                inject(self.faults[self.global_step], self.comm.rank, self.global_step, self.grad)
+            self.buffer[n + 2] = 1.0 if Preemption.requested else 0.0
+            t2 = time.perf_counter()
+            self.comm.allreduce_sum(self.buffer)  # the one collective per step
+            t3 = time.perf_counter()
         weight = float(self.buffer[n + 1])
         alpha = self.cfg.alpha
         loss = float(self.buffer[n]) / weight
@@ -154,7 +177,49 @@ class Trainer:
             loss += (0.5 * alpha) * self.model.penalty(self.params) / weight
         self.model.finish_gradient(self.params, self.grad, alpha, weight)
         self.optimizer.step(self.params, self.grad)
+        t4 = time.perf_counter()
+        timing = self.timing
+        timing[0] += t1 - t0
+        timing[1] += (t2 - t1) + (t4 - t3)
+        timing[2] += t3 - t2
         return loss, weight, self.buffer[n + 2] > 0
+
+    def _overlapped_sums(self, xb, yb, sw, m):
+        """loss_grad_sum with each layer's slice of [gradient | loss | weight | flag] reduced
+        by its own Iallreduce as soon as it is final; returns the seconds spent in MPI calls.
+
+        The last layer's slice runs to the end of the buffer, so the scalars travel with it;
+        the slices partition the buffer, so every element is summed exactly once.
+        """
+        n, buf, comm = self.model.n_params, self.buffer, self.comm
+        if self._parts is None:
+            bounds = [s for s, _, _ in self.model.offsets] + [n + 3]
+            self._parts = [buf[bounds[i]:bounds[i + 1]] for i in range(self.model.n_layers)]
+        last = self.model.n_layers - 1
+        requests = []
+        spent = 0.0
+
+        def on_grad(layer, loss):
+            nonlocal spent
+            if layer == last:
+                buf[n] = loss
+                buf[n + 1] = m if sw is None else sw.sum()
+                self.global_step += 1
+                if self.global_step in self.faults:
+                    inject(self.faults[self.global_step], comm.rank, self.global_step, self.grad)
+                buf[n + 2] = 1.0 if Preemption.requested else 0.0
+            t = time.perf_counter()
+            comm.progress(requests)
+            req = comm.start_allreduce_sum(self._parts[layer])
+            if req is not None:
+                requests.append(req)
+            spent += time.perf_counter() - t
+
+        self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw, on_grad=on_grad)
+        t = time.perf_counter()
+        comm.wait_all(requests)
+        comm.allreduce_calls += 1  # one (split) gradient reduction per step
+        return spent + time.perf_counter() - t
 
     def run_epoch(self):
         """Run the rest of the current epoch: (its loss or None if stopped part-way, stop flag).
@@ -235,6 +300,7 @@ class Trainer:
                     self._preempt()
                     break
                 self.loss_curve.append(loss)
+                breakdown = self._epoch_breakdown()  # collective
                 # Every rank applies the rule so optimizer state (adaptive lr) stays equal;
                 # rank 0's verdict is the one acted on.
                 score = self.validate() if self.early_stopping else None  # collective
@@ -247,7 +313,7 @@ class Trainer:
                     reason = "preempted"
                 record = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
                           "samples_per_second": self.n_train / seconds if seconds > 0 else None,
-                          "learning_rate": self.optimizer.learning_rate}
+                          "learning_rate": self.optimizer.learning_rate, **breakdown}
                 if self.early_stopping:
                     record["validation_score"] = score
                     record["validation_loss"] = self.validation_loss_curve[-1]
@@ -278,6 +344,13 @@ class Trainer:
         self.train_seconds = train_seconds
         self.wall_seconds = time.perf_counter() - start
         return self
+
+    def _epoch_breakdown(self):
+        """Collective: this epoch's seconds gathering rows, computing and in the gradient
+        reduction (which includes waiting for the slowest rank), each the max over ranks."""
+        t = self.comm.allreduce(self.timing.copy(), "max")
+        self.timing[...] = 0
+        return {"data_seconds": float(t[0]), "compute_seconds": float(t[1]), "comm_seconds": float(t[2])}
 
     def _preempt(self):
         if self.checkpointer:
@@ -410,6 +483,12 @@ class Trainer:
         return out
 
 
+def _encoded_rows(problem, model):
+    from .stream import EncodedRows
+
+    return EncodedRows(labels_as_classes(problem.y, problem.classes), problem.classes, model.output, model.dtype)
+
+
 def _test_fields(report):
     if "accuracy" in report:
         return {"test_accuracy": report["accuracy"], "test_f1_macro": report["f1_macro"],
@@ -424,5 +503,8 @@ def _epoch_line(r):
     elif "test_r2" in r:
         test = f"  test_r2 {r['test_r2']:.4f}"
     rate = r["samples_per_second"]
+    parts = ""
+    if "compute_seconds" in r:
+        parts = f" (compute {r['compute_seconds']:.3f}s, comm {r['comm_seconds']:.3f}s, data {r['data_seconds']:.3f}s)"
     return (f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
-            f"  {rate:,.0f} samples/s" if rate else f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}")
+            f"  {rate:,.0f} samples/s{parts}" if rate else f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}")

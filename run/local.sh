@@ -34,6 +34,7 @@ if [[ $# -eq 0 ]]; then
            --epochs 1000 --log-every 100 --checkpoint "$out/iris-checkpoints"
 fi
 
-prefix=()
-[[ -n "${TIMEOUT:-}" ]] && prefix=(timeout "$TIMEOUT")
-exec "${prefix[@]}" "${launcher[@]}" -n "$np" "$mpinn" train "$@"
+if [[ -n "${TIMEOUT:-}" ]]; then
+    exec timeout "$TIMEOUT" "${launcher[@]}" -n "$np" "$mpinn" train "$@"
+fi
+exec "${launcher[@]}" -n "$np" "$mpinn" train "$@"

@@ -7,8 +7,11 @@
 #
 # qsub passes no arguments to a script, so training args come from "$@" or else MPINN_ARGS
 # (split on whitespace); with neither, writes out/iris.h5 and trains on it. Checkpoints go to
-# $PBS_O_WORKDIR/checkpoints/$PBS_JOBID (override with CHECKPOINT_DIR). Adapt the #PBS lines,
-# the module loads and the venv path to your site: see run/README.md.
+# $PBS_O_WORKDIR/checkpoints/$PBS_JOBID (override: CHECKPOINT_DIR) every CHECKPOINT_EVERY
+# epochs (default 10) and at the end. Training runs with --resume: a rerun job (qrerun keeps
+# $PBS_JOBID), or a new one given the same CHECKPOINT_DIR, continues from the newest checkpoint.
+# Exit 75: mpinn was told to stop (SIGTERM/SIGUSR1), wrote a checkpoint; rerun to continue.
+# Adapt the #PBS lines, the module loads and the venv path to your site: see run/README.md.
 #
 #PBS -N mpinn
 #PBS -l select=1:ncpus=4:mpiprocs=4
@@ -34,7 +37,7 @@ launcher+=(-n "$np" --hostfile "$nodefile")
 
 if [[ $# -eq 0 && -n "${MPINN_ARGS:-}" ]]; then
     read -r -a args <<< "$MPINN_ARGS"
-    set -- "${args[@]}"
+    set -- ${args[@]+"${args[@]}"}
 fi
 if [[ $# -eq 0 ]]; then
     mkdir -p out
@@ -46,4 +49,4 @@ ckpt=${CHECKPOINT_DIR:-$PBS_O_WORKDIR/checkpoints/${PBS_JOBID:-local}}
 
 echo "job ${PBS_JOBID:-?}: $np ranks x $OMP_NUM_THREADS BLAS threads, checkpoints in $ckpt"
 "${launcher[@]}" "$mpinn" info
-"${launcher[@]}" "$mpinn" train --checkpoint "$ckpt" --checkpoint-every "${CHECKPOINT_EVERY:-10}" "$@"
+"${launcher[@]}" "$mpinn" train --checkpoint "$ckpt" --checkpoint-every "${CHECKPOINT_EVERY:-10}" --resume "$@"

@@ -100,26 +100,49 @@ def test_slurm_sbatch_with_faked_job(tmp_path, iris):
     load_latest(ckpt)
 
 
-def test_slurm_sbatch_usr1_is_logged_and_training_continues(tmp_path, iris):
+def test_slurm_sbatch_usr1_checkpoints_requeues_and_the_requeued_job_resumes(tmp_path, iris):
+    # A stand-in for scontrol that records what the script asked of Slurm.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bindir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(calls))}\n')
+    (bindir / "scontrol").chmod(0o755)
     env = clean_env(SLURM_NTASKS=2, SLURM_CPUS_PER_TASK=1, SLURM_SUBMIT_DIR=tmp_path,
-                    SLURM_JOB_ID=7, MPIEXEC=mpiexec(), CHECKPOINT_EVERY=100)
-    cmd = [str(RUN / "slurm.sbatch"), "--data", str(iris), "--hidden", "10", "--epochs", "2000",
+                    SLURM_JOB_ID=7, MPIEXEC=mpiexec(), CHECKPOINT_EVERY=200)
+    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+    cmd = [str(RUN / "slurm.sbatch"), "--data", str(iris), "--hidden", "10", "--epochs", "4000",
            "--tol", "0", "--quiet"]
+    ckpt = tmp_path / "checkpoints" / "7"
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        latest = tmp_path / "checkpoints" / "7" / "latest"
         deadline = time.monotonic() + TIMEOUT
-        while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not (ckpt / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "training ended before the signal could be sent"
-        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@60 does
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "time limit in 60 s; newest checkpoint:" in err and "done: 2000 epochs" in out
+    assert "preempted (SIGUSR1)" in err and "requeueing job 7" in err, err
+    assert calls.read_text().split() == ["requeue", "7"]
+    stopped_at = mpinn_load_epoch(ckpt)
+    assert 0 < stopped_at < 4000
+
+    # Slurm starts the requeued job with the same id: it resumes from the checkpoint.
+    env["SLURM_RESTART_COUNT"] = "1"
+    proc = run(cmd, env, tmp_path)
+    assert f"resumed from {ckpt}" in proc.stdout and "done: 4000 epochs" in proc.stdout
+    assert calls.read_text().split() == ["requeue", "7"]  # no second requeue
+    assert mpinn_load_epoch(ckpt) == 4000
+
+
+def mpinn_load_epoch(directory):
+    import mpinn
+
+    return len(mpinn.load(str(directory)).loss_curve_)
 
 
 def test_pbs_sh_with_faked_job(tmp_path, iris):
@@ -129,4 +152,9 @@ def test_pbs_sh_with_faked_job(tmp_path, iris):
                     MPIEXEC=mpiexec(), MPINN_ARGS=f"--data {iris} --hidden 10 --epochs 20")
     proc = run([str(RUN / "pbs.sh")], env, tmp_path)
     assert "ranks: 2" in proc.stdout and "done: 20 epochs" in proc.stdout
-    load_latest(tmp_path / "checkpoints" / "99.server")
+    ckpt = tmp_path / "checkpoints" / "99.server"
+    load_latest(ckpt)
+    # A new job pointed at the same checkpoint directory continues (training args via "$@").
+    env.update(PBS_JOBID="100.server", CHECKPOINT_DIR=str(ckpt))
+    proc = run([str(RUN / "pbs.sh"), "--data", str(iris), "--hidden", "10", "--epochs", "30"], env, tmp_path)
+    assert f"resumed from {ckpt}" in proc.stdout and "done: 30 epochs" in proc.stdout

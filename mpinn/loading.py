@@ -1,0 +1,87 @@
+"""Checkpoints back to estimators: what mpinn.load returns. No MPI.
+
+A checkpoint written by an estimator carries an ``estimator`` entry in its state (the class,
+its parameters, the label coding); one written by `mpinn train` is turned into the estimator
+its configuration describes. Either way the result has sklearn's fitted attributes, predicts,
+and can continue with partial_fit (the optimizer state is restored).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import inputs
+from .estimators import MLPClassifier, MLPRegressor
+from .model import MLP
+from .optim import make_optimizer
+
+
+def from_checkpoint(attrs, arrays):
+    """The estimator stored in a checkpoint (written by an estimator or by `mpinn train`)."""
+    meta_model = attrs["model"]
+    state = attrs["state"]
+    meta = state.get("estimator")
+    cfg = attrs["config"]
+    if meta is not None:
+        cls = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}[meta["class"]]
+        params = dict(meta["params"])
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        if isinstance(params.get("class_weight"), dict):
+            params["class_weight"] = {c: w for c, w in params["class_weight"]["pairs"]}
+        est = cls(**params)
+    else:  # a CLI run: its config in sklearn's terms
+        cls = MLPClassifier if meta_model["task"] == "classify" else MLPRegressor
+        est = cls(hidden_layer_sizes=tuple(cfg["hidden"]), activation=cfg["activation"], solver=cfg["solver"],
+                  alpha=cfg["alpha"], batch_size=cfg["batch_size"], learning_rate=cfg["lr_schedule"],
+                  learning_rate_init=cfg["lr"], power_t=cfg["power_t"], max_iter=cfg["epochs"],
+                  shuffle=cfg["shuffle"] != "none", random_state=cfg["seed"], tol=cfg["tol"],
+                  momentum=cfg["momentum"], nesterovs_momentum=cfg["nesterov"], beta_1=cfg["beta_1"],
+                  beta_2=cfg["beta_2"], epsilon=cfg["epsilon"], n_iter_no_change=cfg["n_iter_no_change"],
+                  dtype=cfg["dtype"], shard=cfg["shard"])
+    model = MLP(meta_model["layer_sizes"], meta_model["activation"], meta_model["output"], dtype=meta_model["dtype"])
+    params = np.asarray(arrays["params"], dtype=model.dtype)
+    est._set_coefs(model, params)
+    est.n_features_in_ = model.layer_sizes[0]
+    est.n_layers_ = len(model.layer_sizes)
+    est.n_outputs_ = model.layer_sizes[-1]
+    est.out_activation_ = meta_model["output"]
+    if est._classifier:
+        coding = (meta or {}).get("coding")
+        if coding:
+            est._coding = inputs.LabelCoding(np.asarray(coding["classes"]), coding["y_type"])
+        else:
+            classes = np.asarray(attrs["classes"])
+            est._coding = inputs.LabelCoding(classes, "multiclass" if meta_model["output"] == "softmax" else "binary")
+        est.classes_ = est._coding.classes
+    if est.solver == "lbfgs":
+        est.n_iter_, est.loss_, est.t_ = meta["n_iter"], meta["loss"], 0
+        return est
+    est.n_iter_ = meta["n_iter"] if meta else state["epoch"]
+    est.t_ = state["t"]
+    est.loss_curve_ = np.asarray(arrays["loss_curve"]).tolist()
+    est.loss_ = est.loss_curve_[-1] if est.loss_curve_ else None
+    est._no_improvement_count = state["no_improvement"]
+    est._best_params = params.copy()
+    if meta and meta.get("validation_scores") is not None:
+        est.validation_scores_ = meta["validation_scores"]
+        est.validation_loss_curve_ = meta["validation_loss_curve"]
+        est.best_validation_score_ = meta["best_validation_score"]
+        est.best_loss_ = None
+    else:
+        est.validation_scores_ = est.best_validation_score_ = est.validation_loss_curve_ = None
+        est.best_loss_ = np.inf if state["best_loss"] is None else state["best_loss"]
+    opt_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+    optimizer = make_optimizer(est.solver, model.n_params, model.dtype, lr=est.learning_rate_init,
+                               momentum=est.momentum, nesterov=est.nesterovs_momentum, schedule=est.learning_rate,
+                               power_t=est.power_t, beta_1=est.beta_1, beta_2=est.beta_2, epsilon=est.epsilon)
+    optimizer.load_state(state["optimizer"], opt_arrays)
+    est._optimizer = optimizer
+    est.history_ = state.get("history", [])
+    return est
+
+
+def load(path):
+    """mpinn.load: the estimator stored in a checkpoint file or directory."""
+    from .checkpoint import read_checkpoint
+
+    return from_checkpoint(*read_checkpoint(path))

@@ -1,0 +1,78 @@
+"""Streaming mode (mpinn.stream): bounded window of chunks, same model as in memory with
+shuffle none, every row visited once per epoch with the chunk-order shuffle."""
+
+import numpy as np
+import pytest
+
+from mpinn.comm import Comm
+from mpinn.config import TrainConfig
+from mpinn.datasets import make_synthetic, write_hdf5
+from mpinn.errors import InputError
+from mpinn.partition import make_shard
+from mpinn.problem import load_problem
+from mpinn.stream import StreamingRows
+from mpinn.train import Trainer
+
+
+class _Serial:
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+
+@pytest.fixture
+def data(tmp_path):
+    X, y = make_synthetic(1000, 6, 3, seed=1)
+    path = tmp_path / "d.h5"
+    write_hdf5(path, X, y)
+    return path, X, y
+
+
+def _fit(path, stream, shuffle="none", **kw):
+    cfg = TrainConfig(**{"data": str(path), "hidden": (8,), "epochs": 3, "batch_size": 64, "seed": 2,
+                         "shuffle": shuffle, **kw}).validate()
+    comm = Comm(_Serial())
+    problem = load_problem(cfg, comm, stream=stream, chunk_rows=100)  # 10 chunks, as on real data
+    return Trainer(cfg, problem, comm, log=lambda line: None).fit()
+
+
+@pytest.mark.parametrize("classes", [3, 2])  # softmax and logistic outputs
+def test_streaming_trains_the_same_model_as_in_memory_with_shuffle_none(tmp_path, classes):
+    X, y = make_synthetic(1000, 6, classes, seed=1)
+    path = tmp_path / "d.h5"
+    write_hdf5(path, X, y)
+    a, b = _fit(path, False), _fit(path, True)
+    assert np.array_equal(a.params, b.params)
+    assert a.loss_curve == b.loss_curve
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_rows_and_window(data, step):
+    path, X, _ = data
+    shard = make_shard(len(X), 1, step, "strided") if step > 1 else make_shard(len(X), 0, 1)
+    s = StreamingRows(str(path), "X", shard, X.shape[1], np.float64, chunk_rows=37, read_ahead=2)
+    mine = X[shard.as_slice()]
+    out = np.empty((50, X.shape[1]))
+    for start in range(0, len(mine), 50):
+        rows = np.arange(start, min(start + 50, len(mine)))
+        np.take(s, rows, axis=0, out=out[: len(rows)])
+        assert np.array_equal(out[: len(rows)], mine[rows])
+        assert len(s._loaded) <= s.read_ahead + 2
+    assert s.first_non_finite_row() is None
+    s.close()
+
+
+def test_chunk_order_shuffle_visits_every_row_once(data):
+    path, X, _ = data
+    tr = _fit(path, True, shuffle="local", epochs=1)
+    seen = np.concatenate(list(tr.schedule.epoch(1)))
+    assert sorted(seen.tolist()) == list(range(len(X)))
+    assert not np.array_equal(seen, np.arange(len(X)))
+
+
+def test_streaming_refuses_global_shuffle(data):
+    path, _, _ = data
+    with pytest.raises(InputError, match="shuffle"):
+        _fit(path, True, shuffle="global")
