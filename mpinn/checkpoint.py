@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import tempfile
 
 import numpy as np
@@ -113,11 +114,14 @@ class Checkpointer:
         if self.comm.rank == 0:
             save_trainer(path, trainer)
             pointer = os.path.join(self.directory, LATEST)
-            with tempfile.NamedTemporaryFile("w", dir=self.directory, prefix=".latest-", delete=False) as fh:
+            # Unique name, ordinary umask permissions (mkstemp would make the pointer 0600).
+            tmp = os.path.join(self.directory, f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "w") as fh:
                 fh.write(os.path.basename(path) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(fh.name, pointer)
+            os.replace(tmp, pointer)
             _fsync_dir(self.directory)
             existing = sorted(n for n in os.listdir(self.directory) if NAME.match(n))
             for old in existing[: -self.keep]:

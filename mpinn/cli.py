@@ -96,6 +96,9 @@ def _train_args(p):
     g = p.add_argument_group("distribution")
     g.add_argument("--shard", help="block (default), strided or weighted:W0,W1,... (one weight per rank)")
     g.add_argument("--shuffle", help="global (default; N-independent), local (per shard) or none")
+    g.add_argument("--stream", action="store_true",
+                   help="leave X in the file and read it in chunks with read-ahead (bounded memory); "
+                        "needs --shuffle none or local")
     g = p.add_argument_group("output")
     g.add_argument("--checkpoint", help="directory for checkpoints (written at the end and every N epochs)")
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N epochs (default 0: only at the end)")
@@ -204,6 +207,8 @@ def config_from_args(args):
 
 
 def _check_output_file(path, what):
+    if os.path.isdir(path):
+        raise InputError(f"{what}: {path} is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise InputError(f"{what}: cannot write {path} (directory missing or not writable)")

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     shard: str = "block"
     shuffle: str = "global"
+    stream: bool = False
     checkpoint: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
@@ -124,7 +125,18 @@ class TrainConfig:
         if self.resume and not self.checkpoint:
             raise InputError("--resume needs --checkpoint DIR (the directory to resume from)")
         parse_shard(self.shard)
+        if self.stream:
+            check_streaming(self)
         return self
+
+
+def check_streaming(cfg):
+    """Streaming reads each shard front to back in chunks: the batches must follow that order."""
+    if cfg.shuffle == "global":
+        raise InputError("--stream: use --shuffle none (the same batches as in memory) or local (chunk order "
+                         "and rows within chunks shuffled); global would read the whole shard every batch")
+    if cfg.test_fraction:
+        raise InputError("--stream: hold out test rows with --test-data, not --test-fraction")
 
 
 # Options a resumed run may change; every other one must equal the checkpoint's.
@@ -142,7 +154,7 @@ def resume_conflicts(saved: dict, current: "TrainConfig"):
 CLI_ONLY = {"json": bool, "quiet": bool, "log_every": int}
 _FLOATS = {"test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
 _INTS = {"epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
-_BOOLS = {"nesterov", "resume"}
+_BOOLS = {"nesterov", "resume", "stream"}
 
 
 def _coerce(key, value):

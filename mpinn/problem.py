@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import data as datamod
+from .config import check_streaming
 from .errors import InputError
 from .partition import Shard, make_shard
 
@@ -128,7 +129,7 @@ def labels_as_classes(y, classes):
 def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
     """Read and check this rank's part of the training (and test) data named in ``cfg``.
 
-    ``stream=True`` keeps X in the file: problem.X is a StreamingRows that training reads in
+    ``stream=True`` (or ``cfg.stream``) keeps X in the file: problem.X is a StreamingRows that training reads in
     chunks of ``chunk_rows`` rows (default: about 8 MB) with read-ahead (bounded memory); y and
     the test data are read as usual.
     """
@@ -158,11 +159,9 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         if test_info.y_shape[1:] != info.y_shape[1:]:
             raise InputError(f"{cfg.test_data}: targets have shape {test_info.y_shape}, training data {info.y_shape}")
 
-    if stream and cfg.shuffle == "global":
-        raise InputError("streaming reads the data in chunks: use --shuffle none (the same batches as in "
-                         "memory) or local (chunk order and rows within chunks shuffled), not global")
-    if stream and cfg.test_fraction:
-        raise InputError("streaming: hold out test rows with --test-data, not --test-fraction")
+    stream = stream or cfg.stream
+    if stream:
+        check_streaming(cfg)
     shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard)
     with h5py.File(cfg.data, "r") as f:
         X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=not stream)

@@ -292,7 +292,9 @@ class Trainer:
         try:
             while reason is None:
                 t0 = time.perf_counter()
-                loss, preempted = self.run_epoch()
+                # Overflow on the way to divergence is detected and reported once, below.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    loss, preempted = self.run_epoch()
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 if loss is None:  # stopped part-way through an epoch

@@ -103,6 +103,8 @@ CASES = [
     ("resume features", ["train", "--data", f"{D}/three_features.h5", "--hidden", "8", "--epochs", "3",
                          "--checkpoint", f"{D}/ck", "--resume"], "has layers [4, 8, 3]"),
     ("checkpoint dir", ["train", "--data", f"{D}/iris.h5", "--checkpoint", "/proc/mpinn"], "is not writable"),
+    ("predictions to a directory", ["predict", "--model", f"{D}/ck", "--data", f"{D}/iris.h5", "--out", f"{D}"],
+     "is a directory; give a file name"),
     ("resume without dir", ["train", "--data", f"{D}/iris.h5", "--resume"], "--resume needs --checkpoint"),
 ]
 

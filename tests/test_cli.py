@@ -60,6 +60,9 @@ def test_one_two_three_ranks_give_the_same_weights(iris, tmp_path, shard):
 def test_checkpoint_round_trip_predictions(iris, tmp_path):
     run(["train", "--data", iris, "--hidden", "6", "--epochs", "20", "--quiet", "--checkpoint", tmp_path / "ck"], np_=2)
     model = mpinn.load(tmp_path / "ck")
+    latest = tmp_path / "ck" / "latest"
+    # The pointer is as readable as the checkpoint it names (not a private 0600 temp file).
+    assert latest.stat().st_mode & 0o777 == (tmp_path / "ck" / latest.read_text().strip()).stat().st_mode & 0o777
     with h5py.File(iris, "r") as f:
         X, y = f["X"][()], f["y"][()]
     run(["predict", "--model", tmp_path / "ck", "--data", iris, "--out", tmp_path / "pred.h5"], np_=3)

@@ -65,6 +65,15 @@ def test_divergence_stops_all_ranks_and_keeps_last_good_checkpoint(iris, tmp_pat
     assert attrs["state"]["epoch"] == 3
 
 
+def test_overflowing_learning_rate_gives_one_message_not_numpy_warnings(iris, tmp_path):
+    proc = run(["train", "--data", iris, "--task", "regress", "--activation", "identity", "--solver", "sgd",
+                "--lr", "1e6", "--hidden", "10", "--epochs", "50", "--quiet", "--checkpoint", tmp_path / "ck"],
+               np_=2, check=False, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [
+        "mpinn: error: training diverged: loss is inf at epoch 4; try a smaller --lr"], proc.stderr
+
+
 @pytest.mark.parametrize("n,resume_n", [(2, 2), (3, 3), (2, 3), (3, 1)])
 @pytest.mark.parametrize("kind", ["term", "usr1"])
 def test_preemption_checkpoints_then_resume_matches_uninterrupted(iris, tmp_path, n, resume_n, kind):

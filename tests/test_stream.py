@@ -76,3 +76,44 @@ def test_streaming_refuses_global_shuffle(data):
     path, _, _ = data
     with pytest.raises(InputError, match="shuffle"):
         _fit(path, True, shuffle="global")
+
+
+# ---- `mpinn train --stream` under mpiexec --------------------------------------------------
+
+
+def _weights(directory):
+    import mpinn
+
+    model = mpinn.load(directory)
+    return model.coefs_ + model.intercepts_
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_train_stream_flag_matches_in_memory_and_resumes(tmp_path, n):
+    from launch import clean_env, run
+
+    X, y = make_synthetic(3000, 6, 3, seed=4)
+    write_hdf5(tmp_path / "d.h5", X, y)
+    common = ["train", "--data", tmp_path / "d.h5", "--hidden", "8", "--epochs", "4", "--batch-size", "64",
+              "--shuffle", "none", "--quiet"]
+    run(common + ["--checkpoint", tmp_path / "mem"], np_=n)
+    run(common + ["--stream", "--checkpoint", tmp_path / "st"], np_=n)
+    for a, b in zip(_weights(tmp_path / "mem"), _weights(tmp_path / "st")):
+        np.testing.assert_array_equal(a, b)
+    # Preempted mid-epoch (step 60 of 4 x 47), resumed in streaming mode: the same model again.
+    proc = run(common + ["--stream", "--checkpoint", tmp_path / "pre"], np_=n, check=False,
+               env=clean_env(MPINN_FAULT=f"{n - 1}:60:term"))
+    assert proc.returncode == 75, proc.stderr
+    run(common + ["--stream", "--checkpoint", tmp_path / "pre", "--resume"], np_=n)
+    for a, b in zip(_weights(tmp_path / "mem"), _weights(tmp_path / "pre")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_stream_with_global_shuffle_is_refused_before_reading(tmp_path):
+    from launch import run
+
+    proc = run(["train", "--data", tmp_path / "missing.h5", "--stream"], np_=2, check=False, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "mpinn: error: --stream: use --shuffle none (the same batches as in memory) or local (chunk order and "
+        "rows within chunks shuffled); global would read the whole shard every batch"]
