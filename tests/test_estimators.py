@@ -402,6 +402,9 @@ def test_classic_example_under_mpiexec_prints_sklearn_accuracy(tmp_path):
     sk_script.write_text(source.replace("from mpinn import MLPClassifier",
                                         "from sklearn.neural_network import MLPClassifier"))
     env = clean_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1)
+    # Block-buffered, each rank's output reaches mpiexec in whole pieces; unbuffered, the two
+    # ranks' lines could interleave mid-line.
+    env.pop("PYTHONUNBUFFERED", None)
     ours = subprocess.run([*mpiexec(), "-n", "2", sys.executable, script], capture_output=True, text=True,
                           timeout=300, env=env, cwd=ROOT)
     assert ours.returncode == 0, ours.stderr
