@@ -214,6 +214,15 @@ def _check_output_file(path, what):
         raise InputError(f"{what}: cannot write {path} (directory missing or not writable)")
 
 
+def _print_report(report, as_json):
+    """One JSON object, or one `key: value` line per entry (lists and dicts as JSON)."""
+    if as_json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
 def cmd_train(args):
     from .checkpoint import Checkpointer
     from .comm import world
@@ -360,11 +369,7 @@ def cmd_eval(args):
     if comm.rank == 0 and args.plot:
         plot_confusion(report, args.plot)
     if comm.rank == 0:
-        if args.json:
-            print(json.dumps(report))
-        else:
-            for key, value in report.items():
-                print(f"{key}: {value}")
+        _print_report(report, args.json)
     return 0
 
 
@@ -477,12 +482,7 @@ def cmd_data_info(args):
     from .datasets import info
 
     if env_rank() == 0:
-        report = info(args.file, x_name=args.x_name, y_name=args.y_name)
-        if args.json:
-            print(json.dumps(report))
-        else:
-            for key, value in report.items():
-                print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        _print_report(info(args.file, x_name=args.x_name, y_name=args.y_name), args.json)
     return 0
 
 

@@ -13,13 +13,6 @@ import mpinn
 from launch import run
 
 
-@pytest.fixture(scope="module")
-def iris(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "iris.h5"
-    run(["data", "iris", path])
-    return path
-
-
 def test_classic_iris_example_distributed(iris, tmp_path):
     """The sklearn iris example (hidden 10, sgd, 1000 epochs), on 2 ranks."""
     proc = run(["train", "--data", iris, "--test-fraction", "0.2", "--hidden", "10", "--solver", "sgd",

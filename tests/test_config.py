@@ -17,13 +17,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@pytest.fixture(scope="module")
-def iris(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "iris.h5"
-    run(["data", "iris", path])
-    return path
-
-
 def test_toml_reproduces_the_flags_model(iris, tmp_path):
     flags = ["--hidden", "12,6", "--solver", "sgd", "--lr", "0.01", "--batch-size", "32", "--epochs", "25",
              "--no-nesterov", "--seed", "4", "--shard", "strided"]

@@ -25,13 +25,6 @@ SHORT = ["--hidden", "8", "--solver", "sgd", "--epochs", "12", "--batch-size", "
 FAULT_DEADLINE = 10  # seconds from the fault to every rank gone
 
 
-@pytest.fixture(scope="module")
-def iris(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "iris.h5"
-    run(["data", "iris", path])
-    return path
-
-
 def _assert_loads(directory):
     attrs, _ = read_checkpoint(directory)  # verifies the checksum
     model = mpinn.load(directory)
