@@ -1,0 +1,347 @@
+"""How MLPClassifier and MLPRegressor fit: this rank's shard, init, L-BFGS or stochastic training.
+
+Reads the data (global arrays or an HDF5 path) down to this rank's rows, draws the first
+weights in sklearn's order, holds out sklearn's early-stopping rows and drives the same Trainer
+as the CLI (train.py). MPI only through comm.py, imported when fit runs.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+
+import numpy as np
+
+from . import inputs
+from .estimator_base import STOCHASTIC, _BaseMLP
+from .model import MLP
+
+
+class _SerialComm:
+    """Stands in for an mpi4py communicator when mpi4py is missing: one process, no MPI."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+
+class _FitMLP(_BaseMLP):
+    """fit and the fitting steps partial_fit shares; the subclasses supply _output and _targets."""
+
+    # ---- the communicator and the data --------------------------------------------------
+
+    def _get_comm(self):
+        from .comm import Comm, world
+
+        if self.comm is None:
+            try:
+                return world()
+            except ImportError:
+                return Comm(_SerialComm())
+        return self.comm if isinstance(self.comm, Comm) else Comm(self.comm)
+
+    def _read(self, X, y, sample_weight, comm):
+        """This rank's rows: (X, y, weights, shard, n_rows, y_all or None).
+
+        Arrays: every rank passes the same global arrays, checks them and keeps its shard.
+        An HDF5 path (or open h5py.File): each rank reads only its rows (y names the target dataset, default
+        "y"; sample_weight may name a weight dataset in the file).
+        """
+        from .partition import make_shard
+        from .problem import collective_check, load_shard
+
+        if hasattr(X, "filename") and hasattr(X, "keys"):  # an open h5py.File: read by name
+            X = X.filename
+        if isinstance(X, (str, os.PathLike)):
+            if y is not None and not isinstance(y, str):
+                raise ValueError("with an HDF5 path as X, y must be None or the name of the target dataset")
+            if sample_weight is not None and not isinstance(sample_weight, str):
+                raise ValueError("with an HDF5 path as X, sample_weight must be None or a dataset name")
+            Xl, yl, wl, shard = load_shard(os.fspath(X), comm, y_name=y or "y", w_name=sample_weight,
+                                           shard=self.shard, dtype=self.dtype,
+                                           task="classify" if self._classifier else "regress")
+            if yl.ndim == 2 and yl.shape[1] == 1:
+                yl = yl.ravel()
+            if wl is not None:
+                collective_check(comm, inputs.finite_problem(wl, "sample_weight"))
+            return Xl, yl, wl, shard, shard.n_rows, None
+        Xa = inputs.check_X(X)
+        ya = inputs.check_y(y, len(Xa), classifier=self._classifier)
+        dtype = inputs.train_dtype(Xa, self.dtype)
+        sw = inputs.check_sample_weight(sample_weight, len(Xa), dtype)
+        if comm.size > 1:  # SPMD: every rank must pass the same global arrays
+            root = comm.bcast_json([len(Xa), Xa.shape[1]])
+            collective_check(comm, None if root == [len(Xa), Xa.shape[1]] else
+                             f"rank {comm.rank} passed X of shape {Xa.shape}, rank 0 {tuple(root)}: every rank "
+                             "must pass the same global arrays (or an HDF5 path)")
+        shard = make_shard(len(Xa), comm.rank, comm.size, self.shard)
+        Xl = np.ascontiguousarray(Xa[shard.as_slice()], dtype=dtype)
+        collective_check(comm, inputs.finite_problem(Xl, "X"))
+        wl = None if sw is None else sw[shard.as_slice()]
+        return Xl, ya[shard.as_slice()], wl, shard, len(Xa), ya
+
+    # ---- fit ------------------------------------------------------------------------------
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Train on X, y (the same global arrays on every rank, or an HDF5 path); returns self."""
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def _fit(self, X, y, sample_weight, incremental):
+        hidden = self._validate_params()
+        comm = self._get_comm()
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        Xl, yl, wl, shard, n_rows, y_all = self._read(X, y, sample_weight, comm)
+        if n_rows < 1:
+            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+        n_features = Xl.shape[1]
+        if first_pass:
+            self.n_features_in_ = n_features
+        elif n_features != self.n_features_in_:
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        dtype = Xl.dtype
+        Yl, wl = self._targets(yl, y_all, wl, comm, incremental, dtype)
+        n_outputs = Yl.shape[1]
+        self.n_outputs_ = n_outputs
+        layer_units = [n_features, *hidden, n_outputs]
+        rs = inputs.check_random_state(self.random_state)
+        if comm.size > 1 and not isinstance(self.random_state, numbers.Integral):
+            _sync_random_state(rs, comm)  # every rank draws what rank 0 would
+        if first_pass:
+            self._initialize(layer_units, dtype, rs)
+        model = MLP(layer_units, self.activation, self.out_activation_, dtype=dtype)
+        params = self._flat(model)
+        checkpointer = self._checkpointer(comm)
+        from .config import TrainConfig
+        from .problem import Problem
+
+        problem = Problem(task="classify" if self._classifier else "regress", X=Xl, y=yl, shard=shard,
+                          train_rows=np.arange(n_rows, dtype=np.int64), n_features=n_features,
+                          classes=getattr(self, "classes_", None), n_outputs=n_outputs, Y=Yl, sample_weight=wl)
+        cfg = TrainConfig(hidden=tuple(hidden), activation=self.activation, solver=self.solver,
+                          lr=self.learning_rate_init, lr_schedule=self.learning_rate, power_t=self.power_t,
+                          momentum=self.momentum, nesterov=self.nesterovs_momentum, beta_1=self.beta_1,
+                          beta_2=self.beta_2, epsilon=self.epsilon, epochs=1 if incremental else self.max_iter,
+                          alpha=self.alpha, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
+                          dtype=np.dtype(dtype).name, shard=str(self.shard),
+                          shuffle="global" if self.shuffle else "none",
+                          checkpoint=None if self.checkpoint is None else os.fspath(self.checkpoint),
+                          checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints)
+        if self.solver == "lbfgs":
+            params = self._fit_lbfgs(cfg, problem, comm, model, params, rs, checkpointer)
+        else:
+            params = self._fit_stochastic(cfg, problem, comm, model, params, rs, checkpointer, incremental)
+        if not np.isfinite(params).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
+                             "values and need to be preprocessed.")
+        self._set_coefs(model, params)
+        return self
+
+    def _initialize(self, layer_units, dtype, rs):
+        """First fit: attributes and Glorot weights drawn from ``rs`` in sklearn's order."""
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._output()
+        model = MLP(layer_units, self.activation, self.out_activation_, dtype=dtype)
+        params = model.init_params(rs)
+        self._set_coefs(model, params)
+        self._best_params = params.copy()
+        for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_",
+                     "validation_loss_curve_", "_optimizer", "loss_"):
+            self.__dict__.pop(name, None)
+        if self.solver in STOCHASTIC:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.validation_loss_curve_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.validation_loss_curve_ = None
+                self.best_validation_score_ = None
+
+    def _flat(self, model):
+        params = model.new_buffer()
+        for (W, b), c, i in zip(model.views(params), self.coefs_, self.intercepts_):
+            W[...] = c
+            b[...] = i
+        return params
+
+    def _set_coefs(self, model, params):
+        views = model.views(params)
+        self.coefs_ = [W.copy() for W, _ in views]
+        self.intercepts_ = [b.copy() for _, b in views]
+
+    def _checkpointer(self, comm):
+        if not self.checkpoint:
+            return None
+        from .checkpoint import Checkpointer
+        from .problem import decide_on_root
+
+        ck = Checkpointer(os.fspath(self.checkpoint), comm, keep=self.keep_checkpoints)
+        decide_on_root(comm, ck.check_writable)
+        return ck
+
+    def _fit_lbfgs(self, cfg, problem, comm, model, params, rs, checkpointer):
+        from .train import Trainer
+
+        trainer = Trainer(cfg, problem, comm, log=lambda line: None, model=model, params=params,
+                          random_state=rs, checkpointer=checkpointer)
+        result = trainer.fit_lbfgs(self.max_iter, self.max_fun, self.tol)
+        self.n_iter_ = min(int(result.nit), self.max_iter)
+        self.loss_ = float(result.fun)
+        if result.status != 0:
+            msg = result.message.decode() if isinstance(result.message, bytes) else result.message
+            warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n"
+                          f"{msg}\n\nIncrease the number of iterations to improve the convergence "
+                          f"(max_iter={self.max_iter}).\nYou might also want to scale the data as shown in:\n"
+                          "    https://scikit-learn.org/stable/modules/preprocessing.html",
+                          inputs.sklearn_or_own("ConvergenceWarning"), stacklevel=4)
+        if checkpointer:
+            trainer.extra_state = lambda: self._checkpoint_meta(trainer)
+            checkpointer.save(trainer)
+        return trainer.params
+
+    def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental):
+        from .train import Trainer, TrainingDiverged
+
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        optimizer = getattr(self, "_optimizer", None) if incremental else None
+        if self.early_stopping:
+            self._split_validation(problem, rs, comm)
+        n_train = len(problem.train_rows)
+        if self.batch_size == "auto":
+            cfg.batch_size = min(200, n_train)
+        elif self.batch_size == "full":
+            cfg.batch_size = n_train
+        else:
+            if self.batch_size > n_train:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                              stacklevel=4)
+            cfg.batch_size = int(np.clip(self.batch_size, 1, n_train))
+        trainer = Trainer(cfg, problem, comm, log=print if self.verbose else (lambda line: None), log_every=1,
+                          checkpointer=checkpointer, model=model, params=params, random_state=rs,
+                          optimizer=optimizer)
+        # The state sklearn keeps across calls (warm_start, partial_fit).
+        trainer.t = self.t_
+        trainer.loss_curve = list(getattr(self, "loss_curve_", None) or [])
+        best = getattr(self, "best_loss_", None)
+        trainer.best_loss = np.inf if best is None else best
+        trainer.no_improvement = getattr(self, "_no_improvement_count", 0)
+        if self.early_stopping:
+            trainer.validation_scores = list(getattr(self, "validation_scores_", None) or [])
+            trainer.validation_loss_curve = list(getattr(self, "validation_loss_curve_", None) or [])
+            best = getattr(self, "best_validation_score_", None)
+            trainer.best_validation_score = -np.inf if best is None else best
+            trainer.best_params = self._best_params.copy()
+        trainer.format_line = _verbose_line
+        if checkpointer:
+            trainer.extra_state = lambda: self._checkpoint_meta(trainer)
+        try:
+            trainer.fit()
+        except TrainingDiverged:
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
+                             "values and need to be preprocessed.") from None
+        self.n_iter_ = trainer.epoch
+        self.t_ = trainer.t
+        self.loss_curve_ = trainer.loss_curve
+        self.loss_ = trainer.loss_curve[-1]
+        self._no_improvement_count = trainer.no_improvement
+        self._optimizer = trainer.optimizer
+        if self.early_stopping:
+            self.validation_scores_ = trainer.validation_scores
+            self.validation_loss_curve_ = trainer.validation_loss_curve
+            self.best_validation_score_ = trainer.best_validation_score
+            self._best_params = trainer.best_params
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = trainer.best_loss
+        if trainer.stop_reason == "max_epochs" and not incremental:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", inputs.sklearn_or_own("ConvergenceWarning"),
+                          stacklevel=4)
+        comm.bcast_array(trainer.params)  # identical attributes on every rank, bit for bit
+        return trainer.params
+
+    def _split_validation(self, problem, rs, comm):
+        """Hold out validation rows exactly as sklearn's early stopping (same rows, same order)."""
+        n = problem.shard.n_rows
+        stratify = None
+        if self._classifier and self.n_outputs_ == 1:
+            stratify = _global_column(problem.Y[:, 0], problem.shard, comm)
+        train, val = inputs.train_validation_split(n, self.validation_fraction, rs, stratify)
+        if len(val) < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             "your dataset.")
+        local = problem.shard.local_positions(val)[1]
+        problem.train_rows = np.asarray(train, dtype=np.int64)
+        problem.val_X, problem.val_Y = problem.X[local], problem.Y[local]
+        problem.val_weight = None if problem.sample_weight is None else problem.sample_weight[local]
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def _checkpoint_meta(self, trainer):
+        """JSON stored in checkpoints so mpinn.load returns this estimator."""
+        params = {}
+        for k, v in self.get_params(deep=False).items():
+            if k == "comm" or (k == "random_state" and not isinstance(v, (int, type(None)))):
+                continue
+            if k == "hidden_layer_sizes":
+                v = list(v) if hasattr(v, "__iter__") else [v]
+            if isinstance(v, (np.integer, np.floating, np.bool_)):
+                v = v.item()
+            if k == "dtype" and v is not None:
+                v = np.dtype(v).name
+            if k == "checkpoint" and v is not None:
+                v = os.fspath(v)
+            if k == "shard":
+                v = str(v)
+            if k == "class_weight" and isinstance(v, dict):  # JSON keys would become strings
+                v = {"pairs": [[c.item() if isinstance(c, np.generic) else c, float(w)] for c, w in v.items()]}
+            params[k] = v
+        meta = {"class": type(self).__name__, "params": params, "n_features_in": self.n_features_in_,
+                "out_activation": self.out_activation_, "solver": self.solver}
+        if self._classifier:
+            try:
+                meta["coding"] = self._coding.to_json()
+            except TypeError:
+                meta["coding"] = None
+        if self.solver == "lbfgs":
+            meta.update(n_iter=self.n_iter_, loss=self.loss_)
+        else:
+            meta.update(n_iter=trainer.epoch, validation_scores=trainer.validation_scores if self.early_stopping else None,
+                        validation_loss_curve=trainer.validation_loss_curve if self.early_stopping else None,
+                        best_validation_score=trainer.best_validation_score if self.early_stopping else None)
+        return meta
+
+
+def _verbose_line(record):
+    """sklearn's verbose output for one epoch."""
+    line = "Iteration %d, loss = %.8f" % (record["epoch"], record["loss"])
+    if "validation_score" in record:
+        line += "\nValidation score: %f" % record["validation_score"]
+    return line
+
+
+def _sync_random_state(rs, comm):
+    """Give every rank rank 0's RandomState state (random_state None or an instance)."""
+    kind, key, pos, has_gauss, gauss = rs.get_state()
+    key = np.array(key, dtype=np.uint32)
+    comm.bcast_array(key)
+    pos, has_gauss, gauss = comm.bcast_json([int(pos), int(has_gauss), float(gauss)])
+    rs.set_state((kind, key, pos, has_gauss, gauss))
+
+
+def _global_column(local, shard, comm):
+    """The full column of a per-row value (e.g. 0/1 labels) from each rank's rows."""
+    full = np.zeros(shard.n_rows, dtype=np.float64)
+    full[shard.rows] = local
+    return comm.allreduce(full, "sum")
