@@ -186,9 +186,11 @@ def abort_on_exception():
 
 
 def library_info() -> dict:
+    import mpi4py
+
     MPI = _mpi()
     return {
-        "mpi4py": __import__("mpi4py").__version__,
+        "mpi4py": mpi4py.__version__,
         "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
         "mpi_standard": "%d.%d" % MPI.Get_version(),
     }
