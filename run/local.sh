@@ -10,6 +10,7 @@
 #   MPIEXEC          launcher and its flags (default: mpiexec), e.g. "mpiexec --oversubscribe"
 #   OMP_NUM_THREADS  BLAS threads per rank (default 1; OPENBLAS/MKL follow it unless set)
 #   TIMEOUT          if set, the run is killed after this many seconds (coreutils timeout)
+#   BIND             core | socket | none | auto (default: core when NP <= cores, else none)
 #   OUT              output directory for the iris defaults (default: out)
 set -euo pipefail
 
@@ -26,6 +27,23 @@ export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
 mpinn=$(command -v mpinn) || { echo "$0: mpinn is not on PATH (activate the venv: . .venv/bin/activate)" >&2; exit 2; }
 read -r -a launcher <<< "${MPIEXEC:-mpiexec}"
 
+# Pin each rank to a core so the OS does not migrate it away from its caches; never when
+# oversubscribed (two pinned ranks could share one core while another idles).
+bind=${BIND:-auto}
+if [[ $bind == auto ]]; then
+    cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc obeys OMP_NUM_THREADS otherwise
+    (( np <= cores )) && bind=core || bind=none
+fi
+bind_flags=()
+if [[ $bind != none ]]; then
+    case "$("${launcher[0]}" --version 2>&1 | head -n 3)" in
+        *HYDRA*) bind_flags=(-bind-to "$bind") ;;                     # MPICH, Intel MPI
+        *"Open MPI"*|*OpenRTE*|*prterun*) bind_flags=(--bind-to "$bind") ;;
+        *) bind=none ;;                                               # unknown launcher: leave it alone
+    esac
+fi
+echo "local.sh: $np ranks, binding $bind, $OMP_NUM_THREADS BLAS thread(s) per rank"
+
 if [[ $# -eq 0 ]]; then
     out=${OUT:-out}
     mkdir -p "$out"
@@ -35,6 +53,6 @@ if [[ $# -eq 0 ]]; then
 fi
 
 if [[ -n "${TIMEOUT:-}" ]]; then
-    exec timeout "$TIMEOUT" "${launcher[@]}" -n "$np" "$mpinn" train "$@"
+    exec timeout "$TIMEOUT" "${launcher[@]}" "${bind_flags[@]}" -n "$np" "$mpinn" train "$@"
 fi
-exec "${launcher[@]}" -n "$np" "$mpinn" train "$@"
+exec "${launcher[@]}" "${bind_flags[@]}" -n "$np" "$mpinn" train "$@"

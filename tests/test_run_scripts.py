@@ -79,6 +79,8 @@ def test_local_sh_trains_on_two_ranks(tmp_path, iris):
                 "--checkpoint", str(ckpt)],
                clean_env(MPIEXEC=mpiexec(), TIMEOUT=TIMEOUT - 20), tmp_path)
     assert "2 rank(s)" in proc.stdout and "done: 20 epochs" in proc.stdout
+    # Pinned to cores unless that would oversubscribe them.
+    assert f"binding {'core' if os.cpu_count() >= 2 else 'none'}" in proc.stdout
     assert (ckpt / "latest").exists()
     load_latest(ckpt)
 
