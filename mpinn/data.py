@@ -98,6 +98,12 @@ def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True, with_x=True
     return X, y
 
 
+def index_dtype(n):
+    """int32 when indices 0..n-1 fit in it, else int64: row-index arrays over the global rows
+    (train rows, the epoch's order) in half the memory, holding the same values."""
+    return np.int32 if n <= np.iinfo(np.int32).max else np.int64
+
+
 def train_test_split_indices(n_rows, test_fraction, seed):
     """(train, test) global row indices, as sklearn's train_test_split(random_state=seed).
 
@@ -110,7 +116,8 @@ def train_test_split_indices(n_rows, test_fraction, seed):
     if n_test < 1 or n_test >= n_rows:
         raise InputError(f"--test-fraction {test_fraction} leaves no train or no test rows of {n_rows}")
     perm = np.random.RandomState(seed).permutation(n_rows)
-    return perm[n_test:].astype(np.int64), perm[:n_test].astype(np.int64)
+    itype = index_dtype(n_rows)
+    return perm[n_test:].astype(itype), perm[:n_test].astype(itype)
 
 
 def resolve_batch_size(batch_size, n_train):
@@ -133,13 +140,18 @@ class BatchSchedule:
     """
 
     def __init__(self, train_rows, batch_size, shuffle, random_state, shard, local_seed=0, stream=None):
-        self.train_rows = np.asarray(train_rows, dtype=np.int64)
+        # Kept in the integer type given (int32 from load_problem when the rows fit), not
+        # copied to int64: 4 bytes per global row less on every rank.
+        self.train_rows = np.asarray(train_rows)
+        if self.train_rows.dtype.kind not in "iu":
+            self.train_rows = self.train_rows.astype(np.int64)
         self.n_train = len(self.train_rows)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.random_state = random_state
         self.shard = shard
-        self.order = np.arange(self.n_train)
+        # Positions into train_rows, in the smallest type that holds them (index_dtype).
+        self.order = np.arange(self.n_train, dtype=index_dtype(self.n_train))
         self.n_steps = math.ceil(self.n_train / batch_size)
         self.local_seed = local_seed
         # A StreamingRows X (mpinn.stream): batches must visit its chunks in order, so
@@ -172,15 +184,20 @@ class BatchSchedule:
         if self.stream is not None:
             self.stream.set_order(np.arange(self.stream.n_chunks))
         if self.shuffle == "global" and start_step == 0:
-            perm = np.arange(self.n_train)
+            # The draw is sklearn's: shuffle an int64 arange (the permutation does not depend
+            # on the stored type; only the composed order is kept, in order's smaller type).
+            perm = np.arange(self.n_train, dtype=np.int64)
             self.random_state.shuffle(perm)
-            self.order = self.order[perm]
+            order = self.order[perm]
+            del perm
+            self.order = order
         for start in range(start_step * self.batch_size, self.n_train, self.batch_size):
             batch = self.train_rows[self.order[start : start + self.batch_size]]
             yield self.shard.local_positions(batch)[1]
 
     def state(self):
-        return {"order": self.order}
+        """The epoch's order as checkpoints store it (int64, whatever is kept in memory)."""
+        return {"order": self.order.astype(np.int64)}
 
     def load_state(self, arrays):
-        self.order = np.asarray(arrays["order"], dtype=np.int64)
+        self.order = np.asarray(arrays["order"]).astype(index_dtype(self.n_train))

@@ -65,9 +65,14 @@ def collective_check(comm, message):
         raise InputError(message)
 
 
-def _first_non_finite_row(X, block=4096):
+def _first_non_finite_row(X, block=None):
     """Index of the first row holding NaN or Inf, or None; checked a block of rows at a time
-    so the check never allocates a mask the size of the shard (peak memory = shard + a little)."""
+    so the check never allocates a mask the size of the shard (peak memory = shard + a little).
+
+    The default block makes a mask of at most 64 KiB: a mask of megabytes, freed, would
+    raise glibc's mmap threshold and stay resident in the heap for the rest of the run."""
+    if block is None:
+        block = max(1, (64 << 10) // max(1, X.shape[1] if X.ndim > 1 else 1))
     for start in range(0, len(X), block):
         part = X[start:start + block]
         if not np.isfinite(part).all():
@@ -103,7 +108,7 @@ def find_classes(comm, y_parts):
         if len(classes) < 2:
             raise InputError(f"classification needs at least 2 classes, found {len(classes)}: {classes}")
         return np.array(classes, dtype=str)
-    y_all = [np.asarray(p).astype(np.int64).ravel() for p in y_parts if p is not None and len(p)]
+    y_all = [np.asarray(p).astype(np.int64, copy=False).ravel() for p in y_parts if p is not None and len(p)]
     bounds = np.array([min((p.min() for p in y_all), default=np.iinfo(np.int64).max),
                        -max((p.max() for p in y_all), default=np.iinfo(np.int64).min + 1)], dtype=np.int64)
     comm.allreduce(bounds, "min")
@@ -123,7 +128,7 @@ def find_classes(comm, y_parts):
 def labels_as_classes(y, classes):
     """Labels in the classes' own type (integral floats become ints; strings stay strings)."""
     y = np.asarray(y)
-    return y if classes.dtype.kind == "U" else y.astype(np.int64)
+    return y if classes.dtype.kind == "U" else y.astype(np.int64, copy=False)
 
 
 def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
@@ -177,7 +182,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         local = shard.local_positions(test_rows)[1]
         test_X, test_y = X[local], y[local]
     else:
-        train_rows = np.arange(info.n_rows, dtype=np.int64)
+        train_rows = np.arange(info.n_rows, dtype=datamod.index_dtype(info.n_rows))
     if test_info is not None:
         test_shard = make_shard(test_info.n_rows, comm.rank, comm.size, "block")
         with h5py.File(cfg.test_data, "r") as f:
@@ -211,7 +216,7 @@ def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
     Xl = np.ascontiguousarray(X[shard.as_slice()], dtype=cfg.dtype)
     yl = y[shard.as_slice()]
     _check_values(comm, Xl, yl, "X", task, shard)
-    problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=np.int64),
+    problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=datamod.index_dtype(len(X))),
                       n_features=X.shape[1])
     if task == "classify":
         problem.classes = find_classes(comm, [yl])

@@ -191,6 +191,8 @@ class EncodedRows:
         self.dtype = np.dtype(dtype)
         self.shape = (len(self.codes), k if output == "softmax" else 1)
         self.ndim = 2
+        self._codes_buf = np.empty(0, self.codes.dtype)
+        self._positions = np.empty(0, np.intp)
 
     def __len__(self):
         return self.shape[0]
@@ -200,16 +202,26 @@ class EncodedRows:
         return self.codes.nbytes
 
     def take(self, indices, axis=0, out=None, mode="raise"):
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.asarray(indices)
+        m = len(idx)
         if out is None:
-            out = np.empty((len(idx), self.shape[1]), self.dtype)
-        codes = self.codes[idx]
+            out = np.empty((m, self.shape[1]), self.dtype)
+        if self._codes_buf.shape[0] < m:  # reused: a training step allocates nothing here
+            self._codes_buf = np.empty(m, self.codes.dtype)
+            self._positions = np.arange(m)
+        codes = self._codes_buf[:m]
+        np.take(self.codes, idx, out=codes)
         if self.output == "softmax":
             out[...] = 0
-            out[np.arange(len(idx)), codes] = 1
+            out[self._positions[:m], codes] = 1
         else:
             out[:, 0] = codes
         return out
 
     def __getitem__(self, key):
         return self.take(np.arange(self.shape[0])[key])
+
+    def __array__(self, dtype=None, copy=None):
+        """All rows encoded (what encode_targets returns), for code that wants the array."""
+        out = self.take(np.arange(self.shape[0]))
+        return out if dtype is None else out.astype(dtype, copy=False)

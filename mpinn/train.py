@@ -92,11 +92,13 @@ class Trainer:
         self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle,
                                       self.random_state, problem.shard, local_seed=cfg.seed,
                                       stream=getattr(problem, "stream", None))
-        # Targets in output space once, so a step only gathers rows.
+        # Targets in output space, so a step only gathers rows. Class targets are kept as
+        # small integer codes and one-hot / 0-1 encoded per batch (EncodedRows: the same
+        # values as encode_targets, without k floats per row in memory).
         if problem.Y is not None:
             self.Y = problem.Y
-        elif getattr(problem, "stream", None) is not None and self.model.output in ("softmax", "logistic"):
-            self.Y = _encoded_rows(problem, self.model)  # streaming: class codes, encoded per batch
+        elif self.model.output in ("softmax", "logistic"):
+            self.Y = _encoded_rows(problem, self.model)
         else:
             self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
         self.epoch = 0
@@ -116,6 +118,7 @@ class Trainer:
         self.buffer = np.zeros(n + 3, dtype=self.model.dtype)
         self.grad = self.buffer[:n]
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
+        self._rows_capacity = 0  # rows the model's workspace was last sized for (step)
         self._wbuf = np.empty(0, dtype=self.model.dtype)
         # Early stopping (the estimators): sklearn's rule on a validation score instead of the
         # training loss, and the best parameters restored at the end.
@@ -143,7 +146,12 @@ class Trainer:
         """One optimizer step on the global batch; returns (loss, weight, stop requested)."""
         t0 = time.perf_counter()
         m, n = len(local_rows), self.model.n_params
-        xb = self.model.input_buffer(m)
+        if m > self._rows_capacity:
+            # Grow the model's workspace with 1/8 headroom (at most the batch size): a rank's
+            # share of a global batch varies from step to step, and growing to each new
+            # maximum would reallocate every workspace array again and again.
+            self._rows_capacity = min(max(m, -(-m * 9 // 8)), max(m, self.batch_size))
+        xb = self.model.input_buffer(self._rows_capacity)[:m]
         np.take(self.problem.X, local_rows, axis=0, out=xb)
         if self._ybuf.shape[0] < m:
             self._ybuf = np.empty((m, self.Y.shape[1]), dtype=self.model.dtype)
@@ -448,7 +456,7 @@ class Trainer:
                    "no_improvement": self.no_improvement, "optimizer": opt_scalars, "finished": self.finished,
                    "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
                    "history": self.history, "n_train": self.n_train}
-        arrays = {"params": self.params, "schedule/order": self.schedule.order, "rng/key": key,
+        arrays = {"params": self.params, "schedule/order": self.schedule.state()["order"], "rng/key": key,
                   "loss_curve": np.asarray(self.loss_curve, dtype=np.float64),
                   **{f"optimizer/{k}": v for k, v in opt_arrays.items()}}
         if self.extra_state is not None:
@@ -464,7 +472,7 @@ class Trainer:
                                   {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")})
         rng = scalars["rng"]
         self.random_state.set_state((rng["kind"], arrays["rng/key"], rng["pos"], rng["has_gauss"], rng["gauss"]))
-        self.schedule.order = np.asarray(arrays["schedule/order"], dtype=np.int64)
+        self.schedule.load_state({"order": arrays["schedule/order"]})
         for name in ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "history",
                      "finished"):
             setattr(self, name, scalars[name])

@@ -173,3 +173,55 @@ def test_string_labels_are_read_as_str(tmp_path):
     with h5py.File(path, "r") as f:
         _, y = datamod.read_shard(f, info, make_shard(5, 1, 2), np.float64)
     assert y.tolist() == ["a", "b"] and y.dtype.kind == "U"
+
+
+def _old_global_batches(train_rows, batch, seed, epochs):
+    """The schedule as it was with int64 train rows and order: the reference for the int32 one."""
+    rng, order = np.random.RandomState(seed), np.arange(len(train_rows))
+    out = []
+    for _ in range(epochs):
+        perm = np.arange(len(train_rows))
+        rng.shuffle(perm)
+        order = order[perm]
+        out.append([np.asarray(train_rows, np.int64)[order[s:s + batch]] for s in range(0, len(order), batch)])
+    return out
+
+
+@pytest.mark.parametrize("spec", ["block", "strided"])
+def test_int32_order_gives_the_int64_batches(spec):
+    """Train rows and the epoch's order are kept as int32 (index_dtype): the same draws and the
+    same batches as the int64 arrays they replace; checkpoints still get the order as int64."""
+    n, batch, size = 1000, 64, 3
+    train, _ = datamod.train_test_split_indices(n, 0.2, 3)
+    assert train.dtype == np.int32 and datamod.index_dtype(2**31) == np.int64
+    want = _old_global_batches(train, batch, 11, 3)
+    scheds = [datamod.BatchSchedule(train, batch, "global", np.random.RandomState(11), make_shard(n, r, size, spec))
+              for r in range(size)]
+    for epoch in range(3):
+        parts = [[s.shard.rows[p] for p in s.epoch(epoch)] for s in scheds]
+        for step, rows in enumerate(want[epoch]):
+            got = np.concatenate([parts[r][step] for r in range(size)])
+            assert sorted(got.tolist()) == sorted(rows.tolist())
+        assert scheds[0].order.dtype == np.int32
+        state = scheds[0].state()["order"]
+        assert state.dtype == np.int64
+    # Resume: a schedule restored from the int64 state continues with the same batches.
+    fresh = datamod.BatchSchedule(train, batch, "global", np.random.RandomState(11), make_shard(n, 0, 1))
+    fresh.load_state({"order": scheds[0].state()["order"]})
+    assert fresh.order.dtype == np.int32
+    assert np.array_equal(fresh.order, scheds[0].order)
+    first = next(fresh.epoch(2, start_step=1))
+    assert first.tolist() == want[2][1].tolist()
+
+
+def test_non_finite_row_found_with_small_blocks():
+    """The NaN/Inf check goes a block of at most 64 KiB of mask at a time: same row as one pass."""
+    from mpinn.problem import _first_non_finite_row
+
+    X = np.zeros((500, 300), np.float32)  # default block: 218 rows
+    assert _first_non_finite_row(X) is None
+    for row in (0, 217, 218, 499):
+        X[...] = 0
+        X[row, 7] = np.inf
+        X[min(row + 1, 499), 3] = np.nan
+        assert _first_non_finite_row(X) == _first_non_finite_row(X, block=len(X)) == row

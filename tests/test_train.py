@@ -146,3 +146,26 @@ def test_evaluate_matches_sklearn_metrics():
     assert report["accuracy"] == metrics.accuracy_score(IRIS_Y, pred)
     assert report["f1_macro"] == pytest.approx(metrics.f1_score(IRIS_Y, pred, average="macro"), rel=1e-12)
     assert report["confusion"] == metrics.confusion_matrix(IRIS_Y, pred).tolist()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_in_memory_class_targets_are_codes_encoded_per_batch(k):
+    """In memory too, class targets are kept as integer codes (EncodedRows) and encoded per
+    batch: the rows gathered equal model.encode_targets' one-hot / 0-1 rows."""
+    from mpinn.model import encode_targets
+    from mpinn.stream import EncodedRows
+
+    rng = np.random.RandomState(0)
+    X = rng.rand(40, 3)
+    y = rng.randint(0, k, 40) * 3 + 1
+    comm = Comm(MPI.COMM_SELF)
+    cfg = TrainConfig(hidden=(4,), epochs=1, batch_size=8, seed=0).validate()
+    problem = problem_from_arrays(X, y, cfg, comm)
+    trainer = Trainer(cfg, problem, comm, log=lambda line: None)
+    assert isinstance(trainer.Y, EncodedRows) and trainer.Y.codes.dtype == np.int16
+    want = encode_targets(y, problem.classes, trainer.model.output, trainer.model.dtype)
+    rows = rng.permutation(40)[:13]
+    out = np.empty((13, trainer.Y.shape[1]), trainer.model.dtype)
+    np.take(trainer.Y, rows, axis=0, out=out)
+    assert np.array_equal(out, want[rows])
+    assert trainer.Y.shape == want.shape
