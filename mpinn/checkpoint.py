@@ -53,10 +53,11 @@ def _checksum(arrays, attrs):
     return h.hexdigest()
 
 
-def save_trainer(path, trainer):
-    """Write everything needed to predict with, and to resume, a training run."""
+def save_trainer(path, trainer, state):
+    """Write everything needed to predict with, and to resume, a training run (rank 0).
+    ``state`` is trainer.checkpoint_state(), which every rank computed together."""
     model, problem = trainer.model, trainer.problem
-    scalars, arrays = trainer.state()
+    scalars, arrays = state
     attrs = {
         "config": json.dumps(trainer.cfg.to_dict()),
         "model": json.dumps({"layer_sizes": model.layer_sizes, "activation": model.activation,
@@ -111,8 +112,9 @@ class Checkpointer:
 
     def save(self, trainer):
         path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}-{trainer.step_in_epoch:06d}.h5")
+        state = trainer.checkpoint_state()  # collective: a sharded optimizer state is gathered
         if self.comm.rank == 0:
-            save_trainer(path, trainer)
+            save_trainer(path, trainer, state)
             pointer = os.path.join(self.directory, LATEST)
             # Unique name, ordinary umask permissions (mkstemp would make the pointer 0600).
             tmp = os.path.join(self.directory, f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp")

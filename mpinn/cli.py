@@ -87,6 +87,12 @@ def _train_args(p):
     g.add_argument("--epsilon", type=float, help="adam: numerical stability term (default 1e-8)")
     g.add_argument("--alpha", type=float, help="L2 penalty (default 1e-4)")
     g.add_argument("--batch-size", help="global batch: integer, auto (default: min(200, n)) or full")
+    g.add_argument("--batch-per-rank", type=int,
+                   help="global batch = this x the number of ranks (weak scaling); by design the result then "
+                        "changes when the rank count changes (docs/performance.md, large batches)")
+    g.add_argument("--warmup-epochs", type=float,
+                   help="raise the learning rate linearly from ~0 over this many epochs, then follow "
+                        "--lr-schedule (default 0: no warm-up); for large global batches")
     g.add_argument("--epochs", type=int, help="maximum epochs (default 200)")
     g.add_argument("--tol", type=float, help="improvement needed to count as progress (default 1e-4)")
     g.add_argument("--n-iter-no-change", type=int, help="epochs without progress before stopping (default 10)")
@@ -96,6 +102,9 @@ def _train_args(p):
     g = p.add_argument_group("distribution")
     g.add_argument("--shard", help="block (default), strided or weighted:W0,W1,... (one weight per rank)")
     g.add_argument("--shuffle", help="global (default; N-independent), local (per shard) or none")
+    g.add_argument("--sync", help="how ranks combine a step: allreduce (every rank updates all "
+                   "parameters), sharded (each rank updates its 1/N slice: reduce-scatter + allgather) or "
+                   "auto (default: sharded on 2+ ranks for models of 16k+ parameters); same results")
     g.add_argument("--stream", action="store_true",
                    help="leave X in the file and read it in chunks with read-ahead (bounded memory); "
                         "needs --shuffle none or local")
@@ -257,10 +266,10 @@ def cmd_train(args):
             bar.clear()
         print(line, flush=True)
 
+    # A live bar on a terminal only, never in batch logs.
+    progress = (lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)) if bar else None
     trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
-                      log=(lambda line: None) if quiet else log)
-    if bar:  # a live bar on a terminal only, never in batch logs
-        trainer.progress = lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)
+                      log=(lambda line: None) if quiet else log, progress=progress)
     if cfg.resume:
         _resume(trainer, cfg, comm)
     if comm.rank == 0:
@@ -271,7 +280,8 @@ def cmd_train(args):
         print("# resolved configuration\n" + cfg.to_toml(), end="", flush=True)
         print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
               f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
-              f"shard {cfg.shard}, shuffle {cfg.shuffle}, {cfg.dtype}", flush=True)
+              f"shard {cfg.shard}, shuffle {cfg.shuffle}, sync {trainer.sync.name if trainer.sync else '-'}, "
+              f"{cfg.dtype}", flush=True)
     trainer.fit()
     if trainer.stop_reason == "preempted":
         return EXIT_PREEMPTED

@@ -31,7 +31,9 @@ class Comm:
         self.size = mpi_comm.Get_size()
         # Gradient Allreduce calls so far; tests check it is exactly one per step.
         self.allreduce_calls = 0
-        self.iallreduce_calls = 0  # per-layer parts of the overlapped step (Trainer.overlap)
+        self.iallreduce_calls = 0  # per-layer parts of the overlapped step (sync.Overlapped)
+        self.reduce_scatter_calls = 0  # the sharded step's gradient reduction
+        self.allgather_calls = 0  # the sharded step's parameter exchange
 
     # ---- hot path --------------------------------------------------------------------
 
@@ -53,6 +55,39 @@ class Comm:
             return None
         MPI = _mpi()
         return self.mpi.Iallreduce(MPI.IN_PLACE, part, op=MPI.SUM)
+
+    def reduce_scatter_sum(self, buf: np.ndarray, counts) -> np.ndarray:
+        """Sum ``buf`` over all ranks and keep this rank's part: rank r's ``counts[r]``
+        elements (its contiguous segment, segments in rank order) land at the START of ``buf``.
+        In place, one MPI call; the rest of ``buf`` is left undefined."""
+        self.reduce_scatter_calls += 1
+        if self.size > 1:
+            MPI = _mpi()
+            self.mpi.Reduce_scatter(MPI.IN_PLACE, buf, counts, op=MPI.SUM)
+        return buf
+
+    def allgather_in_place(self, buf: np.ndarray, counts, displs) -> np.ndarray:
+        """Every rank contributes ``buf[displs[r]:displs[r]+counts[r]]``; all receive all."""
+        self.allgather_calls += 1
+        if self.size > 1:
+            MPI = _mpi()
+            self.mpi.Allgatherv(MPI.IN_PLACE, [buf, counts, displs, MPI.FLOAT if buf.dtype == np.float32 else MPI.DOUBLE])
+        return buf
+
+    def start_allreduce(self, buf: np.ndarray):
+        """Start an in-place sum of a small buffer; returns a request (None with one rank)."""
+        if self.size == 1:
+            return None
+        MPI = _mpi()
+        return self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+    def gather_segments(self, local: np.ndarray, counts, root: int = 0):
+        """Concatenate every rank's segment (``counts[r]`` elements) on ``root``; None elsewhere."""
+        if self.size == 1:
+            return local
+        out = np.empty(int(sum(counts)), dtype=local.dtype) if self.rank == root else None
+        self.mpi.Gatherv(local, [out, counts] if self.rank == root else None, root=root)
+        return out
 
     def progress(self, requests):
         """Let MPI advance pending reductions (MPICH and Open MPI progress only inside calls)."""

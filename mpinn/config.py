@@ -15,6 +15,7 @@ from .errors import InputError
 from .model import HIDDEN_ACTIVATIONS
 from .optim import SCHEDULES, SOLVERS
 from .partition import parse_shard
+from .sync import SYNCS
 
 TASKS = ("auto", "classify", "regress")
 SHUFFLES = ("global", "local", "none")
@@ -50,6 +51,9 @@ class TrainConfig:
     seed: int = 0
     shard: str = "block"
     shuffle: str = "global"
+    sync: str = "auto"
+    warmup_epochs: float = 0.0
+    batch_per_rank: int | None = None
     stream: bool = False
     checkpoint: str | None = None
     checkpoint_every: int = 0
@@ -97,6 +101,14 @@ class TrainConfig:
         choose("lr_schedule", self.lr_schedule, SCHEDULES)
         choose("shuffle", self.shuffle, SHUFFLES)
         choose("dtype", self.dtype, DTYPES)
+        choose("sync", self.sync, SYNCS)
+        if not self.warmup_epochs >= 0:
+            bad("warmup_epochs", self.warmup_epochs, "must be >= 0")
+        if self.batch_per_rank is not None:
+            if not isinstance(self.batch_per_rank, int) or isinstance(self.batch_per_rank, bool) or self.batch_per_rank < 1:
+                bad("batch_per_rank", self.batch_per_rank, "must be an integer >= 1")
+            if self.batch_size != "auto":
+                raise InputError("--batch-per-rank and --batch-size are mutually exclusive")
         if not self.hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in self.hidden):
             bad("hidden", self.hidden, "layer sizes must be integers >= 1")
         for name in ("lr", "epsilon"):
@@ -140,7 +152,7 @@ def check_streaming(cfg):
 
 
 # Options a resumed run may change; every other one must equal the checkpoint's.
-RESUME_MAY_CHANGE = {"data", "test_data", "epochs", "tol", "n_iter_no_change", "loss_target", "shard",
+RESUME_MAY_CHANGE = {"data", "test_data", "epochs", "tol", "n_iter_no_change", "loss_target", "shard", "sync",
                      "checkpoint", "checkpoint_every", "keep_checkpoints", "resume", "metrics"}
 
 
@@ -152,8 +164,8 @@ def resume_conflicts(saved: dict, current: "TrainConfig"):
 
 # Options of `mpinn train` that are not part of the model's configuration.
 CLI_ONLY = {"json": bool, "quiet": bool, "log_every": int}
-_FLOATS = {"test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
-_INTS = {"epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
+_FLOATS = {"warmup_epochs", "test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
+_INTS = {"batch_per_rank", "epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
 _BOOLS = {"nesterov", "resume", "stream"}
 
 

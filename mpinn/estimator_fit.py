@@ -117,16 +117,24 @@ class _FitMLP(_BaseMLP):
         checkpointer = self._checkpointer(comm)
         from .config import TrainConfig
         from .problem import Problem
+        from .sync import SYNCS
 
+        if self.sync not in SYNCS:
+            raise ValueError(f"The 'sync' parameter of {type(self).__name__} must be one of {SYNCS}. "
+                             f"Got {self.sync!r} instead.")
+        train_rows, val = np.arange(n_rows, dtype=np.int64), {}
+        if self.solver in STOCHASTIC and self.early_stopping and not incremental:
+            train_rows, val = self._split_validation(Xl, Yl, wl, shard, rs, comm)
         problem = Problem(task="classify" if self._classifier else "regress", X=Xl, y=yl, shard=shard,
-                          train_rows=np.arange(n_rows, dtype=np.int64), n_features=n_features,
-                          classes=getattr(self, "classes_", None), n_outputs=n_outputs, Y=Yl, sample_weight=wl)
+                          train_rows=train_rows, n_features=n_features, classes=getattr(self, "classes_", None),
+                          n_outputs=n_outputs, Y=Yl, sample_weight=wl, **val)
         cfg = TrainConfig(hidden=tuple(hidden), activation=self.activation, solver=self.solver,
                           lr=self.learning_rate_init, lr_schedule=self.learning_rate, power_t=self.power_t,
                           momentum=self.momentum, nesterov=self.nesterovs_momentum, beta_1=self.beta_1,
                           beta_2=self.beta_2, epsilon=self.epsilon, epochs=1 if incremental else self.max_iter,
                           alpha=self.alpha, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
-                          dtype=np.dtype(dtype).name, shard=str(self.shard),
+                          dtype=np.dtype(dtype).name, shard=str(self.shard), sync=self.sync,
+                          batch_size=self._batch_rows(len(train_rows)) if self.solver in STOCHASTIC else "auto",
                           shuffle="global" if self.shuffle else "none",
                           checkpoint=None if self.checkpoint is None else os.fspath(self.checkpoint),
                           checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints)
@@ -139,6 +147,16 @@ class _FitMLP(_BaseMLP):
                              "values and need to be preprocessed.")
         self._set_coefs(model, params)
         return self
+
+    def _batch_rows(self, n_train):
+        """sklearn's batch size rule: 'auto' is min(200, n), out-of-range sizes clipped with a
+        warning ('full' is mpinn's whole-batch option)."""
+        from .data import resolve_batch_size
+
+        if self.batch_size not in ("auto", "full") and not 1 <= self.batch_size <= n_train:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                          stacklevel=4)
+        return resolve_batch_size(self.batch_size, n_train)
 
     def _initialize(self, layer_units, dtype, rs):
         """First fit: attributes and Glorot weights drawn from ``rs`` in sklearn's order."""
@@ -190,11 +208,13 @@ class _FitMLP(_BaseMLP):
         return ck
 
     def _fit_lbfgs(self, cfg, problem, comm, model, params, rs, checkpointer):
+        from .lbfgs import fit_lbfgs
         from .train import Trainer
 
         trainer = Trainer(cfg, problem, comm, log=lambda line: None, model=model, params=params,
-                          random_state=rs, checkpointer=checkpointer)
-        result = trainer.fit_lbfgs(self.max_iter, self.max_fun, self.tol)
+                          random_state=rs, checkpointer=checkpointer,
+                          extra_state=lambda: self._checkpoint_meta(trainer))
+        result = fit_lbfgs(trainer, self.max_iter, self.max_fun, self.tol)
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
         if result.status != 0:
@@ -205,65 +225,50 @@ class _FitMLP(_BaseMLP):
                           "    https://scikit-learn.org/stable/modules/preprocessing.html",
                           inputs.sklearn_or_own("ConvergenceWarning"), stacklevel=4)
         if checkpointer:
-            trainer.extra_state = lambda: self._checkpoint_meta(trainer)
             checkpointer.save(trainer)
         return trainer.params
 
     def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental):
-        from .train import Trainer, TrainingDiverged
+        from .train import LoopState, Trainer, TrainingDiverged
 
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         optimizer = getattr(self, "_optimizer", None) if incremental else None
+        # The state sklearn keeps across calls (warm_start, partial_fit), handed to the loop.
+        best = getattr(self, "best_loss_", None)
+        loop = LoopState(t=self.t_, loss_curve=list(getattr(self, "loss_curve_", None) or []),
+                         best_loss=np.inf if best is None else best,
+                         no_improvement=getattr(self, "_no_improvement_count", 0))
         if self.early_stopping:
-            self._split_validation(problem, rs, comm)
-        n_train = len(problem.train_rows)
-        if self.batch_size == "auto":
-            cfg.batch_size = min(200, n_train)
-        elif self.batch_size == "full":
-            cfg.batch_size = n_train
-        else:
-            if self.batch_size > n_train:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
-                              stacklevel=4)
-            cfg.batch_size = int(np.clip(self.batch_size, 1, n_train))
+            best = getattr(self, "best_validation_score_", None)
+            loop.validation_scores = list(getattr(self, "validation_scores_", None) or [])
+            loop.validation_loss_curve = list(getattr(self, "validation_loss_curve_", None) or [])
+            loop.best_validation_score = -np.inf if best is None else best
+            loop.best_params = self._best_params.copy()
         trainer = Trainer(cfg, problem, comm, log=print if self.verbose else (lambda line: None), log_every=1,
                           checkpointer=checkpointer, model=model, params=params, random_state=rs,
-                          optimizer=optimizer)
-        # The state sklearn keeps across calls (warm_start, partial_fit).
-        trainer.t = self.t_
-        trainer.loss_curve = list(getattr(self, "loss_curve_", None) or [])
-        best = getattr(self, "best_loss_", None)
-        trainer.best_loss = np.inf if best is None else best
-        trainer.no_improvement = getattr(self, "_no_improvement_count", 0)
-        if self.early_stopping:
-            trainer.validation_scores = list(getattr(self, "validation_scores_", None) or [])
-            trainer.validation_loss_curve = list(getattr(self, "validation_loss_curve_", None) or [])
-            best = getattr(self, "best_validation_score_", None)
-            trainer.best_validation_score = -np.inf if best is None else best
-            trainer.best_params = self._best_params.copy()
-        trainer.format_line = _verbose_line
-        if checkpointer:
-            trainer.extra_state = lambda: self._checkpoint_meta(trainer)
+                          optimizer=optimizer, loop=loop, format_line=_verbose_line,
+                          extra_state=lambda: self._checkpoint_meta(trainer))
         try:
             trainer.fit()
         except TrainingDiverged:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              "values and need to be preprocessed.") from None
-        self.n_iter_ = trainer.epoch
-        self.t_ = trainer.t
-        self.loss_curve_ = trainer.loss_curve
-        self.loss_ = trainer.loss_curve[-1]
-        self._no_improvement_count = trainer.no_improvement
+        loop = trainer.loop
+        self.n_iter_ = loop.epoch
+        self.t_ = loop.t
+        self.loss_curve_ = loop.loss_curve
+        self.loss_ = loop.loss_curve[-1]
+        self._no_improvement_count = loop.no_improvement
         self._optimizer = trainer.optimizer
         if self.early_stopping:
-            self.validation_scores_ = trainer.validation_scores
-            self.validation_loss_curve_ = trainer.validation_loss_curve
-            self.best_validation_score_ = trainer.best_validation_score
-            self._best_params = trainer.best_params
+            self.validation_scores_ = loop.validation_scores
+            self.validation_loss_curve_ = loop.validation_loss_curve
+            self.best_validation_score_ = loop.best_validation_score
+            self._best_params = loop.best_params
             self.best_loss_ = None
         else:
-            self.best_loss_ = trainer.best_loss
+            self.best_loss_ = loop.best_loss
         if trainer.stop_reason == "max_epochs" and not incremental:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           "optimization hasn't converged yet.", inputs.sklearn_or_own("ConvergenceWarning"),
@@ -271,20 +276,20 @@ class _FitMLP(_BaseMLP):
         comm.bcast_array(trainer.params)  # identical attributes on every rank, bit for bit
         return trainer.params
 
-    def _split_validation(self, problem, rs, comm):
-        """Hold out validation rows exactly as sklearn's early stopping (same rows, same order)."""
-        n = problem.shard.n_rows
+    def _split_validation(self, Xl, Yl, wl, shard, rs, comm):
+        """Hold out validation rows exactly as sklearn's early stopping (same rows, same order):
+        (training rows, the Problem's validation fields)."""
+        n = shard.n_rows
         stratify = None
         if self._classifier and self.n_outputs_ == 1:
-            stratify = _global_column(problem.Y[:, 0], problem.shard, comm)
+            stratify = _global_column(Yl[:, 0], shard, comm)
         train, val = inputs.train_validation_split(n, self.validation_fraction, rs, stratify)
         if len(val) < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
                              "your dataset.")
-        local = problem.shard.local_positions(val)[1]
-        problem.train_rows = np.asarray(train, dtype=np.int64)
-        problem.val_X, problem.val_Y = problem.X[local], problem.Y[local]
-        problem.val_weight = None if problem.sample_weight is None else problem.sample_weight[local]
+        local = shard.local_positions(val)[1]
+        return np.asarray(train, dtype=np.int64), {"val_X": Xl[local], "val_Y": Yl[local],
+                                                    "val_weight": None if wl is None else wl[local]}
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -317,9 +322,10 @@ class _FitMLP(_BaseMLP):
         if self.solver == "lbfgs":
             meta.update(n_iter=self.n_iter_, loss=self.loss_)
         else:
-            meta.update(n_iter=trainer.epoch, validation_scores=trainer.validation_scores if self.early_stopping else None,
-                        validation_loss_curve=trainer.validation_loss_curve if self.early_stopping else None,
-                        best_validation_score=trainer.best_validation_score if self.early_stopping else None)
+            loop = trainer.loop
+            meta.update(n_iter=loop.epoch, validation_scores=loop.validation_scores if self.early_stopping else None,
+                        validation_loss_curve=loop.validation_loss_curve if self.early_stopping else None,
+                        best_validation_score=loop.best_validation_score if self.early_stopping else None)
         return meta
 
 

@@ -29,7 +29,7 @@ class MLPClassifier(_FitMLP):
     """Multi-layer perceptron classifier; sklearn's MLPClassifier, data-parallel under mpiexec.
 
     Parameters as sklearn 1.9's MLPClassifier plus solver='gd', batch_size='full',
-    class_weight, dtype, shard, comm, checkpoint, checkpoint_every, keep_checkpoints.
+    class_weight, dtype, shard, sync, comm, checkpoint, checkpoint_every, keep_checkpoints.
     See docs/api.md.
     """
 
@@ -41,7 +41,7 @@ class MLPClassifier(_FitMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, dtype=None, shard="block", comm=None, checkpoint=None,
+                 class_weight=None, dtype=None, shard="block", sync="auto", comm=None, checkpoint=None,
                  checkpoint_every=0, keep_checkpoints=3):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -69,6 +69,7 @@ class MLPClassifier(_FitMLP):
         self.class_weight = class_weight
         self.dtype = dtype
         self.shard = shard
+        self.sync = sync
         self.comm = comm
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -197,8 +198,8 @@ class MLPRegressor(_FitMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, dtype=None, shard="block", comm=None, checkpoint=None, checkpoint_every=0,
-                 keep_checkpoints=3):
+                 max_fun=15000, dtype=None, shard="block", sync="auto", comm=None, checkpoint=None,
+                 checkpoint_every=0, keep_checkpoints=3):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -225,6 +226,7 @@ class MLPRegressor(_FitMLP):
         self.max_fun = max_fun
         self.dtype = dtype
         self.shard = shard
+        self.sync = sync
         self.comm = comm
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every

@@ -61,3 +61,18 @@ class ProgressBar:
             self.stream.write("\r" + " " * (self.width + 32) + "\r")
             self.stream.flush()
             self.shown = False
+
+
+def epoch_line(r):
+    """The CLI's line for one epoch record."""
+    test = ""
+    if "test_accuracy" in r:
+        test = f"  test_acc {r['test_accuracy']:.4f}"
+    elif "test_r2" in r:
+        test = f"  test_r2 {r['test_r2']:.4f}"
+    rate = r["samples_per_second"]
+    parts = ""
+    if "compute_seconds" in r:
+        parts = f" (compute {r['compute_seconds']:.3f}s, comm {r['comm_seconds']:.3f}s, data {r['data_seconds']:.3f}s)"
+    return (f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
+            f"  {rate:,.0f} samples/s{parts}" if rate else f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}")

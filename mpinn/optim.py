@@ -1,9 +1,13 @@
 """Optimizers that update a flat parameter buffer in place from a flat gradient buffer.
 
-No MPI here: every rank runs the same update on the same reduced gradient, so the parameters
-stay identical without communication. The arithmetic follows scikit-learn's SGDOptimizer and
-AdamOptimizer operation by operation (same products, same order), so a run matches sklearn's
-to rounding. The gradient buffer is used as scratch: it is recomputed every step.
+No MPI here. ``step`` takes the gradient SUM over the global batch (as the reduction leaves
+it) and finishes it in the same pass: adds alpha * w on the weight ranges (the L2 term) and
+divides by the batch weight, then applies the update, block by block so each block's dozen
+elementwise passes run in cache. Every operation is elementwise, so an optimizer over any
+contiguous slice of the buffer (the sharded update) computes exactly the bits the whole-buffer
+optimizer computes for that slice. The arithmetic follows scikit-learn's SGDOptimizer and
+AdamOptimizer operation by operation, so a run matches sklearn's to rounding. The gradient
+buffer is used as scratch.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 SOLVERS = ("gd", "sgd", "adam")
+STOCHASTIC_SOLVERS = ("sgd", "adam")  # scikit-learn's; "gd" is mpinn's plain w <- w - lr*g
+SCHEDULES = ("constant", "invscaling", "adaptive")
 # Elements per block of a blocked update: 5 float32 buffers of 128 KiB stay in L2 cache.
 BLOCK = 1 << 15
-SCHEDULES = ("constant", "invscaling", "adaptive")
 
 
 class GradientDescent:
@@ -22,12 +27,43 @@ class GradientDescent:
     name = "gd"
 
     def __init__(self, n_params, dtype, lr=0.001, **_):
+        self.n_params = int(n_params)
+        self.dtype = np.dtype(dtype)
         self.learning_rate_init = float(lr)
         self.learning_rate = float(lr)
+        # Linear warm-up multiplies the step size by this (set by the loop each step).
+        self.warmup_factor = 1.0
+        self._l2 = np.empty(min(self.n_params, BLOCK), dtype=self.dtype)
 
-    def step(self, params, grad):
-        grad *= -self.learning_rate
-        params += grad
+    def step(self, params, grad, weight=None, alpha=0.0, decay=()):
+        """Update ``params`` from the gradient sum ``grad`` (same length, scratch afterwards).
+
+        The gradient used is (grad + alpha * params on the ``decay`` ranges) / weight; ranges
+        are (start, stop) positions within this buffer (the weight matrices, not the biases).
+        """
+        self._begin_step()
+        lr = self.learning_rate * self.warmup_factor if self.warmup_factor != 1.0 else self.learning_rate
+        n = len(params)
+        for lo in range(0, n, BLOCK):
+            hi = min(lo + BLOCK, n)
+            g, p = grad[lo:hi], params[lo:hi]
+            if alpha:
+                for a, b in decay:
+                    a, b = max(a, lo), min(b, hi)
+                    if a < b:
+                        t = self._l2[: b - a]
+                        np.multiply(params[a:b], alpha, out=t)
+                        grad[a:b] += t
+            if weight is not None:
+                g /= weight
+            self._update(p, g, lo, hi, lr)
+
+    def _begin_step(self):
+        pass
+
+    def _update(self, p, g, lo, hi, lr):
+        g *= -lr
+        p += g
 
     def epoch_end(self, samples_seen):
         pass
@@ -37,10 +73,15 @@ class GradientDescent:
         return True
 
     def state(self):
+        """(JSON scalars, arrays over this optimizer's slice)."""
         return {"learning_rate": self.learning_rate}, {}
 
     def load_state(self, scalars, arrays):
         self.learning_rate = float(scalars["learning_rate"])
+
+    def state_bytes(self):
+        """Bytes of per-parameter arrays this optimizer holds: its state and its scratch."""
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
 
 class SGD(GradientDescent):
@@ -60,24 +101,22 @@ class SGD(GradientDescent):
         self.nesterov = bool(nesterov)
         self.schedule = schedule
         self.power_t = float(power_t)
-        self.velocity = np.zeros(n_params, dtype=dtype)
-        self._scratch = np.empty(n_params, dtype=dtype) if self.nesterov else None
+        self.velocity = np.zeros(self.n_params, dtype=self.dtype)
+        self._scratch = np.empty(min(self.n_params, BLOCK), dtype=self.dtype) if self.nesterov else None
 
-    def step(self, params, grad):
-        mu, lr = self.momentum, self.learning_rate
-        for lo in range(0, len(params), BLOCK):  # blocked as Adam.step, same numbers
-            hi = lo + BLOCK
-            v, g, p = self.velocity[lo:hi], grad[lo:hi], params[lo:hi]
-            v *= mu
-            g *= lr
-            v -= g
-            if self.nesterov:
-                s = self._scratch[lo:hi]
-                np.multiply(v, mu, out=s)
-                s -= g
-                p += s
-            else:
-                p += v
+    def _update(self, p, g, lo, hi, lr):
+        mu = self.momentum
+        v = self.velocity[lo:hi]
+        v *= mu
+        g *= lr
+        v -= g
+        if self.nesterov:
+            s = self._scratch[: hi - lo]
+            np.multiply(v, mu, out=s)
+            s -= g
+            p += s
+        else:
+            p += v
 
     def epoch_end(self, samples_seen):
         if self.schedule == "invscaling":
@@ -106,36 +145,33 @@ class Adam(GradientDescent):
         super().__init__(n_params, dtype, lr)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.t = 0
-        self.m = np.zeros(n_params, dtype=dtype)
-        self.v = np.zeros(n_params, dtype=dtype)
-        self._tmp = np.empty(n_params, dtype=dtype)
+        self.m = np.zeros(self.n_params, dtype=self.dtype)
+        self.v = np.zeros(self.n_params, dtype=self.dtype)
+        self._tmp = np.empty(min(self.n_params, BLOCK), dtype=self.dtype)
 
-    def step(self, params, grad):
+    def _begin_step(self):
         self.t += 1
         self.learning_rate = (
             self.learning_rate_init * np.sqrt(1 - self.beta_2**self.t) / (1 - self.beta_1**self.t)
         )
+
+    def _update(self, p, g, lo, hi, lr):
         b1, b2, c1, c2 = self.beta_1, self.beta_2, 1 - self.beta_1, 1 - self.beta_2
-        eps, neg_lr = self.epsilon, -self.learning_rate
-        # Block by block, so the 12 passes over a block run in cache, not 12 passes over
-        # all buffers through memory; elementwise, hence the same numbers as unblocked.
-        for lo in range(0, len(params), BLOCK):
-            hi = lo + BLOCK
-            m, v, g, p = self.m[lo:hi], self.v[lo:hi], grad[lo:hi], params[lo:hi]
-            tmp = self._tmp[: len(g)]
-            m *= b1
-            np.multiply(g, c1, out=tmp)
-            m += tmp
-            np.multiply(g, g, out=tmp)
-            tmp *= c2
-            v *= b2
-            v += tmp
-            # update = -lr * m / (sqrt(v) + eps); grad is free scratch now.
-            np.sqrt(v, out=tmp)
-            tmp += eps
-            np.multiply(m, neg_lr, out=g)
-            g /= tmp
-            p += g
+        m, v = self.m[lo:hi], self.v[lo:hi]
+        tmp = self._tmp[: hi - lo]
+        m *= b1
+        np.multiply(g, c1, out=tmp)
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= c2
+        v *= b2
+        v += tmp
+        # update = -lr * m / (sqrt(v) + eps); g is free scratch now.
+        np.sqrt(v, out=tmp)
+        tmp += self.epsilon
+        np.multiply(m, -lr, out=g)
+        g /= tmp
+        p += g
 
     def state(self):
         return {"learning_rate": self.learning_rate, "t": self.t}, {"m": self.m, "v": self.v}

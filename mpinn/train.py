@@ -1,14 +1,16 @@
-"""The training loop: the one place that joins data, model, optimizer and communication.
+"""The training loop: the one place that joins data, model, step strategy and stopping rules.
 
 Every step, each rank computes the loss and gradient SUMS over the rows of the global batch it
-owns (none is fine), packs [gradient | loss | weight] into one flat buffer, and one in-place
-Allreduce adds the buffers of all ranks. Every rank then holds the full-batch sums and applies
-the same update, so the parameters stay identical with no further communication. Stopping
-rules follow scikit-learn; rank 0 makes each decision and broadcasts it.
+owns (none is fine) and hands them to the step strategy (sync.py), which combines them across
+ranks and applies the optimizer update; every rank ends the step with the same parameters.
+The loop sequences steps, epochs, stopping (scikit-learn's rules; rank 0 decides and
+broadcasts), evaluation, logging and checkpoints. Its state is one LoopState, which the
+estimators pass in and read back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -16,15 +18,16 @@ import time
 
 import numpy as np
 
-from . import metrics as metricsmod
 from .data import BatchSchedule, resolve_batch_size
-from .faults import FAULT_ENV, Preemption, inject, parse_faults
-from .logs import MetricsWriter
 from .errors import InputError
-from .fitted import class_index
+from .evaluation import evaluate, test_fields
+from .faults import FAULT_ENV, Preemption, inject, parse_faults
+from .logs import MetricsWriter, epoch_line
 from .model import MLP, encode_targets
-from .optim import make_optimizer
 from .problem import labels_as_classes
+from .sync import make_sync
+
+__all__ = ["LoopState", "Trainer", "TrainingDiverged", "build_model", "evaluate"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,115 +44,101 @@ def build_model(problem, cfg):
     return MLP(sizes, activation=cfg.activation, output=output, dtype=cfg.dtype)
 
 
-def evaluate(model, params, problem, X, y, comm):
-    """Metrics over the rows every rank holds; the same numbers whatever the rank count.
+@dataclasses.dataclass
+class LoopState:
+    """Everything the loop advances; what a checkpoint or an estimator carries across runs."""
 
-    Classification reduces a confusion matrix (integer counts), regression reduces sums in two
-    passes (mean first, so R2 does not cancel catastrophically). Result valid on rank 0.
-    """
-    scores = model.forward(params, X) if len(X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
-    if problem.task == "classify":
-        k = len(problem.classes)
-        truth = np.searchsorted(problem.classes, labels_as_classes(y, problem.classes))
-        cm = metricsmod.confusion_counts(truth, class_index(scores), k)
-        comm.reduce_sum_to_root(cm)
-        labels = problem.class_names if problem.class_names and len(problem.class_names) == k else problem.classes.tolist()
-        return metricsmod.classification_report(cm, labels) if comm.rank == 0 else None
-    yv = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-    first = comm.allreduce(metricsmod.regression_first_pass(yv), "sum")
-    mean = first[1:] / max(first[0], 1)
-    second = comm.reduce_sum_to_root(metricsmod.regression_second_pass(yv, scores.astype(np.float64), mean))
-    return metricsmod.regression_report(first, second) if comm.rank == 0 else None
+    epoch: int = 0
+    t: int = 0                    # samples seen, as sklearn's t_
+    step_in_epoch: int = 0        # steps done in the current, unfinished epoch
+    accumulated: float = 0.0      # that epoch's loss so far (sklearn's accumulated_loss)
+    global_step: int = 0          # steps over the whole run, resumed parts included
+    loss_curve: list = dataclasses.field(default_factory=list)
+    history: list = dataclasses.field(default_factory=list)
+    best_loss: float = math.inf
+    no_improvement: int = 0
+    finished: str | None = None   # why training ended, once it has (kept across resume)
+    validation_scores: list = dataclasses.field(default_factory=list)
+    validation_loss_curve: list = dataclasses.field(default_factory=list)
+    best_validation_score: float = -math.inf
+    best_params: np.ndarray | None = None  # early stopping: restored at the end
+
+    SCALARS = ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "finished",
+               "history")
 
 
 class Trainer:
     """Holds the model state on every rank and runs epochs in lockstep."""
 
-    def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None,
-                 model=None, params=None, random_state=None, optimizer=None):
-        """The optional model, params, random_state and optimizer let the estimators pass their
-        own (warm start, partial_fit, sklearn's draw order); by default they are made here."""
+    def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None, model=None,
+                 params=None, random_state=None, optimizer=None, loop=None, format_line=epoch_line,
+                 extra_state=None, progress=None, sync=None):
+        """The optional model, params, random_state, optimizer and loop let the estimators pass
+        their own (warm start, partial_fit, sklearn's draw order); by default they are made here.
+        ``sync`` overrides cfg.sync (e.g. 'overlap', a benchmark option)."""
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
-        self.log_every = log_every
-        self.checkpointer = checkpointer
+        self.log_every, self.checkpointer = log_every, checkpointer
+        self.format_line = format_line  # the estimators print sklearn's verbose lines
+        self.extra_state = extra_state  # callable -> JSON dict stored in checkpoints (estimators)
+        self.progress = progress        # rank 0 on a terminal: progress(epoch, step, n_steps)
         self.model = model if model is not None else build_model(problem, cfg)
         # One RandomState for init and per-epoch shuffles, drawn in sklearn's order.
         self.random_state = random_state if random_state is not None else np.random.RandomState(cfg.seed)
         if params is None:
-            self.params = self.model.init_params(self.random_state)
-            comm.bcast_array(self.params)  # rank 0's draw is the one every rank uses
-        else:
-            self.params = params
-        if optimizer is not None or cfg.solver == "lbfgs":
-            self.optimizer = optimizer  # lbfgs: scipy's, see fit_lbfgs
-        else:
-            self.optimizer = make_optimizer(
-                cfg.solver, self.model.n_params, cfg.dtype, lr=cfg.lr, momentum=cfg.momentum,
-                nesterov=cfg.nesterov, schedule=cfg.lr_schedule, power_t=cfg.power_t,
-                beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+            params = self.model.init_params(self.random_state)
+            comm.bcast_array(params)  # rank 0's draw is the one every rank uses
+        self.loop = loop if loop is not None else LoopState()
         self.n_train = len(problem.train_rows)
-        self.batch_size = resolve_batch_size(cfg.batch_size, self.n_train)
-        self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle,
-                                      self.random_state, problem.shard, local_seed=cfg.seed,
-                                      stream=getattr(problem, "stream", None))
+        self.batch_size = resolve_batch_size(global_batch(cfg, comm.size), self.n_train)
+        if cfg.solver == "lbfgs":  # scipy's optimizer, see lbfgs.py
+            self.sync, self.params, self.optimizer = None, params, None
+        else:
+            self.sync = make_sync(sync or cfg.sync, comm, self.model, params, cfg, optimizer)
+            self.params, self.optimizer = self.sync.params, self.sync.optimizer
+        self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle, self.random_state,
+                                      problem.shard, local_seed=cfg.seed, stream=getattr(problem, "stream", None))
         # Targets in output space, so a step only gathers rows. Class targets are kept as
-        # small integer codes and one-hot / 0-1 encoded per batch (EncodedRows: the same
-        # values as encode_targets, without k floats per row in memory).
+        # small integer codes and one-hot / 0-1 encoded per batch (EncodedRows).
         if problem.Y is not None:
             self.Y = problem.Y
         elif self.model.output in ("softmax", "logistic"):
             self.Y = _encoded_rows(problem, self.model)
         else:
             self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
-        self.epoch = 0
-        self.t = 0  # samples seen, as sklearn's t_
-        self.loss_curve = []
-        self.history = []
-        self.best_loss = np.inf
-        self.no_improvement = 0
-        self.finished = None        # why training ended, once it has (kept across resume)
-        self.step_in_epoch = 0      # steps done in the current, unfinished epoch
-        self.accumulated = 0.0      # its loss so far (sklearn's accumulated_loss)
-        self.global_step = 0
         self.faults = parse_faults(os.environ.get(FAULT_ENV), comm.rank)
-        n = self.model.n_params
-        # [gradient | loss sum | weight sum | preemption flag]: one Allreduce carries them all,
-        # so every rank learns at the same step that some rank was asked to stop.
-        self.buffer = np.zeros(n + 3, dtype=self.model.dtype)
-        self.grad = self.buffer[:n]
-        self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
-        self._rows_capacity = 0  # rows the model's workspace was last sized for (step)
-        self._wbuf = np.empty(0, dtype=self.model.dtype)
-        # Early stopping (the estimators): sklearn's rule on a validation score instead of the
-        # training loss, and the best parameters restored at the end.
         self.early_stopping = problem.val_X is not None
-        self.validation_scores = []
-        self.validation_loss_curve = []
-        self.best_validation_score = -np.inf
-        self.best_params = None
-        self.format_line = _epoch_line  # the estimators print sklearn's verbose lines
-        self.progress = None  # rank 0 on a terminal: called as progress(epoch, step, n_steps)
-        self.extra_state = None         # callable -> JSON dict stored in checkpoints (estimators)
-        # overlap=True: each layer's gradient slice is reduced with a non-blocking Iallreduce
-        # started as soon as backward has produced it (last layer first), all waited for
-        # before the update. Same sums, each element reduced once. Off by default: on the
-        # 2-core machine measured (docs/performance.md) it did not beat the single Allreduce.
-        self.overlap = False
-        self._parts = None
+        self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
+        self._wbuf = np.empty(0, dtype=self.model.dtype)
+        self._rows_capacity = 0  # rows the model's workspace was last sized for
+        self._after_grad = self._inject_and_flag
         # Seconds this epoch spent gathering rows, computing (forward, backward, update) and
-        # in the gradient reduction; fit() reports the max over ranks of each.
+        # communicating; fit() reports the max over ranks of each.
         self.timing = np.zeros(3)
+        self.stop_reason = None
+
+    # Read-only views of the loop state (tests, summaries).
+    epoch = property(lambda self: self.loop.epoch)
+    t = property(lambda self: self.loop.t)
+    step_in_epoch = property(lambda self: self.loop.step_in_epoch)
+    loss_curve = property(lambda self: self.loop.loss_curve)
+    history = property(lambda self: self.loop.history)
 
     # ---- one step and one epoch -------------------------------------------------------
+
+    def _inject_and_flag(self, grad):
+        loop = self.loop
+        loop.global_step += 1
+        if loop.global_step in self.faults:
+            inject(self.faults[loop.global_step], self.comm.rank, loop.global_step, grad)
+        return 1.0 if Preemption.requested else 0.0
 
     def step(self, local_rows):
         """One optimizer step on the global batch; returns (loss, weight, stop requested)."""
         t0 = time.perf_counter()
-        m, n = len(local_rows), self.model.n_params
+        m = len(local_rows)
         if m > self._rows_capacity:
             # Grow the model's workspace with 1/8 headroom (at most the batch size): a rank's
-            # share of a global batch varies from step to step, and growing to each new
-            # maximum would reallocate every workspace array again and again.
+            # share of a global batch varies from step to step.
             self._rows_capacity = min(max(m, -(-m * 9 // 8)), max(m, self.batch_size))
         xb = self.model.input_buffer(self._rows_capacity)[:m]
         np.take(self.problem.X, local_rows, axis=0, out=xb)
@@ -157,77 +146,29 @@ class Trainer:
             self._ybuf = np.empty((m, self.Y.shape[1]), dtype=self.model.dtype)
         yb = self._ybuf[:m]
         np.take(self.Y, local_rows, axis=0, out=yb)
-        sw = None
+        sw, weight = None, m
         if self.problem.sample_weight is not None:
             if self._wbuf.shape[0] < m:
                 self._wbuf = np.empty(m, dtype=self.model.dtype)
             sw = self._wbuf[:m]
             np.take(self.problem.sample_weight, local_rows, out=sw)
+            weight = sw.sum()
+        if self.cfg.warmup_epochs:
+            done = self.loop.epoch * self.schedule.n_steps + self.loop.step_in_epoch + 1
+            self.optimizer.warmup_factor = min(1.0, done / (self.cfg.warmup_epochs * self.schedule.n_steps))
         t1 = time.perf_counter()
-        if self.overlap:
-            comm_seconds = self._overlapped_sums(xb, yb, sw, m)
-            t3 = time.perf_counter()
-            t2 = t3 - comm_seconds
-        else:
-            self.buffer[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
-            self.buffer[n + 1] = m if sw is None else sw.sum()
-            self.global_step += 1
-            if self.global_step in self.faults:
-                inject(self.faults[self.global_step], self.comm.rank, self.global_step, self.grad)
-            self.buffer[n + 2] = 1.0 if Preemption.requested else 0.0
-            t2 = time.perf_counter()
-            self.comm.allreduce_sum(self.buffer)  # the one collective per step
-            t3 = time.perf_counter()
-        weight = float(self.buffer[n + 1])
-        alpha = self.cfg.alpha
-        loss = float(self.buffer[n]) / weight
-        if alpha:
-            loss += (0.5 * alpha) * self.model.penalty(self.params) / weight
-        self.model.finish_gradient(self.params, self.grad, alpha, weight)
-        self.optimizer.step(self.params, self.grad)
-        t4 = time.perf_counter()
+        comm_before = self.sync.comm_seconds
+        loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._after_grad)
+        t2 = time.perf_counter()
+        loss = loss_sum / weight
+        if self.cfg.alpha:
+            loss += (0.5 * self.cfg.alpha) * penalty / weight
+        comm_seconds = self.sync.comm_seconds - comm_before
         timing = self.timing
         timing[0] += t1 - t0
-        timing[1] += (t2 - t1) + (t4 - t3)
-        timing[2] += t3 - t2
-        return loss, weight, self.buffer[n + 2] > 0
-
-    def _overlapped_sums(self, xb, yb, sw, m):
-        """loss_grad_sum with each layer's slice of [gradient | loss | weight | flag] reduced
-        by its own Iallreduce as soon as it is final; returns the seconds spent in MPI calls.
-
-        The last layer's slice runs to the end of the buffer, so the scalars travel with it;
-        the slices partition the buffer, so every element is summed exactly once.
-        """
-        n, buf, comm = self.model.n_params, self.buffer, self.comm
-        if self._parts is None:
-            bounds = [s for s, _, _ in self.model.offsets] + [n + 3]
-            self._parts = [buf[bounds[i]:bounds[i + 1]] for i in range(self.model.n_layers)]
-        last = self.model.n_layers - 1
-        requests = []
-        spent = 0.0
-
-        def on_grad(layer, loss):
-            nonlocal spent
-            if layer == last:
-                buf[n] = loss
-                buf[n + 1] = m if sw is None else sw.sum()
-                self.global_step += 1
-                if self.global_step in self.faults:
-                    inject(self.faults[self.global_step], comm.rank, self.global_step, self.grad)
-                buf[n + 2] = 1.0 if Preemption.requested else 0.0
-            t = time.perf_counter()
-            comm.progress(requests)
-            req = comm.start_allreduce_sum(self._parts[layer])
-            if req is not None:
-                requests.append(req)
-            spent += time.perf_counter() - t
-
-        self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw, on_grad=on_grad)
-        t = time.perf_counter()
-        comm.wait_all(requests)
-        comm.allreduce_calls += 1  # one (split) gradient reduction per step
-        return spent + time.perf_counter() - t
+        timing[1] += t2 - t1 - comm_seconds
+        timing[2] += comm_seconds
+        return loss, weight, stop
 
     def run_epoch(self):
         """Run the rest of the current epoch: (its loss or None if stopped part-way, stop flag).
@@ -235,67 +176,69 @@ class Trainer:
         A preemption seen at a step ends the epoch there; seen at its last step, the epoch
         completes and the flag tells the caller to stop after it.
         """
-        stop = False
-        for local_rows in self.schedule.epoch(self.epoch, self.step_in_epoch):
+        loop, stop = self.loop, False
+        for local_rows in self.schedule.epoch(loop.epoch, loop.step_in_epoch):
             loss, weight, stop = self.step(local_rows)
             if self.problem.sample_weight is not None:
                 # sklearn weighs each batch loss by its row count, not its sample weight.
-                weight = min(self.batch_size, self.n_train - self.step_in_epoch * self.batch_size)
-            self.accumulated += loss * weight
-            self.step_in_epoch += 1
+                weight = min(self.batch_size, self.n_train - loop.step_in_epoch * self.batch_size)
+            loop.accumulated += loss * weight
+            loop.step_in_epoch += 1
             if self.progress is not None:
-                self.progress(self.epoch + 1, self.step_in_epoch, self.schedule.n_steps)
-            if stop and self.step_in_epoch < self.schedule.n_steps:
+                self.progress(loop.epoch + 1, loop.step_in_epoch, self.schedule.n_steps)
+            if stop and loop.step_in_epoch < self.schedule.n_steps:
                 return None, True
-        loss = self.accumulated / self.n_train
-        self.accumulated, self.step_in_epoch = 0.0, 0
-        self.epoch += 1
-        self.t += self.n_train
+        loss = loop.accumulated / self.n_train
+        loop.accumulated, loop.step_in_epoch = 0.0, 0
+        loop.epoch += 1
+        loop.t += self.n_train
         return loss, stop
 
-    # ---- the loop ---------------------------------------------------------------------
+    # ---- stopping ---------------------------------------------------------------------
 
-    def _stop_reason(self, loss, score=None):
-        """sklearn's rule on the training loss (or, with early stopping, on the validation
-        ``score``), plus --loss-target and max epochs (rank 0)."""
+    def _update_no_improvement(self, loss, score):
+        """End-of-epoch bookkeeping of sklearn's rule (counters, best loss or best validation
+        parameters, the optimizer's schedule); True when it says training has converged."""
+        loop, cfg = self.loop, self.cfg
+        if self.early_stopping:
+            loop.no_improvement = loop.no_improvement + 1 if score < loop.best_validation_score + cfg.tol else 0
+            if score > loop.best_validation_score:
+                loop.best_validation_score = score
+                loop.best_params = self.params.copy()
+        else:
+            loop.no_improvement = loop.no_improvement + 1 if loss > loop.best_loss - cfg.tol else 0
+            loop.best_loss = min(loop.best_loss, loss)
+        self.optimizer.epoch_end(loop.t)
+        if loop.no_improvement > cfg.n_iter_no_change:
+            if self.optimizer.trigger_stopping():
+                return True
+            loop.no_improvement = 0
+        return False
+
+    def _epoch_verdict(self, loss, score=None):
+        """Why training stops after this epoch, or None: divergence, --loss-target, sklearn's
+        no-improvement rule (on the training loss, or the validation score), max epochs."""
         cfg = self.cfg
         if not math.isfinite(loss) or not np.isfinite(self.params).all():
             return "diverged"
         if cfg.loss_target is not None and loss <= cfg.loss_target:
             return "loss_target"
-        if self.early_stopping:
-            if score < self.best_validation_score + cfg.tol:
-                self.no_improvement += 1
-            else:
-                self.no_improvement = 0
-            if score > self.best_validation_score:
-                self.best_validation_score = score
-                self.best_params = self.params.copy()
-        else:
-            if loss > self.best_loss - cfg.tol:
-                self.no_improvement += 1
-            else:
-                self.no_improvement = 0
-            self.best_loss = min(self.best_loss, loss)
-        self.optimizer.epoch_end(self.t)
-        if self.no_improvement > cfg.n_iter_no_change:
-            if self.optimizer.trigger_stopping():
-                return "converged"
-            self.no_improvement = 0
-        if self.epoch >= cfg.epochs:
-            return "max_epochs"
-        return None
+        if self._update_no_improvement(loss, score):
+            return "converged"
+        return "max_epochs" if self.loop.epoch >= cfg.epochs else None
+
+    # ---- the loop ---------------------------------------------------------------------
 
     def fit(self):
-        cfg, comm = self.cfg, self.comm
+        cfg, comm, loop = self.cfg, self.comm, self.loop
         # A resumed run appends to the metrics of the run it continues.
-        metrics_file = MetricsWriter(cfg.metrics, append=self.epoch > 0) if cfg.metrics and comm.rank == 0 else None
+        metrics_file = MetricsWriter(cfg.metrics, append=loop.epoch > 0) if cfg.metrics and comm.rank == 0 else None
         start = time.perf_counter()
-        self._first_epoch = self.epoch
+        self._first_epoch = loop.epoch
         train_seconds = 0.0
         # A resumed run that had already finished stays finished (unless --epochs grew).
-        reason = self.finished if self.finished and (self.finished != "max_epochs" or self.epoch >= cfg.epochs) else None
-        if reason is None and self.epoch >= cfg.epochs:
+        reason = loop.finished if loop.finished and (loop.finished != "max_epochs" or loop.epoch >= cfg.epochs) else None
+        if reason is None and loop.epoch >= cfg.epochs:
             reason = "max_epochs"
         try:
             while reason is None:
@@ -309,43 +252,42 @@ class Trainer:
                     reason = "preempted"
                     self._preempt()
                     break
-                self.loss_curve.append(loss)
+                loop.loss_curve.append(loss)
                 breakdown = self._epoch_breakdown()  # collective
                 # Every rank applies the rule so optimizer state (adaptive lr) stays equal;
                 # rank 0's verdict is the one acted on.
                 score = self.validate() if self.early_stopping else None  # collective
-                reason = self._stop_reason(loss, score)
-                reason = comm.bcast_json(reason)
+                reason = comm.bcast_json(self._epoch_verdict(loss, score))
                 if self.early_stopping and reason not in (None, "preempted", "diverged") \
-                        and self.best_params is not None:
-                    self.params[...] = self.best_params  # as sklearn: end on the best validation score
+                        and loop.best_params is not None:
+                    self.params[...] = loop.best_params  # as sklearn: end on the best validation score
                 if preempted and reason is None:
                     reason = "preempted"
-                record = {"epoch": self.epoch, "loss": loss, "seconds": seconds,
+                record = {"epoch": loop.epoch, "loss": loss, "seconds": seconds,
                           "samples_per_second": self.n_train / seconds if seconds > 0 else None,
                           "learning_rate": self.optimizer.learning_rate, **breakdown}
                 if self.early_stopping:
                     record["validation_score"] = score
-                    record["validation_loss"] = self.validation_loss_curve[-1]
+                    record["validation_loss"] = loop.validation_loss_curve[-1]
                 if self.problem.test_X is not None and reason != "diverged":
                     report = evaluate(self.model, self.params, self.problem, self.problem.test_X,
                                       self.problem.test_y, comm)
                     if comm.rank == 0:
-                        record.update(_test_fields(report))
-                self.history.append(record)
+                        record.update(test_fields(report))
+                loop.history.append(record)
                 if comm.rank == 0:
-                    if reason or self.epoch % self.log_every == 0 or self.epoch == 1:
+                    if reason or loop.epoch % self.log_every == 0 or loop.epoch == 1:
                         self.log(self.format_line(record))
                     if metrics_file:
                         metrics_file.write(record)
                 if reason == "diverged":
                     raise TrainingDiverged(
-                        f"training diverged: loss is {loss} at epoch {self.epoch}; try a smaller --lr")
+                        f"training diverged: loss is {loss} at epoch {loop.epoch}; try a smaller --lr")
                 if reason not in (None, "preempted"):
-                    self.finished = reason
+                    loop.finished = reason
                 if reason == "preempted":
                     self._preempt()
-                elif self.checkpointer and (reason or (cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0)):
+                elif self.checkpointer and (reason or (cfg.checkpoint_every and loop.epoch % cfg.checkpoint_every == 0)):
                     self.checkpointer.save(self)
         finally:
             if metrics_file:
@@ -356,8 +298,8 @@ class Trainer:
         return self
 
     def _epoch_breakdown(self):
-        """Collective: this epoch's seconds gathering rows, computing and in the gradient
-        reduction (which includes waiting for the slowest rank), each the max over ranks."""
+        """Collective: this epoch's seconds gathering rows, computing and in the step's
+        collectives (which includes waiting for the slowest rank), each the max over ranks."""
         t = self.comm.allreduce(self.timing.copy(), "max")
         self.timing[...] = 0
         return {"data_seconds": float(t[0]), "compute_seconds": float(t[1]), "comm_seconds": float(t[2])}
@@ -366,18 +308,19 @@ class Trainer:
         if self.checkpointer:
             self.checkpointer.save(self)
         if self.comm.rank == 0:
-            print(f"mpinn: preempted ({Preemption.signal_name or 'signal on another rank'}) at epoch {self.epoch} "
-                     f"step {self.step_in_epoch}" + ("; checkpoint written, rerun with --resume" if self.checkpointer else "; no --checkpoint"),
+            print(f"mpinn: preempted ({Preemption.signal_name or 'signal on another rank'}) at epoch "
+                  f"{self.loop.epoch} step {self.loop.step_in_epoch}"
+                  + ("; checkpoint written, rerun with --resume" if self.checkpointer else "; no --checkpoint"),
                   file=sys.stderr, flush=True)
 
-    # ---- validation (early stopping) and full-batch L-BFGS (the estimators) --------------
+    # ---- validation (early stopping) ------------------------------------------------------
 
     def validate(self):
         """Validation score as sklearn's early stopping computes it (accuracy for classifiers,
         R2 for regressors) and the mean validation loss; collective, same value on every rank."""
         from . import scoring
 
-        p, model = self.problem, self.model
+        p, model, loop = self.problem, self.model, self.loop
         out = model.forward(self.params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
         w = p.val_weight
         head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
@@ -390,131 +333,70 @@ class Trainer:
             mean = buf[3:] / buf[2]
             second = self.comm.allreduce(scoring.r2_second_partial(p.val_Y, out, mean, w), "sum")
             score = scoring.r2(second)
-        self.validation_scores.append(score)
-        self.validation_loss_curve.append(float(buf[0] / buf[1]))
+        loop.validation_scores.append(score)
+        loop.validation_loss_curve.append(float(buf[0] / buf[1]))
         return score
-
-    def lbfgs_order(self):
-        """Index of sklearn's packing (all W, then all b) into the flat [W0, b0, W1, b1, ...]."""
-        offsets = self.model.offsets
-        return np.concatenate([np.arange(s, w) for s, w, _ in offsets] + [np.arange(w, e) for _, w, e in offsets])
-
-    def fit_lbfgs(self, max_iter, max_fun, tol, chunk_rows=65536):
-        """Full-batch L-BFGS-B (scipy) on every rank; each loss/gradient evaluation sums this
-        rank's training rows and joins one Allreduce, so all ranks see the same function and
-        take the same steps. scipy sees sklearn's packing order, so runs match sklearn's.
-        Returns scipy's OptimizeResult; the caller checkpoints (it knows the iteration count)."""
-        try:
-            import scipy.optimize
-        except ImportError:
-            raise ImportError("solver='lbfgs' needs scipy: pip install scipy") from None
-        model, p, n = self.model, self.problem, self.model.n_params
-        order = self.lbfgs_order()
-        local = p.shard.local_positions(p.train_rows)[1]
-        total = np.zeros(n + 3, dtype=model.dtype) if len(local) > chunk_rows else None
-        alpha = self.cfg.alpha
-
-        def loss_grad(x):
-            self.params[order] = x
-            acc = self.buffer if total is None else total  # [gradient | loss | weight | flag]
-            acc[...] = 0
-            for start in range(0, max(len(local), 1), chunk_rows):  # one pass even with no rows
-                rows = local[start : start + chunk_rows]
-                xb = model.input_buffer(len(rows))
-                np.take(p.X, rows, axis=0, out=xb)
-                sw = None if p.sample_weight is None else p.sample_weight[rows]
-                acc[n] += model.loss_grad_sum(self.params, xb, self.Y[rows], self.grad, sw)
-                acc[n + 1] += len(rows) if sw is None else sw.sum()
-                if total is not None:
-                    total[:n] += self.grad
-            if total is not None:
-                self.buffer[...] = total
-            self.comm.allreduce_sum(self.buffer)
-            weight = float(self.buffer[n + 1])
-            value = float(self.buffer[n]) / weight
-            if alpha:
-                value += (0.5 * alpha) * model.penalty(self.params) / weight
-            model.finish_gradient(self.params, self.grad, alpha, weight)
-            return value, self.grad[order]
-
-        result = scipy.optimize.minimize(loss_grad, self.params[order], method="L-BFGS-B", jac=True,
-                                         options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
-        self.params[order] = result.x
-        # Ranks ran identical iterations; rank 0's result is the one kept, bit for bit.
-        self.comm.bcast_array(self.params)
-        return result
 
     # ---- checkpoint state ---------------------------------------------------------------
 
-    def state(self):
-        """(JSON scalars, arrays) that make a resumed run continue bit for bit."""
-        opt_scalars, opt_arrays = self.optimizer.state() if self.optimizer else ({}, {})
+    def checkpoint_state(self):
+        """Collective: (JSON scalars, arrays) that make a resumed run continue bit for bit, on
+        any rank count and in either sync mode (optimizer state whole). Valid on rank 0."""
+        loop = self.loop
+        opt_scalars, opt_arrays = self.sync.optimizer_state() if self.sync else ({}, {})
         kind, key, pos, has_gauss, gauss = self.random_state.get_state()
-        scalars = {"epoch": self.epoch, "t": self.t, "step_in_epoch": self.step_in_epoch,
-                   "accumulated": self.accumulated, "global_step": self.global_step,
-                   "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
-                   "no_improvement": self.no_improvement, "optimizer": opt_scalars, "finished": self.finished,
-                   "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-                   "history": self.history, "n_train": self.n_train}
+        scalars = {name: getattr(loop, name) for name in LoopState.SCALARS}
+        scalars.update({"best_loss": None if math.isinf(loop.best_loss) else loop.best_loss,
+                        "optimizer": opt_scalars, "n_train": self.n_train, "batch_size": self.batch_size,
+                        "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}})
         arrays = {"params": self.params, "schedule/order": self.schedule.state()["order"], "rng/key": key,
-                  "loss_curve": np.asarray(self.loss_curve, dtype=np.float64),
+                  "loss_curve": np.asarray(loop.loss_curve, dtype=np.float64),
                   **{f"optimizer/{k}": v for k, v in opt_arrays.items()}}
         if self.extra_state is not None:
             scalars["estimator"] = self.extra_state()
         return scalars, arrays
 
     def restore(self, scalars, arrays):
-        """Continue from ``state()`` as saved by any number of ranks."""
+        """Continue from ``checkpoint_state()`` as saved by any number of ranks."""
         if scalars["n_train"] != self.n_train:
             raise InputError(f"checkpoint was trained on {scalars['n_train']} rows, this data has {self.n_train}")
+        saved_batch = scalars.get("batch_size", self.batch_size)
+        if scalars["step_in_epoch"] and saved_batch != self.batch_size:
+            raise InputError(f"--resume: the checkpoint stopped part-way through an epoch of batches of {saved_batch}"
+                             f" rows; with {self.comm.size} rank(s) the batch is {self.batch_size} (--batch-per-rank):"
+                             " resume on the same rank count, or from an end-of-epoch checkpoint")
         self.params[...] = arrays["params"]
-        self.optimizer.load_state(scalars["optimizer"],
-                                  {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")})
+        if self.sync:
+            self.sync.load_optimizer_state(scalars["optimizer"], {k.split("/", 1)[1]: v for k, v in arrays.items()
+                                                                  if k.startswith("optimizer/")})
         rng = scalars["rng"]
         self.random_state.set_state((rng["kind"], arrays["rng/key"], rng["pos"], rng["has_gauss"], rng["gauss"]))
         self.schedule.load_state({"order": arrays["schedule/order"]})
-        for name in ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "history",
-                     "finished"):
-            setattr(self, name, scalars[name])
-        self.best_loss = np.inf if scalars["best_loss"] is None else scalars["best_loss"]
-        self.loss_curve = arrays["loss_curve"].tolist()
+        for name in LoopState.SCALARS:
+            setattr(self.loop, name, scalars[name])
+        self.loop.best_loss = math.inf if scalars["best_loss"] is None else scalars["best_loss"]
+        self.loop.loss_curve = arrays["loss_curve"].tolist()
 
     def summary(self):
         """The end-of-run record rank 0 prints with --json."""
-        last = self.history[-1] if self.history else {}
-        out = {"epochs": self.epoch, "final_loss": self.loss_curve[-1] if self.loss_curve else None,
-               "stop_reason": self.stop_reason,
-               "train_seconds": self.train_seconds,
-               "samples_per_second": (self.n_train * (self.epoch - self._first_epoch) / self.train_seconds
+        loop = self.loop
+        last = loop.history[-1] if loop.history else {}
+        out = {"epochs": loop.epoch, "final_loss": loop.loss_curve[-1] if loop.loss_curve else None,
+               "stop_reason": self.stop_reason, "train_seconds": self.train_seconds,
+               "samples_per_second": (self.n_train * (loop.epoch - self._first_epoch) / self.train_seconds
                                       if self.train_seconds else None),
-               "ranks": self.comm.size, "task": self.problem.task,
+               "ranks": self.comm.size, "task": self.problem.task, "sync": self.sync.name if self.sync else None,
                "checkpoint": self.checkpointer.last_path if self.checkpointer else None}
         out.update({k: v for k, v in last.items() if k.startswith("test_")})
         return out
+
+
+def global_batch(cfg, ranks):
+    """The global batch of a config: --batch-per-rank B times the ranks, else --batch-size."""
+    return cfg.batch_per_rank * ranks if cfg.batch_per_rank else cfg.batch_size
 
 
 def _encoded_rows(problem, model):
     from .stream import EncodedRows
 
     return EncodedRows(labels_as_classes(problem.y, problem.classes), problem.classes, model.output, model.dtype)
-
-
-def _test_fields(report):
-    if "accuracy" in report:
-        return {"test_accuracy": report["accuracy"], "test_f1_macro": report["f1_macro"],
-                "test_precision_macro": report["precision_macro"], "test_recall_macro": report["recall_macro"]}
-    return {"test_r2": report["r2"], "test_mse": report["mse"], "test_mae": report["mae"]}
-
-
-def _epoch_line(r):
-    test = ""
-    if "test_accuracy" in r:
-        test = f"  test_acc {r['test_accuracy']:.4f}"
-    elif "test_r2" in r:
-        test = f"  test_r2 {r['test_r2']:.4f}"
-    rate = r["samples_per_second"]
-    parts = ""
-    if "compute_seconds" in r:
-        parts = f" (compute {r['compute_seconds']:.3f}s, comm {r['comm_seconds']:.3f}s, data {r['data_seconds']:.3f}s)"
-    return (f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
-            f"  {rate:,.0f} samples/s{parts}" if rate else f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}")

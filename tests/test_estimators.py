@@ -34,7 +34,7 @@ def frozen(monkeypatch):
 
     from mpinn import optim
 
-    monkeypatch.setattr(optim.SGD, "step", lambda self, params, grad: None)
+    monkeypatch.setattr(optim.SGD, "step", lambda self, params, grad, *finish: None)
     monkeypatch.setattr(sko.SGDOptimizer, "update_params", lambda self, params, grads: None)
 
 

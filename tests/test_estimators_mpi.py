@@ -50,7 +50,7 @@ def test_initial_weights_are_sklearns_on_every_rank(world, monkeypatch, frozen_s
 
     from mpinn import optim
 
-    monkeypatch.setattr(optim.SGD, "step", lambda self, params, grad: None)
+    monkeypatch.setattr(optim.SGD, "step", lambda self, params, grad, *finish: None)
     monkeypatch.setattr(sko.SGDOptimizer, "update_params", lambda self, params, grads: None)
     shard = "weighted:" + ",".join(str(r + 1) for r in range(world.Get_size())) if frozen_shard == "weighted" \
         else frozen_shard

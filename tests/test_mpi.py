@@ -101,7 +101,7 @@ def test_exactly_one_gradient_allreduce_per_step(world):
     comm = Comm(counting)
     tr = _train(X, y, comm, solver="adam", epochs=4, batch_size=10)
     steps = 4 * int(np.ceil(len(X) / 10))
-    grads = [c for c in counting.calls if c == ("Allreduce", tr.model.n_params + 3)]
+    grads = [c for c in counting.calls if c == ("Allreduce", tr.model.n_params + 4)]
     assert len(grads) == steps == comm.allreduce_calls
     # No pickle-based (lowercase) collective was used anywhere in training.
     assert all(name[0].isupper() for name, _ in counting.calls)

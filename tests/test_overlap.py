@@ -1,4 +1,4 @@
-"""The overlapped gradient reduction (Trainer.overlap): one Iallreduce per layer slice, started
+"""The overlapped gradient reduction (sync="overlap"): one Iallreduce per layer slice, started
 as backward produces it, covering [gradient | loss | weight | flag] exactly once, and training
 exactly the model the single blocking Allreduce trains (on 1 rank and on N)."""
 
@@ -48,8 +48,8 @@ def _trainer(comm, overlap, **kw):
     X, y = _data()
     cfg = TrainConfig(**{"hidden": (6, 4), "epochs": 6, "batch_size": 16, "seed": 7, "solver": "adam",
                          **kw}).validate()
-    tr = Trainer(cfg, problem_from_arrays(X, y, cfg, comm), comm, log=lambda line: None)
-    tr.overlap = overlap
+    tr = Trainer(cfg, problem_from_arrays(X, y, cfg, comm), comm, log=lambda line: None,
+                 sync="overlap" if overlap else "allreduce")
     return tr.fit()
 
 
@@ -76,14 +76,14 @@ def test_overlap_reduces_each_element_once_and_matches_blocking():
         parts = [c for c in rec.calls if c[0] == "Iallreduce"]
         assert not [c for c in rec.calls if c[0] == "Allreduce" and c[1] > 3]  # no blocking gradient sum
         assert len(parts) == 3 * steps
-        start = over.buffer.__array_interface__["data"][0]
-        item = over.buffer.itemsize
+        start = over.sync.buffer.__array_interface__["data"][0]
+        item = over.sync.buffer.itemsize
         for k in range(steps):
             # Last layer first; the slices tile the whole buffer with no gap and no overlap.
             spans = sorted((addr - start) // item for _, _, addr in parts[3 * k:3 * k + 3])
             sizes = {(addr - start) // item: size for _, size, addr in parts[3 * k:3 * k + 3]}
             assert spans[0] == 0
-            assert sum(sizes.values()) == over.buffer.size
+            assert sum(sizes.values()) == over.sync.buffer.size
             for a, b in zip(spans, spans[1:]):
                 assert a + sizes[a] == b
             assert (parts[3 * k][2] - start) // item == spans[-1]

@@ -1,0 +1,38 @@
+"""Test-set metrics over rows spread across ranks; the same numbers whatever the rank count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics as metricsmod
+from .fitted import class_index
+from .problem import labels_as_classes
+
+
+def evaluate(model, params, problem, X, y, comm):
+    """Metrics over the rows every rank holds (collective; the report is valid on rank 0).
+
+    Classification reduces a confusion matrix (integer counts), regression reduces sums in two
+    passes (mean first, so R2 does not cancel catastrophically).
+    """
+    scores = model.forward(params, X) if len(X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
+    if problem.task == "classify":
+        k = len(problem.classes)
+        truth = np.searchsorted(problem.classes, labels_as_classes(y, problem.classes))
+        cm = metricsmod.confusion_counts(truth, class_index(scores), k)
+        comm.reduce_sum_to_root(cm)
+        labels = problem.class_names if problem.class_names and len(problem.class_names) == k else problem.classes.tolist()
+        return metricsmod.classification_report(cm, labels) if comm.rank == 0 else None
+    yv = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    first = comm.allreduce(metricsmod.regression_first_pass(yv), "sum")
+    mean = first[1:] / max(first[0], 1)
+    second = comm.reduce_sum_to_root(metricsmod.regression_second_pass(yv, scores.astype(np.float64), mean))
+    return metricsmod.regression_report(first, second) if comm.rank == 0 else None
+
+
+def test_fields(report):
+    """The epoch record's test_* entries from a report."""
+    if "accuracy" in report:
+        return {"test_accuracy": report["accuracy"], "test_f1_macro": report["f1_macro"],
+                "test_precision_macro": report["precision_macro"], "test_recall_macro": report["recall_macro"]}
+    return {"test_r2": report["r2"], "test_mse": report["mse"], "test_mae": report["mae"]}

@@ -1,0 +1,249 @@
+"""How the ranks combine one training step: the gradient reduction and the update around it.
+
+A strategy owns the flat parameter and gradient buffers and the optimizer over the part of the
+parameters this rank updates. The loop calls ``step`` once per global batch with this rank's
+rows; it returns the global (loss sum, batch weight, L2 penalty, stop flag), the same on every
+rank. The update rule itself stays in optim.py (no MPI); only the communication differs:
+
+  allreduce  one in-place Allreduce of [gradient | loss | weight | flag | penalty]; every rank
+             then updates all P parameters (the same arithmetic, hence the same bits).
+  sharded    ZeRO stage 1: a Reduce_scatter leaves each rank the summed gradient of its own
+             contiguous 1/N slice, the rank updates that slice only (optimizer state for it
+             alone), and an in-place Allgatherv gives every rank all new parameters. The
+             update is elementwise, so the parameters are those of ``allreduce`` up to the
+             order of the cross-rank sums (bit for bit at N = 2, where a + b = b + a).
+  overlap    ``allreduce`` with one Iallreduce per layer started as backward produces it
+             (a benchmark option; it did not pay on the machines measured).
+
+The batch weight must be known before the update, so the sharded step sums it with a one-
+element Iallreduce started before the forward pass; the loss, the stop flag and the L2 penalty
+travel at the end of the last rank's segment and come back with the Allgatherv. Each rank sums
+the penalty over its own slice only, so no O(P) work is repeated on every rank.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .optim import make_optimizer
+
+SYNCS = ("auto", "allreduce", "sharded")
+# `auto` shards when there is more than one rank and the model has at least this many
+# parameters; below it the two extra small collectives cost more than the shared update saves
+# (docs/performance.md, "Choosing --sync").
+AUTO_SHARD_MIN_PARAMS = 1 << 14
+
+
+def resolve_sync(name, size, n_params):
+    """The strategy `auto` stands for with ``size`` ranks and ``n_params`` parameters."""
+    if name != "auto":
+        return name
+    return "sharded" if size > 1 and n_params >= AUTO_SHARD_MIN_PARAMS else "allreduce"
+
+
+def slice_bounds(n, size):
+    """Rank r updates [b[r], b[r+1]): contiguous slices whose sizes differ by at most one."""
+    return [n * r // size for r in range(size + 1)]
+
+
+def weight_ranges(model, lo, hi):
+    """The weight-matrix positions (L2 term; biases excluded) inside [lo, hi), absolute."""
+    out = []
+    for s, w, _ in model.offsets:
+        a, b = max(s, lo), min(w, hi)
+        if a < b:
+            out.append((a, b))
+    return out
+
+
+def penalty_part(params, ranges):
+    """Sum of squares over ``ranges``; over all weight ranges it is model.penalty's sum."""
+    total = 0.0
+    for a, b in ranges:
+        w = params[a:b]
+        total += np.dot(w, w)
+    return float(total)
+
+
+class Replicated:
+    """Every rank reduces the whole gradient and applies the whole update."""
+
+    name = "allreduce"
+
+    def __init__(self, comm, model, params, optimizer_factory, alpha, optimizer=None):
+        self.comm, self.model, self.alpha = comm, model, alpha
+        n = self.n = model.n_params
+        self.params = params
+        # [gradient | loss | weight | stop flag | penalty]: one Allreduce carries them all, so
+        # every rank learns at the same step that some rank was asked to stop.
+        self.buffer = np.zeros(n + 4, dtype=model.dtype)
+        self.grad = self.buffer[:n]
+        self.decay = weight_ranges(model, 0, n)
+        b = slice_bounds(n, comm.size)
+        self._penalty_ranges = weight_ranges(model, b[comm.rank], b[comm.rank + 1])
+        self.optimizer = _adopt(optimizer, optimizer_factory, n, 0, n)
+        self.comm_seconds = 0.0
+
+    def step(self, xb, yb, sw, weight, after_grad):
+        """One global step; ``after_grad(grad)`` runs before the reduction and returns the
+        local stop flag (fault injection and the preemption signal)."""
+        n, buf = self.n, self.buffer
+        buf[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
+        buf[n + 1] = weight
+        buf[n + 2] = after_grad(self.grad)
+        buf[n + 3] = penalty_part(self.params, self._penalty_ranges) if self.alpha else 0.0
+        t = time.perf_counter()
+        self.comm.allreduce_sum(buf)  # the one collective per step
+        self.comm_seconds += time.perf_counter() - t
+        return self._update()
+
+    def _update(self):
+        n, buf = self.n, self.buffer
+        weight = float(buf[n + 1])
+        self.optimizer.step(self.params, self.grad, weight, self.alpha, self.decay)
+        return float(buf[n]), weight, float(buf[n + 3]), bool(buf[n + 2] > 0)
+
+    def optimizer_state(self):
+        """Collective: (scalars, full-length arrays); the arrays are valid on rank 0."""
+        return self.optimizer.state()
+
+    def load_optimizer_state(self, scalars, arrays):
+        self.optimizer.load_state(scalars, arrays)
+
+    def state_bytes(self):
+        return self.optimizer.state_bytes()
+
+
+class Overlapped(Replicated):
+    """Replicated, with each layer's gradient slice reduced by its own Iallreduce as soon as
+    backward has produced it (last layer first), all waited for before the update. The last
+    layer's slice runs to the end of the buffer, so the scalars travel with it; the slices
+    partition the buffer, so every element is summed exactly once."""
+
+    name = "overlap"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        bounds = [s for s, _, _ in self.model.offsets] + [self.n + 4]
+        self._parts = [self.buffer[bounds[i]:bounds[i + 1]] for i in range(self.model.n_layers)]
+
+    def step(self, xb, yb, sw, weight, after_grad):
+        n, buf, comm = self.n, self.buffer, self.comm
+        last = self.model.n_layers - 1
+        requests = []
+        spent = 0.0
+
+        def on_grad(layer, loss):
+            nonlocal spent
+            if layer == last:
+                buf[n] = loss
+                buf[n + 1] = weight
+                buf[n + 2] = after_grad(self.grad)
+                buf[n + 3] = penalty_part(self.params, self._penalty_ranges) if self.alpha else 0.0
+            t = time.perf_counter()
+            comm.progress(requests)
+            req = comm.start_allreduce_sum(self._parts[layer])
+            if req is not None:
+                requests.append(req)
+            spent += time.perf_counter() - t
+
+        self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw, on_grad=on_grad)
+        t = time.perf_counter()
+        comm.wait_all(requests)
+        comm.allreduce_calls += 1  # one (split) gradient reduction per step
+        self.comm_seconds += spent + time.perf_counter() - t
+        return self._update()
+
+
+class Sharded:
+    """Each rank updates (and keeps optimizer state for) its own 1/N slice of the parameters."""
+
+    name = "sharded"
+
+    def __init__(self, comm, model, params, optimizer_factory, alpha, optimizer=None):
+        self.comm, self.model, self.alpha = comm, model, alpha
+        n = self.n = model.n_params
+        b = slice_bounds(n, comm.size)
+        self.lo, self.hi = b[comm.rank], b[comm.rank + 1]
+        self.slice_counts = [b[i + 1] - b[i] for i in range(comm.size)]
+        # The scalars [loss | stop flag | penalty] ride at the end of the last rank's segment.
+        self.counts = self.slice_counts[:-1] + [self.slice_counts[-1] + 3]
+        self.displs = b[:-1]
+        self.buffer = np.zeros(n + 3, dtype=model.dtype)
+        self.grad = self.buffer[:n]
+        self._gathered = np.empty(n + 3, dtype=model.dtype)
+        self._gathered[:n] = params
+        self.params = self._gathered[:n]
+        self._weight = np.zeros(1, dtype=model.dtype)
+        self._last = comm.rank == comm.size - 1
+        self._own_weights = weight_ranges(model, self.lo, self.hi)
+        self.decay = [(a - self.lo, b_ - self.lo) for a, b_ in self._own_weights]
+        self.optimizer = _adopt(optimizer, optimizer_factory, n, self.lo, self.hi)
+        self.comm_seconds = 0.0
+
+    def step(self, xb, yb, sw, weight, after_grad):
+        n, buf, comm, k = self.n, self.buffer, self.comm, self.hi - self.lo
+        t = time.perf_counter()
+        self._weight[0] = weight
+        request = comm.start_allreduce(self._weight)
+        spent = time.perf_counter() - t
+        buf[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
+        buf[n + 1] = after_grad(self.grad)
+        buf[n + 2] = penalty_part(self.params, self._own_weights) if self.alpha else 0.0
+        t = time.perf_counter()
+        comm.reduce_scatter_sum(buf, self.counts)  # my slice's sums now at buf[:k]
+        if request is not None:
+            comm.wait_all([request])
+        spent += time.perf_counter() - t
+        weight = float(self._weight[0])
+        self.optimizer.step(self.params[self.lo:self.hi], buf[:k], weight, self.alpha, self.decay)
+        gathered = self._gathered
+        if self._last:
+            gathered[n:] = buf[k:k + 3]
+        t = time.perf_counter()
+        comm.allgather_in_place(gathered, self.counts, self.displs)
+        self.comm_seconds += spent + time.perf_counter() - t
+        return float(gathered[n]), weight, float(gathered[n + 2]), bool(gathered[n + 1] > 0)
+
+    def optimizer_state(self):
+        """Collective: (scalars, full-length arrays gathered on rank 0; None elsewhere)."""
+        scalars, arrays = self.optimizer.state()
+        full = {name: self.comm.gather_segments(arrays[name], self.slice_counts) for name in sorted(arrays)}
+        return scalars, full
+
+    def load_optimizer_state(self, scalars, arrays):
+        """From full-length arrays (a checkpoint of any mode and rank count)."""
+        self.optimizer.load_state(scalars, {k: v[self.lo:self.hi] for k, v in arrays.items()})
+
+    def state_bytes(self):
+        return self.optimizer.state_bytes()
+
+
+def _adopt(optimizer, factory, n, lo, hi):
+    """The optimizer over [lo, hi): a new one, the one given (partial_fit), or the given
+    whole-buffer one's state sliced (a model loaded or trained replicated, now sharded)."""
+    if optimizer is None:
+        return factory(hi - lo)
+    if optimizer.n_params == hi - lo:
+        return optimizer
+    if optimizer.n_params == n:
+        sliced = factory(hi - lo)
+        scalars, arrays = optimizer.state()
+        sliced.load_state(scalars, {k: v[lo:hi] for k, v in arrays.items()})
+        return sliced
+    raise ValueError(f"optimizer state covers {optimizer.n_params} parameters, expected {hi - lo} or {n}: "
+                     "continue with the same ranks and sync mode it was trained with")
+
+
+def make_sync(name, comm, model, params, cfg, optimizer=None):
+    """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'overlap') for this job."""
+    def factory(size):
+        return make_optimizer(cfg.solver, size, model.dtype, lr=cfg.lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, schedule=cfg.lr_schedule, power_t=cfg.power_t,
+                              beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+
+    kind = {"allreduce": Replicated, "sharded": Sharded, "overlap": Overlapped}[
+        resolve_sync(name, comm.size, model.n_params)]
+    return kind(comm, model, params, factory, cfg.alpha, optimizer)
