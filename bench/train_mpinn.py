@@ -30,7 +30,9 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--solver", default="adam")
     p.add_argument("--shuffle", default="global")
-    p.add_argument("--overlap", action="store_true", help="per-layer Iallreduce during backward")
+    p.add_argument("--overlap", action="store_true", help="per-layer Iallreduce during backward (--sync overlap)")
+    p.add_argument("--sync", default="auto", help="auto, allreduce or sharded")
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
     p.add_argument("--stream", action="store_true", help="stream the shard from HDF5 (bounded memory)")
     a = p.parse_args(argv)
 
@@ -45,15 +47,14 @@ def main(argv=None):
     base_rss = peak_rss_bytes()
     cfg = TrainConfig(data=a.data, hidden=tuple(int(h) for h in a.hidden.split(",")), batch_size=a.batch,
                       epochs=a.epochs, dtype=a.dtype, solver=a.solver, shuffle=a.shuffle, tol=0.0,
-                      n_iter_no_change=10**9, seed=0).validate()
+                      n_iter_no_change=10**9, seed=0, sync=a.sync, warmup_epochs=a.warmup_epochs).validate()
     extra = {}
     if a.stream:
         extra["stream"] = True
     t0 = time.perf_counter()
     problem = load_problem(cfg, comm, **extra)
     load_seconds = time.perf_counter() - t0
-    trainer = Trainer(cfg, problem, comm, log=lambda line: None)
-    trainer.overlap = a.overlap
+    trainer = Trainer(cfg, problem, comm, log=lambda line: None, sync="overlap" if a.overlap else None)
     comm.barrier()
     if a.steps:
         t0 = time.perf_counter()
@@ -65,11 +66,7 @@ def main(argv=None):
     else:
         trainer.fit()
         history = trainer.history
-    model_bytes = trainer.params.nbytes + trainer.buffer.nbytes
-    opt_scalars, opt_arrays = trainer.optimizer.state()
-    model_bytes += sum(v.nbytes for v in opt_arrays.values())
-    model_bytes += sum(getattr(trainer.optimizer, k).nbytes for k in ("_tmp", "_scratch")
-                       if isinstance(getattr(trainer.optimizer, k, None), np.ndarray))
+    model_bytes = trainer.params.nbytes + trainer.sync.buffer.nbytes + trainer.sync.state_bytes()
     ws = trainer.model._ws or {}
     workspace = sum(x.nbytes for k in ("acts", "deltas") for x in ws.get(k, [])) + sum(
         ws[k].nbytes for k in ("scratch", "rowloss") if k in ws)
@@ -88,6 +85,7 @@ def main(argv=None):
         timed = secs[1:] if len(secs) > 1 else secs
         out = {"ranks": comm.size, "layers": trainer.model.layer_sizes, "n_params": trainer.model.n_params,
                "n_train": n, "batch": trainer.batch_size, "epochs": len(history), "overlap": a.overlap,
+               "sync": trainer.sync.name, "optimizer_state_bytes": trainer.sync.state_bytes(),
                "stream": a.stream, "shuffle": a.shuffle, "per_rank": ranks, "blas": blas_info(),
                "history": history}
         if not a.steps:

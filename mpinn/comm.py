@@ -56,15 +56,16 @@ class Comm:
         MPI = _mpi()
         return self.mpi.Iallreduce(MPI.IN_PLACE, part, op=MPI.SUM)
 
-    def reduce_scatter_sum(self, buf: np.ndarray, counts) -> np.ndarray:
-        """Sum ``buf`` over all ranks and keep this rank's part: rank r's ``counts[r]``
-        elements (its contiguous segment, segments in rank order) land at the START of ``buf``.
-        In place, one MPI call; the rest of ``buf`` is left undefined."""
+    def reduce_scatter_sum(self, send: np.ndarray, recv: np.ndarray, counts) -> np.ndarray:
+        """Sum ``send`` over all ranks; ``recv`` gets this rank's part: rank r's ``counts[r]``
+        elements (segments contiguous, in rank order). One MPI call. Not in place: MPICH 5.0's
+        in-place Reduce_scatter copies overlapping ranges for large messages and aborts."""
         self.reduce_scatter_calls += 1
         if self.size > 1:
-            MPI = _mpi()
-            self.mpi.Reduce_scatter(MPI.IN_PLACE, buf, counts, op=MPI.SUM)
-        return buf
+            self.mpi.Reduce_scatter(send, recv, counts, op=_mpi().SUM)
+        else:
+            recv[...] = send
+        return recv
 
     def allgather_in_place(self, buf: np.ndarray, counts, displs) -> np.ndarray:
         """Every rank contributes ``buf[displs[r]:displs[r]+counts[r]]``; all receive all."""

@@ -173,6 +173,7 @@ class Sharded:
         self.displs = b[:-1]
         self.buffer = np.zeros(n + 3, dtype=model.dtype)
         self.grad = self.buffer[:n]
+        self._mine = np.zeros(self.counts[comm.rank], dtype=model.dtype)  # my summed segment
         self._gathered = np.empty(n + 3, dtype=model.dtype)
         self._gathered[:n] = params
         self.params = self._gathered[:n]
@@ -193,15 +194,15 @@ class Sharded:
         buf[n + 1] = after_grad(self.grad)
         buf[n + 2] = penalty_part(self.params, self._own_weights) if self.alpha else 0.0
         t = time.perf_counter()
-        comm.reduce_scatter_sum(buf, self.counts)  # my slice's sums now at buf[:k]
+        mine = comm.reduce_scatter_sum(buf, self._mine, self.counts)
         if request is not None:
             comm.wait_all([request])
         spent += time.perf_counter() - t
         weight = float(self._weight[0])
-        self.optimizer.step(self.params[self.lo:self.hi], buf[:k], weight, self.alpha, self.decay)
+        self.optimizer.step(self.params[self.lo:self.hi], mine[:k], weight, self.alpha, self.decay)
         gathered = self._gathered
         if self._last:
-            gathered[n:] = buf[k:k + 3]
+            gathered[n:] = mine[k:k + 3]
         t = time.perf_counter()
         comm.allgather_in_place(gathered, self.counts, self.displs)
         self.comm_seconds += spent + time.perf_counter() - t
