@@ -104,7 +104,7 @@ def _train_args(p):
     g.add_argument("--shuffle", help="global (default; N-independent), local (per shard) or none")
     g.add_argument("--sync", help="how ranks combine a step: allreduce (every rank updates all "
                    "parameters), sharded (each rank updates its 1/N slice: reduce-scatter + allgather) or "
-                   "auto (default: sharded on 2+ ranks for models of 16k+ parameters); same results")
+                   "auto (default: sharded on 2+ ranks for models of 32k+ parameters); same results")
     g.add_argument("--stream", action="store_true",
                    help="leave X in the file and read it in chunks with read-ahead (bounded memory); "
                         "needs --shuffle none or local")

@@ -33,7 +33,7 @@ SYNCS = ("auto", "allreduce", "sharded")
 # `auto` shards when there is more than one rank and the model has at least this many
 # parameters; below it the two extra small collectives cost more than the shared update saves
 # (docs/performance.md, "Choosing --sync").
-AUTO_SHARD_MIN_PARAMS = 1 << 14
+AUTO_SHARD_MIN_PARAMS = 1 << 15
 
 
 def resolve_sync(name, size, n_params):
