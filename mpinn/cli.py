@@ -235,7 +235,7 @@ def _print_report(report, as_json):
 def cmd_train(args):
     from .checkpoint import Checkpointer
     from .comm import world
-    from .faults import Preemption
+    from .faults import FAULT_ENV, Preemption, parse_faults
     from .logs import ProgressBar
     from .problem import decide_on_root, load_problem
     from .train import Trainer
@@ -269,7 +269,8 @@ def cmd_train(args):
     # A live bar on a terminal only, never in batch logs.
     progress = (lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)) if bar else None
     trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
-                      log=(lambda line: None) if quiet else log, progress=progress)
+                      log=(lambda line: None) if quiet else log, progress=progress,
+                      faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank))
     if cfg.resume:
         _resume(trainer, cfg, comm)
     if comm.rank == 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 
@@ -21,7 +20,7 @@ import numpy as np
 from .data import BatchSchedule, resolve_batch_size
 from .errors import InputError
 from .evaluation import evaluate, test_fields
-from .faults import FAULT_ENV, Preemption, inject, parse_faults
+from .faults import Preemption, inject
 from .logs import MetricsWriter, epoch_line
 from .model import MLP, encode_targets
 from .problem import labels_as_classes
@@ -72,10 +71,11 @@ class Trainer:
 
     def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None, model=None,
                  params=None, random_state=None, optimizer=None, loop=None, format_line=epoch_line,
-                 extra_state=None, progress=None, sync=None):
+                 extra_state=None, progress=None, sync=None, faults=None):
         """The optional model, params, random_state, optimizer and loop let the estimators pass
         their own (warm start, partial_fit, sklearn's draw order); by default they are made here.
-        ``sync`` overrides cfg.sync (e.g. 'overlap', a benchmark option)."""
+        ``sync`` overrides cfg.sync (e.g. 'overlap', a benchmark option). ``faults`` maps a
+        global step to the fault this rank injects there (faults.parse_faults; tests only)."""
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
         self.log_every, self.checkpointer = log_every, checkpointer
         self.format_line = format_line  # the estimators print sklearn's verbose lines
@@ -105,7 +105,7 @@ class Trainer:
             self.Y = _encoded_rows(problem, self.model)
         else:
             self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
-        self.faults = parse_faults(os.environ.get(FAULT_ENV), comm.rank)
+        self.faults = faults or {}
         self.early_stopping = problem.val_X is not None
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
         self._wbuf = np.empty(0, dtype=self.model.dtype)

@@ -33,11 +33,12 @@ def _data(n=131, seed=0):
     return X, y
 
 
-def _trainer(comm, sync, **kw):
+def _trainer(comm, sync, checkpointer=None, faults=None, **kw):
     X, y = _data()
     cfg = TrainConfig(**{"hidden": (23, 11), "epochs": 6, "batch_size": 20, "seed": 5, "solver": "adam",
                          "alpha": 1e-3, "sync": sync, "n_iter_no_change": 100, **kw}).validate()
-    return Trainer(cfg, problem_from_arrays(X, y, cfg, comm), comm, log=lambda line: None)
+    return Trainer(cfg, problem_from_arrays(X, y, cfg, comm), comm, log=lambda line: None,
+                   checkpointer=checkpointer, faults=faults)
 
 
 def _rel(a, b):
@@ -183,24 +184,23 @@ def test_optimizer_state_per_rank_shrinks_as_one_over_n(world):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_factory, monkeypatch):
+def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_factory):
     """Preempted mid-epoch on N ranks with --sync sharded, resumed on N-1 ranks with allreduce:
     the uninterrupted one-rank model within 1e-12. The checkpoint holds whole optimizer state."""
     from mpinn.checkpoint import Checkpointer, read_checkpoint
-    from mpinn.faults import Preemption
+    from mpinn.faults import Preemption, parse_faults
 
     size, rank = world.Get_size(), world.Get_rank()
     directory = tmp_path_factory.mktemp("ckpt") if rank == 0 else None
     directory = world.bcast(str(directory) if directory else None, root=0)
     Preemption.install()
-    monkeypatch.setenv("MPINN_FAULT", "0:9:term")  # rank 0 is signalled at step 9 (epoch 2)
     try:
-        first = _trainer(Comm(world), "sharded", checkpoint=directory)
-        first.checkpointer = Checkpointer(directory, first.comm)
+        comm = Comm(world)
+        first = _trainer(comm, "sharded", checkpoint=directory, checkpointer=Checkpointer(directory, comm),
+                         faults=parse_faults("0:9:term", rank))  # rank 0 signalled at step 9 (epoch 2)
         first.fit()
     finally:
         Preemption.requested = False
-        monkeypatch.delenv("MPINN_FAULT")
     assert first.stop_reason == "preempted" and first.step_in_epoch > 0
     sub = world.Split(0 if rank < size - 1 else MPI.UNDEFINED, rank)
     try:
