@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fused
+
 SOLVERS = ("gd", "sgd", "adam")
 STOCHASTIC_SOLVERS = ("sgd", "adam")  # scikit-learn's; "gd" is mpinn's plain w <- w - lr*g
 SCHEDULES = ("constant", "invscaling", "adaptive")
 # Elements per block of a blocked update: 5 float32 buffers of 128 KiB stay in L2 cache.
 BLOCK = 1 << 15
+# Updates of at least this many parameters use the compiled kernels when numba is installed
+# (fused.py: the same bits, 3-4x faster); smaller ones never import numba (its import and
+# first compile cost more than they save).
+FUSED_MIN = BLOCK
 
 
 class GradientDescent:
@@ -44,6 +50,14 @@ class GradientDescent:
         self._begin_step()
         lr = self.learning_rate * self.warmup_factor if self.warmup_factor != 1.0 else self.learning_rate
         n = len(params)
+        kernels = fused.available() if n >= FUSED_MIN else None
+        if kernels is not None:
+            dt = self.dtype
+            a = fused.scalar_for(alpha, dt)
+            w = fused.scalar_for(1.0 if weight is None else weight, dt)
+            for lo, hi, l2 in fused.segments(n, decay if alpha else ()):
+                self._fused(kernels[dt], params, grad, lo, hi, l2, a, weight is not None, w, lr)
+            return
         for lo in range(0, n, BLOCK):
             hi = min(lo + BLOCK, n)
             g, p = grad[lo:hi], params[lo:hi]
@@ -64,6 +78,9 @@ class GradientDescent:
     def _update(self, p, g, lo, hi, lr):
         g *= -lr
         p += g
+
+    def _fused(self, k, p, g, lo, hi, l2, alpha, divide, weight, lr):
+        k["gd"](p, g, lo, hi, l2, alpha, divide, weight, fused.scalar_for(-lr, self.dtype))
 
     def epoch_end(self, samples_seen):
         pass
@@ -117,6 +134,11 @@ class SGD(GradientDescent):
             p += s
         else:
             p += v
+
+    def _fused(self, k, p, g, lo, hi, l2, alpha, divide, weight, lr):
+        dt = self.dtype
+        k["sgd"](p, g, self.velocity, lo, hi, l2, alpha, divide, weight, fused.scalar_for(lr, dt),
+                 fused.scalar_for(self.momentum, dt), self.nesterov)
 
     def epoch_end(self, samples_seen):
         if self.schedule == "invscaling":
@@ -172,6 +194,11 @@ class Adam(GradientDescent):
         np.multiply(m, -lr, out=g)
         g /= tmp
         p += g
+
+    def _fused(self, k, p, g, lo, hi, l2, alpha, divide, weight, lr):
+        dt, f = self.dtype, fused.scalar_for
+        k["adam"](p, g, self.m, self.v, lo, hi, l2, alpha, divide, weight, f(self.beta_1, dt), f(self.beta_2, dt),
+                  f(1 - self.beta_1, dt), f(1 - self.beta_2, dt), f(self.epsilon, dt), f(-lr, dt))
 
     def state(self):
         return {"learning_rate": self.learning_rate, "t": self.t}, {"m": self.m, "v": self.v}

@@ -1,0 +1,98 @@
+"""Optional compiled update: each optimizer's blocked numpy passes as ONE loop per element.
+
+Used by optim.py when numba is installed (`pip install mpinn[fast]`) and MPINN_NUMBA is not
+"0". Each kernel performs exactly the operations of the numpy path, in the same order and in
+the same precision, so the results are bit for bit the same (tests/test_fused.py): numpy
+computes ``float32_array * python_float`` in float32 but ``float32_array * numpy.float64`` in
+float64, rounded on store; the kernels receive each scalar already in the dtype numpy would
+compute in (``scalar_for``). error_model="numpy" lets LLVM vectorise the division (the default
+Python error model checks every division for zero); no fastmath, so no reassociation and no
+fused multiply-add. No MPI here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+_kernels = None
+
+
+def available():
+    """The compiled kernels, or None (numba missing, or MPINN_NUMBA=0)."""
+    global _kernels
+    if _kernels is None:
+        _kernels = _compile() if os.environ.get("MPINN_NUMBA", "1") != "0" else False
+    return _kernels or None
+
+
+def scalar_for(value, dtype):
+    """``value`` as numpy would use it against an array of ``dtype``: a Python float (weak)
+    in the array's dtype, a numpy float64 (strong) as float64."""
+    return np.float64(value) if type(value) is np.float64 else dtype.type(value)
+
+
+def _compile():
+    try:
+        import numba
+    except ImportError:
+        return False
+    return {np.dtype(t): _kernels_for(numba, t) for t in (np.float32, np.float64)}
+
+
+def _kernels_for(numba, cast):
+    """The three kernels for arrays of scalar type ``cast``: every intermediate numpy would
+    store in an array of that dtype is rounded to it with ``cast``."""
+    jit = numba.njit(nogil=True, error_model="numpy", boundscheck=False, cache=True)
+
+    @jit
+    def finish(g, p, i, l2, alpha, divide, weight):
+        gi = g[i]
+        if l2:
+            gi = cast(gi + cast(p[i] * alpha))
+        if divide:
+            gi = cast(gi / weight)
+        return gi
+
+    @jit
+    def gd(p, g, lo, hi, l2, alpha, divide, weight, neg_lr):
+        for i in range(lo, hi):
+            gi = finish(g, p, i, l2, alpha, divide, weight)
+            p[i] = cast(p[i] + cast(gi * neg_lr))
+
+    @jit
+    def sgd(p, g, vel, lo, hi, l2, alpha, divide, weight, lr, mu, nesterov):
+        for i in range(lo, hi):
+            gi = cast(finish(g, p, i, l2, alpha, divide, weight) * lr)
+            vi = cast(cast(vel[i] * mu) - gi)
+            vel[i] = vi
+            if nesterov:
+                p[i] = cast(p[i] + cast(cast(vi * mu) - gi))
+            else:
+                p[i] = cast(p[i] + vi)
+
+    @jit
+    def adam(p, g, m, v, lo, hi, l2, alpha, divide, weight, b1, b2, c1, c2, eps, neg_lr):
+        for i in range(lo, hi):
+            gi = finish(g, p, i, l2, alpha, divide, weight)
+            mi = cast(cast(m[i] * b1) + cast(gi * c1))
+            vi = cast(cast(v[i] * b2) + cast(cast(gi * gi) * c2))
+            m[i] = mi
+            v[i] = vi
+            p[i] = cast(p[i] + cast(cast(mi * neg_lr) / cast(np.sqrt(vi) + eps)))
+
+    return {"gd": gd, "sgd": sgd, "adam": adam}
+
+
+def segments(n, decay):
+    """[(start, stop, with_l2)] covering [0, n) in order: the ``decay`` ranges and the gaps."""
+    out, pos = [], 0
+    for a, b in sorted(decay):
+        if a > pos:
+            out.append((pos, a, False))
+        out.append((a, b, True))
+        pos = b
+    if pos < n:
+        out.append((pos, n, False))
+    return out

@@ -1,0 +1,62 @@
+"""The compiled update (mpinn/fused.py, numba) gives the numpy update's bits.
+
+Skipped where numba is not installed (it is an optional extra, `mpinn[fast]`). The numpy path
+is the reference: it follows scikit-learn's optimizers operation by operation.
+"""
+
+import numpy as np
+import pytest
+
+from mpinn import fused, optim
+from mpinn.model import MLP
+from mpinn.sync import slice_bounds, weight_ranges
+
+pytest.importorskip("numba")
+
+
+def _run(solver, dtype, use_numba, monkeypatch, lr=0.01, warmup=1.0, schedule="constant", **kw):
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setenv("MPINN_NUMBA", "1" if use_numba else "0")
+    model = MLP([300, 150, 7], dtype=dtype)  # 46,207 parameters: above FUSED_MIN
+    rng = np.random.RandomState(0)
+    params = rng.normal(size=model.n_params).astype(dtype)
+    opt = optim.make_optimizer(solver, model.n_params, dtype, lr=lr, schedule=schedule, **kw)
+    opt.warmup_factor = warmup
+    decay = weight_ranges(model, 0, model.n_params)
+    for step in range(4):
+        grad = rng.normal(size=model.n_params).astype(dtype) * 100
+        opt.step(params, grad, 37.0, 1e-3, decay)
+        opt.epoch_end(1000 * (step + 1))
+    # And an unweighted step without L2, on a slice (the sharded update's call).
+    b = slice_bounds(model.n_params, 3)
+    sub = optim.make_optimizer(solver, b[2] - b[1], dtype, lr=lr, **kw)
+    sub.step(params[b[1]:b[2]], rng.normal(size=b[2] - b[1]).astype(dtype))
+    return params, opt
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("solver,kw", [("adam", {}), ("sgd", {"nesterov": True}), ("sgd", {"nesterov": False}),
+                                       ("gd", {})])
+@pytest.mark.parametrize("warmup", [1.0, 0.3])
+def test_compiled_update_is_bitwise_the_numpy_update(monkeypatch, solver, kw, dtype, warmup):
+    ref, ref_opt = _run(solver, dtype, False, monkeypatch, warmup=warmup, **kw)
+    assert fused.available() is None
+    got, got_opt = _run(solver, dtype, True, monkeypatch, warmup=warmup, **kw)
+    assert fused.available() is not None
+    assert np.array_equal(ref, got)
+    for name, arr in ref_opt.state()[1].items():
+        assert np.array_equal(arr, got_opt.state()[1][name])
+
+
+def test_invscaling_rate_and_float64_scalars(monkeypatch):
+    """A learning rate that is a numpy float64 is applied in float64, as numpy does."""
+    ref, _ = _run("sgd", np.float32, False, monkeypatch, schedule="invscaling", lr=np.float64(0.05))
+    got, _ = _run("sgd", np.float32, True, monkeypatch, schedule="invscaling", lr=np.float64(0.05))
+    assert np.array_equal(ref, got)
+
+
+def test_segments_cover_the_buffer_in_order():
+    assert fused.segments(10, [(2, 4), (6, 8)]) == [(0, 2, False), (2, 4, True), (4, 6, False), (6, 8, True),
+                                                     (8, 10, False)]
+    assert fused.segments(5, []) == [(0, 5, False)]
+    assert fused.segments(4, [(0, 4)]) == [(0, 4, True)]
