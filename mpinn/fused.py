@@ -33,6 +33,12 @@ def scalar_for(value, dtype):
     return np.float64(value) if type(value) is np.float64 else dtype.type(value)
 
 
+def weak(*values):
+    """True if numpy would compute with each of ``values`` in the array's own dtype (Python
+    numbers); the kernels assume it for every scalar but Adam's step size."""
+    return all(type(v) in (int, float, bool) for v in values)
+
+
 def _compile():
     try:
         import numba
@@ -42,45 +48,51 @@ def _compile():
 
 
 def _kernels_for(numba, cast):
-    """The three kernels for arrays of scalar type ``cast``: every intermediate numpy would
-    store in an array of that dtype is rounded to it with ``cast``."""
+    """The three kernels for arrays of scalar type ``cast``. Every scalar but Adam's step size
+    arrives in the arrays' dtype, so each operation rounds as numpy's does; the one float64
+    product (Adam's step size times m) is rounded back with ``cast``. Explicit casts on the
+    other operations would be no-ops, and they stop LLVM from vectorising the loop."""
     jit = numba.njit(nogil=True, error_model="numpy", boundscheck=False, cache=True)
 
     @jit
-    def finish(g, p, i, l2, alpha, divide, weight):
-        gi = g[i]
-        if l2:
-            gi = cast(gi + cast(p[i] * alpha))
-        if divide:
-            gi = cast(gi / weight)
-        return gi
+    def gd(p, g, l2, alpha, divide, weight, neg_lr):
+        for i in range(p.shape[0]):  # not range(lo, hi): i >= 0 must be evident to vectorise
+            gi = g[i]
+            if l2:
+                gi = gi + p[i] * alpha
+            if divide:
+                gi = gi / weight
+            p[i] = p[i] + gi * neg_lr
 
     @jit
-    def gd(p, g, lo, hi, l2, alpha, divide, weight, neg_lr):
-        for i in range(lo, hi):
-            gi = finish(g, p, i, l2, alpha, divide, weight)
-            p[i] = cast(p[i] + cast(gi * neg_lr))
-
-    @jit
-    def sgd(p, g, vel, lo, hi, l2, alpha, divide, weight, lr, mu, nesterov):
-        for i in range(lo, hi):
-            gi = cast(finish(g, p, i, l2, alpha, divide, weight) * lr)
-            vi = cast(cast(vel[i] * mu) - gi)
+    def sgd(p, g, vel, l2, alpha, divide, weight, lr, mu, nesterov):
+        for i in range(p.shape[0]):
+            gi = g[i]
+            if l2:
+                gi = gi + p[i] * alpha
+            if divide:
+                gi = gi / weight
+            gi = gi * lr
+            vi = vel[i] * mu - gi
             vel[i] = vi
             if nesterov:
-                p[i] = cast(p[i] + cast(cast(vi * mu) - gi))
+                p[i] = p[i] + (vi * mu - gi)
             else:
-                p[i] = cast(p[i] + vi)
+                p[i] = p[i] + vi
 
     @jit
-    def adam(p, g, m, v, lo, hi, l2, alpha, divide, weight, b1, b2, c1, c2, eps, neg_lr):
-        for i in range(lo, hi):
-            gi = finish(g, p, i, l2, alpha, divide, weight)
-            mi = cast(cast(m[i] * b1) + cast(gi * c1))
-            vi = cast(cast(v[i] * b2) + cast(cast(gi * gi) * c2))
+    def adam(p, g, m, v, l2, alpha, divide, weight, b1, b2, c1, c2, eps, neg_lr):
+        for i in range(p.shape[0]):
+            gi = g[i]
+            if l2:
+                gi = gi + p[i] * alpha
+            if divide:
+                gi = gi / weight
+            mi = m[i] * b1 + gi * c1
+            vi = v[i] * b2 + (gi * gi) * c2
             m[i] = mi
             v[i] = vi
-            p[i] = cast(p[i] + cast(cast(mi * neg_lr) / cast(np.sqrt(vi) + eps)))
+            p[i] = p[i] + cast(mi * neg_lr) / (np.sqrt(vi) + eps)
 
     return {"gd": gd, "sgd": sgd, "adam": adam}
 

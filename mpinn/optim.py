@@ -50,7 +50,8 @@ class GradientDescent:
         self._begin_step()
         lr = self.learning_rate * self.warmup_factor if self.warmup_factor != 1.0 else self.learning_rate
         n = len(params)
-        kernels = fused.available() if n >= FUSED_MIN else None
+        weak = fused.weak(alpha, weight or 0.0, *self._weak_scalars(lr))
+        kernels = fused.available() if n >= FUSED_MIN and weak else None
         if kernels is not None:
             dt = self.dtype
             a = fused.scalar_for(alpha, dt)
@@ -79,8 +80,12 @@ class GradientDescent:
         g *= -lr
         p += g
 
+    def _weak_scalars(self, lr):
+        """The scalars the compiled kernel takes in the arrays' dtype (see fused.weak)."""
+        return (lr,)
+
     def _fused(self, k, p, g, lo, hi, l2, alpha, divide, weight, lr):
-        k["gd"](p, g, lo, hi, l2, alpha, divide, weight, fused.scalar_for(-lr, self.dtype))
+        k["gd"](p[lo:hi], g[lo:hi], l2, alpha, divide, weight, fused.scalar_for(-lr, self.dtype))
 
     def epoch_end(self, samples_seen):
         pass
@@ -135,9 +140,12 @@ class SGD(GradientDescent):
         else:
             p += v
 
+    def _weak_scalars(self, lr):
+        return (lr, self.momentum)
+
     def _fused(self, k, p, g, lo, hi, l2, alpha, divide, weight, lr):
         dt = self.dtype
-        k["sgd"](p, g, self.velocity, lo, hi, l2, alpha, divide, weight, fused.scalar_for(lr, dt),
+        k["sgd"](p[lo:hi], g[lo:hi], self.velocity[lo:hi], l2, alpha, divide, weight, fused.scalar_for(lr, dt),
                  fused.scalar_for(self.momentum, dt), self.nesterov)
 
     def epoch_end(self, samples_seen):
@@ -195,9 +203,12 @@ class Adam(GradientDescent):
         g /= tmp
         p += g
 
+    def _weak_scalars(self, lr):
+        return (self.beta_1, self.beta_2, self.epsilon)  # the step size is float64, cast back in the kernel
+
     def _fused(self, k, p, g, lo, hi, l2, alpha, divide, weight, lr):
         dt, f = self.dtype, fused.scalar_for
-        k["adam"](p, g, self.m, self.v, lo, hi, l2, alpha, divide, weight, f(self.beta_1, dt), f(self.beta_2, dt),
+        k["adam"](p[lo:hi], g[lo:hi], self.m[lo:hi], self.v[lo:hi], l2, alpha, divide, weight, f(self.beta_1, dt), f(self.beta_2, dt),
                   f(1 - self.beta_1, dt), f(1 - self.beta_2, dt), f(self.epsilon, dt), f(-lr, dt))
 
     def state(self):

@@ -14,10 +14,14 @@ from mpinn.sync import slice_bounds, weight_ranges
 pytest.importorskip("numba")
 
 
-def _run(solver, dtype, use_numba, monkeypatch, lr=0.01, warmup=1.0, schedule="constant", **kw):
+def _run(solver, dtype, use_numba, monkeypatch, lr=0.01, warmup=1.0, schedule="constant", calls=None, **kw):
     monkeypatch.setattr(fused, "_kernels", None)
     monkeypatch.setenv("MPINN_NUMBA", "1" if use_numba else "0")
-    model = MLP([300, 150, 7], dtype=dtype)  # 46,207 parameters: above FUSED_MIN
+    if use_numba and calls is not None:  # count the kernel calls, so a silent fallback fails
+        kernels = fused.available()
+        counted = {dt: {name: _counting(f, name, calls) for name, f in ks.items()} for dt, ks in kernels.items()}
+        monkeypatch.setattr(fused, "available", lambda: counted)
+    model = MLP([300, 250, 7], dtype=dtype)  # 77,007 parameters, half of it above FUSED_MIN
     rng = np.random.RandomState(0)
     params = rng.normal(size=model.n_params).astype(dtype)
     opt = optim.make_optimizer(solver, model.n_params, dtype, lr=lr, schedule=schedule, **kw)
@@ -28,10 +32,17 @@ def _run(solver, dtype, use_numba, monkeypatch, lr=0.01, warmup=1.0, schedule="c
         opt.step(params, grad, 37.0, 1e-3, decay)
         opt.epoch_end(1000 * (step + 1))
     # And an unweighted step without L2, on a slice (the sharded update's call).
-    b = slice_bounds(model.n_params, 3)
+    b = slice_bounds(model.n_params, 2)
     sub = optim.make_optimizer(solver, b[2] - b[1], dtype, lr=lr, **kw)
     sub.step(params[b[1]:b[2]], rng.normal(size=b[2] - b[1]).astype(dtype))
     return params, opt
+
+
+def _counting(kernel, name, calls):
+    def call(*args):
+        calls.append(name)
+        return kernel(*args)
+    return call
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -41,8 +52,9 @@ def _run(solver, dtype, use_numba, monkeypatch, lr=0.01, warmup=1.0, schedule="c
 def test_compiled_update_is_bitwise_the_numpy_update(monkeypatch, solver, kw, dtype, warmup):
     ref, ref_opt = _run(solver, dtype, False, monkeypatch, warmup=warmup, **kw)
     assert fused.available() is None
-    got, got_opt = _run(solver, dtype, True, monkeypatch, warmup=warmup, **kw)
-    assert fused.available() is not None
+    calls = []
+    got, got_opt = _run(solver, dtype, True, monkeypatch, warmup=warmup, calls=calls, **kw)
+    assert calls.count(solver) == 4 * 4 + 1  # 4 steps x (W0, b0, W1, b1), then the slice
     assert np.array_equal(ref, got)
     for name, arr in ref_opt.state()[1].items():
         assert np.array_equal(arr, got_opt.state()[1][name])
