@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass
 
 from .errors import InputError
 from .model import HIDDEN_ACTIVATIONS
-from .optim import SCHEDULES, SOLVERS
+from .optim import SCHEDULES, SOLVERS, make_optimizer
 from .partition import parse_shard
 from .sync import SYNCS
 
@@ -160,6 +161,79 @@ def resume_conflicts(saved: dict, current: "TrainConfig"):
     """Names of options whose value differs from the checkpoint's and may not."""
     now = current.to_dict()
     return sorted(k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k])
+
+
+# ---- scikit-learn parameter names <-> TrainConfig fields --------------------------------------
+
+# (estimator parameter, TrainConfig field, the way(s) it is carried): the same setting under
+# scikit-learn's name and the CLI's. "both": fit puts it in its TrainConfig and mpinn.load sets
+# it from a CLI run's. Only when fitting ("fit"): sync and the checkpoint options (a loaded CLI
+# run keeps the estimator defaults). Only when loading ("load"): the seed (a fit hands its
+# RandomState to the Trainer) and the dtype (a fit takes it from the data).
+ESTIMATOR_FIELDS = (
+    ("hidden_layer_sizes", "hidden", "both"),
+    ("activation", "activation", "both"),
+    ("solver", "solver", "both"),
+    ("alpha", "alpha", "both"),
+    ("batch_size", "batch_size", "both"),
+    ("learning_rate", "lr_schedule", "both"),
+    ("learning_rate_init", "lr", "both"),
+    ("power_t", "power_t", "both"),
+    ("max_iter", "epochs", "both"),
+    ("shuffle", "shuffle", "both"),
+    ("random_state", "seed", "load"),
+    ("tol", "tol", "both"),
+    ("momentum", "momentum", "both"),
+    ("nesterovs_momentum", "nesterov", "both"),
+    ("beta_1", "beta_1", "both"),
+    ("beta_2", "beta_2", "both"),
+    ("epsilon", "epsilon", "both"),
+    ("n_iter_no_change", "n_iter_no_change", "both"),
+    ("dtype", "dtype", "load"),
+    ("shard", "shard", "both"),
+    ("sync", "sync", "both"),
+    ("checkpoint", "checkpoint", "fit"),
+    ("checkpoint_every", "checkpoint_every", "fit"),
+    ("keep_checkpoints", "keep_checkpoints", "fit"),
+)
+# Values spelled differently on the two sides (anything else is carried as it is).
+_TO_FIELD = {
+    "hidden": lambda v: tuple(v) if hasattr(v, "__iter__") else (v,),
+    "shuffle": lambda v: "global" if v else "none",
+    "shard": str,
+    "checkpoint": lambda v: None if v is None else os.fspath(v),
+}
+_TO_PARAM = {
+    "hidden_layer_sizes": tuple,
+    "shuffle": lambda v: v != "none",  # "global" and "local" both shuffle
+}
+
+
+def config_from_estimator(est, **overrides):
+    """The TrainConfig an estimator's fit trains with: its parameters under the CLI's names
+    ("both" and "fit" rows of ESTIMATOR_FIELDS), then ``overrides`` (fields a fit resolves
+    from the data: hidden, batch_size, dtype, epochs of partial_fit). Not validated."""
+    values = {field: _TO_FIELD.get(field, _same)(getattr(est, param))
+              for param, field, way in ESTIMATOR_FIELDS if way != "load" and field not in overrides}
+    return TrainConfig(**values, **overrides)
+
+
+def estimator_params_from_config(cfg):
+    """Estimator parameters for a `mpinn train` run's configuration (a TrainConfig.to_dict());
+    fields an older checkpoint lacks are left at the estimator's default."""
+    return {param: _TO_PARAM.get(param, _same)(cfg[field]) for param, field, way in ESTIMATOR_FIELDS
+            if way != "fit" and field in cfg}
+
+
+def optimizer_from_config(cfg, n_params, dtype):
+    """The optimizer (optim.make_optimizer) for ``cfg``'s solver and its hyperparameters."""
+    return make_optimizer(cfg.solver, n_params, dtype, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          schedule=cfg.lr_schedule, power_t=cfg.power_t, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
+                          epsilon=cfg.epsilon)
+
+
+def _same(v):
+    return v
 
 
 # Options of `mpinn train` that are not part of the model's configuration.

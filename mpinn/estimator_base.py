@@ -10,12 +10,14 @@ import inspect
 
 import numpy as np
 
-from . import inputs
-from .model import ACTIVATE, HIDDEN_ACTIVATIONS
+from . import inputs, optim
+from .model import HIDDEN_ACTIVATIONS, forward_layers
 
-SOLVERS = ("lbfgs", "sgd", "adam", "gd")
-STOCHASTIC = ("sgd", "adam", "gd")
-SCHEDULES = ("constant", "invscaling", "adaptive")
+# optim's solvers are all minibatch ones (partial_fit works with them); lbfgs is the
+# estimators' full-batch solver (lbfgs.py). The error messages print these as a set.
+STOCHASTIC = optim.SOLVERS
+SOLVERS = ("lbfgs",) + STOCHASTIC
+SCHEDULES = optim.SCHEDULES
 
 
 class _AvailableIf:
@@ -124,13 +126,8 @@ class _BaseMLP:
         problem = inputs.finite_problem(X, "X")
         if problem:
             raise ValueError(problem)
-        a = np.asarray(X, dtype=self.coefs_[0].dtype)
-        last = len(self.coefs_) - 1
-        for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
-            a = a @ W
-            a += b
-            ACTIVATE[self.out_activation_ if i == last else self.activation](a, np.empty((len(a), 1), a.dtype))
-        return a
+        return forward_layers(list(zip(self.coefs_, self.intercepts_)), np.asarray(X, dtype=self.coefs_[0].dtype),
+                              self.activation, self.out_activation_)
 
     # ---- export -----------------------------------------------------------------------------
 

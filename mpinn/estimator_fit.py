@@ -115,7 +115,7 @@ class _FitMLP(_BaseMLP):
         model = MLP(layer_units, self.activation, self.out_activation_, dtype=dtype)
         params = self._flat(model)
         checkpointer = self._checkpointer(comm)
-        from .config import TrainConfig
+        from .config import config_from_estimator
         from .problem import Problem
         from .sync import SYNCS
 
@@ -128,16 +128,11 @@ class _FitMLP(_BaseMLP):
         problem = Problem(task="classify" if self._classifier else "regress", X=Xl, y=yl, shard=shard,
                           train_rows=train_rows, n_features=n_features, classes=getattr(self, "classes_", None),
                           n_outputs=n_outputs, Y=Yl, sample_weight=wl, **val)
-        cfg = TrainConfig(hidden=tuple(hidden), activation=self.activation, solver=self.solver,
-                          lr=self.learning_rate_init, lr_schedule=self.learning_rate, power_t=self.power_t,
-                          momentum=self.momentum, nesterov=self.nesterovs_momentum, beta_1=self.beta_1,
-                          beta_2=self.beta_2, epsilon=self.epsilon, epochs=1 if incremental else self.max_iter,
-                          alpha=self.alpha, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
-                          dtype=np.dtype(dtype).name, shard=str(self.shard), sync=self.sync,
-                          batch_size=self._batch_rows(len(train_rows)) if self.solver in STOCHASTIC else "auto",
-                          shuffle="global" if self.shuffle else "none",
-                          checkpoint=None if self.checkpoint is None else os.fspath(self.checkpoint),
-                          checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints)
+        resolved = dict(hidden=tuple(hidden), dtype=np.dtype(dtype).name,
+                        batch_size=self._batch_rows(len(train_rows)) if self.solver in STOCHASTIC else "auto")
+        if incremental:
+            resolved["epochs"] = 1  # partial_fit: one epoch
+        cfg = config_from_estimator(self, **resolved)
         if self.solver == "lbfgs":
             params = self._fit_lbfgs(cfg, problem, comm, model, params, rs, checkpointer)
         else:

@@ -258,7 +258,7 @@ class MLPRegressor(_FitMLP):
 
     def score(self, X, y, sample_weight=None):
         """R2 (uniform average over outputs), as sklearn's r2_score."""
-        from . import scoring
+        from . import metrics
 
         pred = self.predict(X)
         Y = np.asarray(y, dtype=np.float64).reshape(len(pred), -1)
@@ -266,7 +266,7 @@ class MLPRegressor(_FitMLP):
         if len(Y) < 2:
             warnings.warn("R^2 score is not well-defined with less than two samples.", stacklevel=2)
             return float("nan")
-        first = scoring.r2_first_partial(Y, sample_weight)
-        second = scoring.r2_second_partial(Y, P, first[1:] / first[0], sample_weight)
-        second[-1] = 0  # as RegressorMixin.score: no NaN short-cut
-        return scoring.r2(second)
+        first = metrics.regression_first_pass(Y, sample_weight)
+        partial = metrics.r2_partial(Y, P, first[1:] / first[0], sample_weight)
+        partial[-1] = 0  # as RegressorMixin.score: no NaN short-cut
+        return metrics.r2(partial)

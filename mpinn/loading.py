@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import inputs
+from .config import config_from_estimator, estimator_params_from_config, optimizer_from_config
 from .estimators import MLPClassifier, MLPRegressor
 from .model import MLP
-from .optim import make_optimizer
 
 
 def from_checkpoint(attrs, arrays):
@@ -31,13 +31,7 @@ def from_checkpoint(attrs, arrays):
         est = cls(**params)
     else:  # a CLI run: its config in sklearn's terms
         cls = MLPClassifier if meta_model["task"] == "classify" else MLPRegressor
-        est = cls(hidden_layer_sizes=tuple(cfg["hidden"]), activation=cfg["activation"], solver=cfg["solver"],
-                  alpha=cfg["alpha"], batch_size=cfg["batch_size"], learning_rate=cfg["lr_schedule"],
-                  learning_rate_init=cfg["lr"], power_t=cfg["power_t"], max_iter=cfg["epochs"],
-                  shuffle=cfg["shuffle"] != "none", random_state=cfg["seed"], tol=cfg["tol"],
-                  momentum=cfg["momentum"], nesterovs_momentum=cfg["nesterov"], beta_1=cfg["beta_1"],
-                  beta_2=cfg["beta_2"], epsilon=cfg["epsilon"], n_iter_no_change=cfg["n_iter_no_change"],
-                  dtype=cfg["dtype"], shard=cfg["shard"])
+        est = cls(**estimator_params_from_config(cfg))
     model = MLP(meta_model["layer_sizes"], meta_model["activation"], meta_model["output"], dtype=meta_model["dtype"])
     params = np.asarray(arrays["params"], dtype=model.dtype)
     est._set_coefs(model, params)
@@ -71,9 +65,7 @@ def from_checkpoint(attrs, arrays):
         est.validation_scores_ = est.best_validation_score_ = est.validation_loss_curve_ = None
         est.best_loss_ = np.inf if state["best_loss"] is None else state["best_loss"]
     opt_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    optimizer = make_optimizer(est.solver, model.n_params, model.dtype, lr=est.learning_rate_init,
-                               momentum=est.momentum, nesterov=est.nesterovs_momentum, schedule=est.learning_rate,
-                               power_t=est.power_t, beta_1=est.beta_1, beta_2=est.beta_2, epsilon=est.epsilon)
+    optimizer = optimizer_from_config(config_from_estimator(est), model.n_params, model.dtype)
     optimizer.load_state(state["optimizer"], opt_arrays)
     est._optimizer = optimizer
     est.history_ = state.get("history", [])

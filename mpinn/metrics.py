@@ -1,10 +1,13 @@
-"""Evaluation metrics built from partial sums that are safe to reduce across MPI ranks.
+"""Evaluation metrics and estimator scores built from partial sums that are safe to reduce
+across MPI ranks.
 
-Every function that produces a partial returns a numpy array whose elementwise SUM over
-disjoint row-chunks equals the value for the whole data, so the caller needs only a plain
-Allreduce(SUM). The *_report functions turn the reduced arrays into plain-Python dicts.
-Regression takes two passes because R^2 needs the global mean before the residual sums.
-Pure numpy on purpose: no mpi4py here, so it is testable serially.
+Every function that produces a partial returns a float64 (or int64) array whose elementwise SUM
+over disjoint row-chunks equals the value for the whole data, so the caller needs only a plain
+Allreduce(SUM). The *_report functions turn the reduced arrays into plain-Python dicts; accuracy
+and r2 are scikit-learn's ``accuracy_score`` and ``r2_score`` (uniform average over outputs,
+``force_finite=True``) as the estimators' ``score`` and early stopping compute them, with
+optional sample weights. Regression takes two passes because R^2 needs the (weighted) global
+mean before the residual sums. Pure numpy on purpose: no mpi4py here, so it is testable serially.
 """
 
 import numpy as np
@@ -90,6 +93,32 @@ def classification_report(confusion, class_labels=None):
     }
 
 
+def correct_rows(out, Y, output, n_classes):
+    """Per row: is the predicted label the true one? ``out`` are output activations, ``Y`` the
+    targets in output space (one-hot, a 0/1 column, or a multilabel indicator matrix)."""
+    if output == "softmax":
+        return np.argmax(out, axis=1) == np.argmax(Y, axis=1)
+    if n_classes == 1:  # one class seen: sklearn always predicts it
+        return np.ones(len(out), dtype=bool)
+    # Binary and multilabel: threshold 0.5, as sklearn's LabelBinarizer.inverse_transform;
+    # a multilabel row counts only when every label is right (subset accuracy).
+    return np.all((out > 0.5) == (Y > 0.5), axis=1)
+
+
+def accuracy_partial(out, Y, output, n_classes, weight=None):
+    """float64 [sum of weights of correct rows, sum of weights] (weight None: row counts)."""
+    ok = correct_rows(out, Y, output, n_classes)
+    if weight is None:
+        return np.array([float(np.count_nonzero(ok)), float(len(ok))])
+    w = np.asarray(weight, dtype=np.float64)
+    return np.array([float(w[ok].sum()), float(w.sum())])
+
+
+def accuracy(partial):
+    """Accuracy from a reduced accuracy_partial; NaN when there are no rows."""
+    return float(partial[0] / partial[1]) if partial[1] else float("nan")
+
+
 def _as_2d(y, name):
     y = np.asarray(y, dtype=np.float64)
     if y.ndim == 1:
@@ -99,14 +128,24 @@ def _as_2d(y, name):
     return y
 
 
-def regression_first_pass(y_true):
-    """float64 [n, sum of y per output...]: reduce, then mean = sums / n."""
+def _column_sums(v, w):
+    """Column sums of the 2-D ``v``, row i weighted by w[i] (w None: unweighted)."""
+    return v.sum(axis=0) if w is None else (w[:, None] * v).sum(axis=0)
+
+
+def regression_first_pass(y_true, weight=None):
+    """float64 [sum of weights, sum of w*y per output...] (weight None: [n, sums]);
+    reduce, then mean = sums / total."""
     y = _as_2d(y_true, "y_true")
-    return np.concatenate(([float(y.shape[0])], y.sum(axis=0)))
+    if weight is None:
+        return np.concatenate(([float(y.shape[0])], _column_sums(y, None)))
+    w = np.asarray(weight, dtype=np.float64)
+    return np.concatenate(([w.sum()], _column_sums(y, w)))
 
 
-def regression_second_pass(y_true, y_pred, mean):
-    """float64 [SSE per output..., SAE per output..., SST per output...] around the global mean."""
+def regression_second_pass(y_true, y_pred, mean, weight=None):
+    """float64 [SSE per output..., SAE per output..., SST per output...] around the global
+    mean, each row weighted by ``weight`` when given."""
     y = _as_2d(y_true, "y_true")
     p = _as_2d(y_pred, "y_pred")
     if p.shape != y.shape:
@@ -114,8 +153,33 @@ def regression_second_pass(y_true, y_pred, mean):
     m = np.asarray(mean, dtype=np.float64).reshape(-1)
     if m.size != y.shape[1]:
         raise InputError(f"mean has {m.size} values for {y.shape[1]} outputs")
+    w = None if weight is None else np.asarray(weight, dtype=np.float64)
     r = y - p
-    return np.concatenate(((r * r).sum(axis=0), np.abs(r).sum(axis=0), ((y - m) ** 2).sum(axis=0)))
+    return np.concatenate((_column_sums(r * r, w), _column_sums(np.abs(r), w), _column_sums((y - m) ** 2, w)))
+
+
+def _r2(sse, sst):
+    """R^2 averaged over outputs; sklearn's force_finite=True: a perfect fit is 1.0, a
+    constant target fit imperfectly 0.0."""
+    return float(np.where(sse == 0, 1.0, np.where(sst == 0, 0.0, 1.0 - _safe_div(sse, sst))).mean())
+
+
+def r2_partial(y_true, y_pred, mean, weight=None):
+    """float64 [SSE per output..., SST per output..., count of non-finite predictions]: the
+    sums of regression_second_pass that R^2 needs, and what sklearn's MLP checks first."""
+    second = regression_second_pass(y_true, y_pred, mean, weight)
+    k = len(second) // 3
+    nonfinite = np.count_nonzero(~np.isfinite(np.asarray(y_pred, dtype=np.float64)))
+    return np.concatenate((second[:k], second[2 * k:], [float(nonfinite)]))
+
+
+def r2(partial):
+    """R^2 from a reduced r2_partial; NaN if any prediction was not finite (as sklearn's MLP
+    scores during early stopping)."""
+    k = (len(partial) - 1) // 2
+    if partial[-1]:
+        return float("nan")
+    return _r2(partial[:k], partial[k:2 * k])
 
 
 def regression_report(first, second):
@@ -129,11 +193,9 @@ def regression_report(first, second):
     if n < 1:
         raise InputError("no rows to evaluate")
     sse, sae, sst = second[:n_out], second[n_out:2 * n_out], second[2 * n_out:]
-    # sklearn force_finite=True: a perfect fit is 1.0; a constant target fit imperfectly is 0.0.
-    r2 = np.where(sse == 0, 1.0, np.where(sst == 0, 0.0, 1.0 - _safe_div(sse, sst)))
     return {
         "mse": float((sse / n).mean()),
         "mae": float((sae / n).mean()),
-        "r2": float(r2.mean()),
+        "r2": _r2(sse, sst),
         "n": n,
     }

@@ -177,18 +177,8 @@ class MLP:
 
     def forward(self, params, X, chunk_rows=8192):
         """Output activations for any number of rows (allocates; for prediction)."""
-        X = np.asarray(X, dtype=self.dtype)
-        out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        layers = self.views(params)
-        for start in range(0, X.shape[0], chunk_rows):
-            a = X[start : start + chunk_rows]
-            for i, (W, b) in enumerate(layers):
-                a = a @ W
-                a += b
-                kind = self.output if i == self.n_layers - 1 else self.activation
-                ACTIVATE[kind](a, np.empty((a.shape[0], 1), dtype=self.dtype))
-            out[start : start + chunk_rows] = a
-        return out
+        return forward_layers(self.views(params), np.asarray(X, dtype=self.dtype), self.activation, self.output,
+                              chunk_rows)
 
     # ---- training step -------------------------------------------------------------------
 
@@ -333,6 +323,31 @@ class MLP:
                     np.multiply(params[lo:hi], alpha, out=t)
                     grad[lo:hi] += t
         grad /= weight_sum
+
+
+def forward_layers(layers, X, activation, output, chunk_rows=None):
+    """Output activations of the layers [(W, b), ...] for the rows of X (allocates).
+
+    The one forward pass for prediction (training has its own, into reused workspaces, in
+    loss_grad_sum). ``chunk_rows`` bounds the activations held at once; None: all rows at once.
+    """
+    last = len(layers) - 1
+    if chunk_rows is None or X.shape[0] <= chunk_rows:
+        chunks, out = [X], None
+    else:
+        chunks = [X[s : s + chunk_rows] for s in range(0, X.shape[0], chunk_rows)]
+        out = np.empty((X.shape[0], layers[-1][0].shape[1]), dtype=layers[-1][0].dtype)
+    pos = 0
+    for a in chunks:
+        for i, (W, b) in enumerate(layers):
+            a = a @ W
+            a += b
+            ACTIVATE[output if i == last else activation](a, np.empty((a.shape[0], 1), dtype=a.dtype))
+        if out is None:
+            return a
+        out[pos : pos + len(a)] = a
+        pos += len(a)
+    return out
 
 
 def encode_targets(y, classes, output, dtype):

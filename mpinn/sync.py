@@ -27,8 +27,6 @@ import time
 
 import numpy as np
 
-from .optim import make_optimizer
-
 SYNCS = ("auto", "allreduce", "sharded")
 # `auto` shards when there is more than one rank and the model has at least this many
 # parameters; below it the two extra small collectives cost more than the shared update saves
@@ -240,10 +238,10 @@ def _adopt(optimizer, factory, n, lo, hi):
 
 def make_sync(name, comm, model, params, cfg, optimizer=None):
     """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'overlap') for this job."""
+    from .config import optimizer_from_config  # config imports SYNCS from here
+
     def factory(size):
-        return make_optimizer(cfg.solver, size, model.dtype, lr=cfg.lr, momentum=cfg.momentum,
-                              nesterov=cfg.nesterov, schedule=cfg.lr_schedule, power_t=cfg.power_t,
-                              beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+        return optimizer_from_config(cfg, size, model.dtype)
 
     kind = {"allreduce": Replicated, "sharded": Sharded, "overlap": Overlapped}[
         resolve_sync(name, comm.size, model.n_params)]

@@ -318,21 +318,21 @@ class Trainer:
     def validate(self):
         """Validation score as sklearn's early stopping computes it (accuracy for classifiers,
         R2 for regressors) and the mean validation loss; collective, same value on every rank."""
-        from . import scoring
+        from . import metrics
 
         p, model, loop = self.problem, self.model, self.loop
         out = model.forward(self.params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
         w = p.val_weight
         head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
         if p.task == "classify":
-            buf = np.concatenate((head, scoring.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
+            buf = np.concatenate((head, metrics.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
             self.comm.allreduce(buf, "sum")
-            score = scoring.accuracy(buf[2:])
+            score = metrics.accuracy(buf[2:])
         else:
-            buf = self.comm.allreduce(np.concatenate((head, scoring.r2_first_partial(p.val_Y, w))), "sum")
+            buf = self.comm.allreduce(np.concatenate((head, metrics.regression_first_pass(p.val_Y, w))), "sum")
             mean = buf[3:] / buf[2]
-            second = self.comm.allreduce(scoring.r2_second_partial(p.val_Y, out, mean, w), "sum")
-            score = scoring.r2(second)
+            second = self.comm.allreduce(metrics.r2_partial(p.val_Y, out, mean, w), "sum")
+            score = metrics.r2(second)
         loop.validation_scores.append(score)
         loop.validation_loss_curve.append(float(buf[0] / buf[1]))
         return score

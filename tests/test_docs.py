@@ -64,7 +64,7 @@ SCRIPTS = ["run/slurm.sbatch", "run/pbs.sh", "run/local.sh"]
 LINKED = [".venv", "run", "bench", "examples"]  # made available in each page's temporary directory
 BIN = Path(sys.executable).parent
 TIMEOUT = 120
-# `mpinn train` options that are not TrainConfig fields, and their defaults (cli.cmd_train).
+# `mpinn train` options that are not TrainConfig fields, and their defaults (cli_train.cmd_train).
 TRAIN_CLI_DEFAULTS = {"config": None, "print_config": False, "json": False, "quiet": False, "log_every": 1}
 
 
