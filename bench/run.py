@@ -13,6 +13,10 @@ Sections (each run in fresh processes, one BLAS thread per process):
   io       HDF5 shard read throughput vs numpy reading the same bytes (warm and cold cache)
   startup  `import mpinn` time and `mpiexec -n 2 mpinn train` start-up
   mpi      Allreduce latency/bandwidth, MPICH wheel vs Open MPI wheel (when given)
+  scaling  the parts of a step (compute vs rows, update vs parameters, collectives at 2 ranks)
+           fitted to a cost model (bench/scaling_model.py) that predicts N = 1 .. 1,024 ranks,
+           strong and weak, replicated vs sharded update; checked against measured 1 and 2
+           ranks; plot in docs/scaling.png
 
 Optional comparisons: PyTorch from --torch-python (default: .venv-bench/bin/python when it
 exists; torch is never a dependency of mpinn), Open MPI from --ompi-venv (a venv with the
@@ -41,6 +45,7 @@ BENCH = ROOT / "bench"
 BIG = {"name": "big", "hidden": "512,512", "features": 784, "rows": 60000, "batch": 256}
 SMALL = {"name": "small", "hidden": "128", "features": 64, "rows": 200000, "batch": 32}  # per rank
 MB = 1e6
+SYNC_FLAG = {"replicated": "allreduce", "sharded": "sharded"}  # scaling model mode -> train_mpinn.py --sync
 
 
 class Bench:
@@ -372,6 +377,122 @@ class Bench:
         self.table("Allreduce(SUM, IN_PLACE) between 2 ranks on this machine", header, rows,
                    note="  ".join(f"{lab}: {runs[lab]['library']}" for lab in labels if runs[lab]))
 
+    def scaling(self):
+        """Measure the step's parts at 1 and 2 ranks, fit the model, predict 1 .. 1,024 ranks."""
+        import scaling_model as sm
+
+        a = self.a
+        help_text = subprocess.run([sys.executable, BENCH / "train_mpinn.py", "--help"], capture_output=True,
+                                   text=True, env=self.env, cwd=ROOT).stdout
+        has_sync = "--sync" in help_text
+        # Parts and whole runs at 1 rank, then at 2: each pair close in time (this machine drifts).
+        w, measured = [], {}
+        for n in (1, 2):
+            w.append(self.mpi(n, "scaling_parts.py", ["--budget", a.scaling_budget]))
+            for mode, flag in SYNC_FLAG.items():
+                same = ("--shuffle", a.scaling_shuffle, "--solver", a.scaling_solver)
+                if has_sync:
+                    measured[(mode, n)] = self._mpinn(BIG, n, "--sync", flag, *same)
+                elif mode == "replicated":  # the script's default mode (named in its output, if it says)
+                    r = self._mpinn(BIG, n, *same)
+                    got = {v: k for k, v in SYNC_FLAG.items()}.get((r or {}).get("sync"), "replicated")
+                    measured[(got, n)] = r
+        if not all(w):
+            self.say("\n(scaling: a measurement failed, see stderr; no model)")
+            return
+        parts, net, fit = _scaling_fit(w[0], w[1], a)
+        res = {"parts_1_rank": w[0], "parts_2_ranks": w[1], "fit": fit, "options": {
+            "ranks_per_node": a.ranks_per_node, "inter_latency_us": a.inter_latency_us,
+            "inter_bandwidth_GBps": a.inter_bandwidth_GBps, "solver": a.scaling_solver,
+            "batch": BIG["batch"], "weak_rows_per_rank": a.weak_rows, "shuffle": a.scaling_shuffle}}
+        self.results["scaling"] = res
+        us = 1e6
+        rows = [[f"compute(r), {k}", "gather + loss_grad_sum in a step, interpolated in r = 1..256 (line shown)",
+                 f"{c0 * us:.0f} us + {c1 * us:.1f} us/row", f"matmuls {mm:.0%} of it at 256 rows"]
+                for k, (c0, c1, mm) in fit["compute"].items()]
+        sd = dict(zip(parts["rows"], parts["spread"]["N"]))
+        rows.append(["sync(N, r), 2 ranks busy", "E[max of N normals] x sigma of compute(r)",
+                     f"sigma {sd[1] * us:.0f} us at 1 row, {sd[128] * us:.0f} at 128, {sd[256] * us:.0f} at 256",
+                     "0.59 sigma at N = 2, 3.2 at 1,024 (Blom)"])
+        fused = "L2 + divide fused" if w[0]["update"]["fused"] else "+ L2 + divide"
+        rows += [[f"update(n), {k}", f"{a.scaling_solver} step ({fused}) + penalty, interpolated",
+                  f"{u0 * us:.0f} us + {u1 * 1e9:.2f} ns/param", f"all P: {full * 1e3:.2f} ms"]
+                 for k, (u0, u1, full) in fit["update"].items()]
+        rows.append(["gamma (MPI.SUM.Reduce_local)", "slope of t = c + gamma n, n >= 256 KiB",
+                     f"{fit['gamma'] * 1e9:.3f} ns/B ({1e-9 / fit['gamma']:.1f} GB/s)", "2 ranks busy"])
+        for kind in sm.KINDS:
+            al, be, err, t_situ, t_alone = fit[kind]
+            algo = {"allreduce": "rec. doubling <= 2 KiB, Rabenseifner above",
+                    "reduce_scatter": "rec. halving < 512 KiB, pairwise exchange above",
+                    "allgather": "rec. doubling < 512 KiB, ring above"}[kind]
+            rows.append([f"{kind}, intra-node (p = 2)", algo, f"alpha {al * us:.2f} us, beta {be * 1e9:.3f} ns/B"
+                         f" ({1e-9 / be if be else float('inf'):.1f} GB/s)",
+                         f"gradient: {t_situ * us:.0f} us in a step, {t_alone * us:.0f} us alone; "
+                         f"vs 8 B..16 MiB alone: rms {err:.0%}"])
+        situ = w[1]["in_situ"]
+        rows.append([f"emulated 2-rank steps ({situ['rows']} rows/rank)", "median ms per part (collectives: "
+                     "last rank in)", "; ".join(f"{m}: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in situ[m].items())
+                                                for m in sm.MODES), "beta from these"])
+        rows.append(["inter-node (options)", f"{a.ranks_per_node} ranks per node, two levels",
+                     f"alpha {a.inter_latency_us:.2f} us, {a.inter_bandwidth_GBps:g} GB/s per node link", "assumed"])
+        self.table("Scaling model: fitted parameters (this machine; inter-node assumed)",
+                   ["part", "formula / algorithm", "fitted", "note"], rows)
+
+        # Predicted vs measured at 1 and 2 ranks.
+        n_train = next((r["n_train"] for r in measured.values() if r), BIG["rows"])
+        rows, cmp = [], []
+        for n in (1, 2):
+            for mode in sm.MODES:
+                r = measured.get((mode, n))
+                pred = sm.epoch_rate(n, mode, n_train, BIG["batch"], parts, net, a.scaling_shuffle)
+                t = sm.step_time(n, mode, sm.rows_slowest(BIG["batch"], n, a.scaling_shuffle), parts, net)
+                got = r["samples_per_second"] if r else None
+                err = pred / got - 1 if got else None
+                why = "failed" if has_sync or mode == "replicated" else "train_mpinn.py has no --sync"
+                how = (f"--sync {SYNC_FLAG[mode]}" if has_sync else "default sync") if r else None
+                cmp.append({"mode": mode, "ranks": n, "predicted": pred, "measured": got, "error": err,
+                            "measured_with": how,
+                            **{k: t[k] for k in ("compute", "sync", "update", "comm")}})
+                rows.append([mode, n, t["compute"] * 1e3, t["sync"] * 1e3, t["update"] * 1e3, t["comm"] * 1e3, pred,
+                             got if got else f"not available ({why})", f"{err:+.1%}" if err is not None else "-"])
+        res["predicted_vs_measured"] = cmp
+        self.table(f"Scaling model: predicted vs measured, big MLP, global batch {BIG['batch']}, "
+                   f"{a.scaling_solver}, --shuffle {a.scaling_shuffle} (epoch of {n_train:,} rows)",
+                   ["mode", "ranks", "compute ms", "wait for slowest ms", "update ms", "comm ms", "predicted samples/s",
+                    "measured samples/s", "error"], rows,
+                   note="measured: bench/train_mpinn.py, best epoch after the first; target |error| <= 15%")
+
+        ranks = [2 ** k for k in range(11)]
+        table = sm.scaling_table(ranks, parts, net, BIG["batch"], a.weak_rows, a.scaling_shuffle)
+        res["table"] = table
+        split = {m: {N: sm.comm_split(m, N, parts["P"], net) for N in ranks} for m in sm.MODES}
+        res["comm_split"] = split
+        note = "comm = latency (alpha) + transfer (beta) + reduction (gamma) terms, ms: " + "; ".join(
+            f"{m} at {N}: " + " + ".join(f"{v * 1e3:.3f}" for v in split[m][N].values())
+            for m in sm.MODES for N in (64, 1024))
+        for scaling in ("strong", "weak"):
+            lines = []
+            for N in ranks:
+                rep, sha = (next(r for r in table if r["scaling"] == scaling and r["mode"] == m and r["ranks"] == N)
+                            for m in sm.MODES)
+                rws = f"{rep['rows']:.4g}" + (f" ({rep['idle_ranks']} idle)" if rep["idle_ranks"] else "")
+                lines.append([N, rep["global_batch"], rws] + [v for r in (rep, sha) for v in (
+                    r["step"] * 1e3, r["comm"] * 1e3, r["samples_per_second"], f"{r['efficiency']:.0%}")])
+            what = (f"global batch {BIG['batch']} fixed" if scaling == "strong" else
+                    f"{a.weak_rows} rows per rank")
+            self.table(f"Scaling model: {scaling} scaling ({what}), big MLP 784-512-512-10 f32, {a.scaling_solver}"
+                       f" — {a.ranks_per_node} ranks/node, inter-node {a.inter_latency_us:g} us, "
+                       f"{a.inter_bandwidth_GBps:g} GB/s",
+                       ["ranks", "global batch", "rows/rank (slowest)", "replicated step ms", "comm ms", "samples/s",
+                        "efficiency", "sharded step ms", "comm ms", "samples/s", "efficiency"], lines,
+                       note=note if scaling == "weak" else None)
+        png = Path(a.scaling_png)
+        try:
+            _plot_scaling(table, ranks, png, a)
+            self.say(f"\nwrote {png}")
+        except Exception as exc:  # noqa: BLE001 (the numbers above stand without the plot)
+            self.say(f"\n(no plot: {exc})")
+
     def targets(self):
         """The issue's five 'must show' items, as measured in this run."""
         r, g = getattr(self, "mlp_res", {}), getattr(self, "gemm_res", {})
@@ -425,6 +546,86 @@ class Bench:
         self.say(f"wrote {self.out / 'report.md'} and {self.out / 'results.json'}")
 
 
+def _scaling_fit(one, two, a):
+    """The model's inputs from scaling_parts.py at 1 and 2 ranks: (parts, net, fit summary)."""
+    import scaling_model as sm
+
+    def curves(r):
+        c, u = r["compute"], r["update"]
+        compute = c["compute"]
+        order = sorted(range(len(u["n"])), key=lambda i: u["n"][i])  # n ascending
+        upd = [u[a.scaling_solver][i] + (0.0 if u["fused"] else u["finish"][i]) for i in order]
+        return compute, [u["n"][i] for i in order], sm.monotone(upd), sm.monotone([u["penalty"][i] for i in order])
+
+    c1, n, u1, p1 = curves(one)
+    c2, _, u2, p2 = curves(two)
+    parts = {"P": one["n_params"], "rows": one["compute"]["rows"], "n": n, "compute": {"1": c1, "N": c2},
+             "update": {"1": u1, "N": u2}, "penalty": {"1": p1, "N": p2},
+             "spread": {"N": [max(x, 1e-9) for x in two["compute"]["spread"]]}}
+    rl = two["reduce_local"]
+    gamma = sm.fit_line(rl["bytes"], rl["seconds"], min_x=256 * 1024)[1]
+    co, situ = two["collectives"], two["in_situ"]
+    intra, fit = {}, {"gamma": gamma, "compute": {}, "update": {}}
+    short = [i for i, b in enumerate(co["bytes"]) if b <= 4096]
+    for kind in sm.KINDS:
+        # alpha from the sweep's messages <= 4 KiB; beta from the gradient-size message timed
+        # inside the emulated steps (the only intra-node size the model uses besides 4 bytes).
+        mode = "replicated" if kind == "allreduce" else "sharded"
+        size, t_step = situ["bytes"][mode], situ[mode][kind]
+        sizes, secs = [co["bytes"][i] for i in short] + [size], [co[kind][i] for i in short] + [t_step]
+        al, be, _ = sm.fit_collective(kind, two["ranks"], sizes, secs, gamma, 4096, (size, size))
+        intra[kind] = (al, be)
+        sweep_err = sm.rel_rms([sm.one_level(kind, two["ranks"], b, al, be, gamma) for b in co["bytes"]], co[kind])
+        alone = co[kind][min(range(len(co["bytes"])), key=lambda i: abs(co["bytes"][i] - size))]
+        fit[kind] = (al, be, sweep_err, t_step, alone)
+    for label, r, c, u in (("1 rank", one, c1, u1), ("2 ranks busy", two, c2, u2)):
+        rows = r["compute"]["rows"]
+        fit["compute"][label] = (*sm.fit_line(rows, c), r["compute"]["matmul"][-1] / c[-1])
+        fit["update"][label] = (*sm.fit_line(n, u), u[-1])
+    net = {"intra": intra, "gamma": gamma, "ranks_per_node": a.ranks_per_node,
+           "inter": (a.inter_latency_us * 1e-6, 1e-9 / a.inter_bandwidth_GBps)}
+    return parts, net, fit
+
+
+def _plot_scaling(table, ranks, png, a):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 5.2))
+    ax.plot(ranks, ranks, "k:", label="ideal")
+    style = {("strong", "replicated"): "C0-o", ("strong", "sharded"): "C1-o", ("weak", "replicated"): "C0--s",
+             ("weak", "sharded"): "C1--s"}
+    for (scaling, mode), fmt in style.items():
+        rows = [r for r in table if r["scaling"] == scaling and r["mode"] == mode]
+        ax.plot(ranks, [r["speedup"] for r in rows], fmt, ms=4, label=f"{scaling}, {mode}")
+    ax.set(xscale="log", yscale="log", xlabel="ranks N", ylabel="speedup over 1 rank (samples/s ratio)",
+           title="Predicted speedup, big MLP (784-512-512-10, f32)")
+    ax.set_xscale("log", base=2)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    for mode, c in (("replicated", "C0"), ("sharded", "C1")):
+        rows = [r for r in table if r["scaling"] == "strong" and r["mode"] == mode]
+        bx.plot(ranks, [r["step"] * 1e3 for r in rows], f"{c}-o", ms=4, label=f"step, {mode}")
+        bx.plot(ranks, [r["update"] * 1e3 for r in rows], f"{c}--", label=f"update, {mode}")
+        bx.plot(ranks[1:], [r["comm"] * 1e3 for r in rows][1:], f"{c}:", label=f"comm, {mode}")
+    bx.plot(ranks, [r["compute"] * 1e3 for r in table if r["scaling"] == "strong" and r["mode"] == "replicated"],
+            "k-", lw=1, label="compute (both)")
+    bx.set(xscale="log", yscale="log", xlabel="ranks N", ylabel="ms per step (slowest rank)",
+           title=f"Strong scaling, global batch {BIG['batch']}: step parts")
+    bx.set_xscale("log", base=2)
+    bx.grid(True, which="both", alpha=0.3)
+    bx.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    fig.text(0.01, 0.01, f"{a.ranks_per_node} ranks/node; inter-node {a.inter_latency_us:g} us, "
+             f"{a.inter_bandwidth_GBps:g} GB/s; {a.scaling_solver}; weak: {a.weak_rows} rows/rank; "
+             f"intra-node parts measured on this machine ({datetime.date.today()})", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def _fmt(v):
     if v is None:
         return "-"
@@ -467,7 +668,7 @@ def _cpu_model():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi (default all)")
+    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi,scaling (default all)")
     p.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat, shorter GEMM rounds")
     p.add_argument("--repeat", type=int, default=1, help="runs of each throughput figure (best kept)")
     p.add_argument("--epochs-big", type=int, default=3)
@@ -481,10 +682,23 @@ def main(argv=None):
     p.add_argument("--wait-idle", type=float, default=120,
                    help="before each measurement wait up to this many seconds for the CPUs to be idle (0: don't)")
     p.add_argument("--out", default=str(ROOT / "out" / "bench"))
+    g = p.add_argument_group("scaling model (section scaling)")
+    g.add_argument("--ranks-per-node", type=int, default=64, help="ranks per node beyond which the inter-node "
+                   "parameters apply (default 64)")
+    g.add_argument("--inter-latency-us", type=float, default=1.5,
+                   help="inter-node MPI latency alpha in microseconds (default 1.5: InfiniBand EDR/HDR)")
+    g.add_argument("--inter-bandwidth-GBps", type=float, default=12.5,
+                   help="inter-node bandwidth per node link, GB/s (default 12.5 = 100 Gb/s EDR/HDR100; HDR 25)")
+    g.add_argument("--weak-rows", type=int, default=128, help="rows per rank in the weak-scaling table")
+    g.add_argument("--scaling-solver", choices=("adam", "sgd"), default="adam")
+    g.add_argument("--scaling-shuffle", choices=("local", "global"), default="local",
+                   help="split of each batch in the model and the measured runs (local: even)")
+    g.add_argument("--scaling-budget", type=float, default=0.2, help="seconds of calls per measured point")
+    g.add_argument("--scaling-png", default=str(ROOT / "docs" / "scaling.png"))
     a = p.parse_args(argv)
     if a.quick:
         a.epochs_big, a.epochs_small, a.repeat, a.gemm_seconds = 2, 2, 1, 0.5
-    sections = (a.only or "gemm,mlp,rss,io,startup,mpi").split(",")
+    sections = (a.only or "gemm,mlp,rss,io,startup,mpi,scaling").split(",")
     b = Bench(a)
     b.say(f"# mpinn benchmark, {b.results['started']}\n")
     b.say("command: " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]))
@@ -492,7 +706,7 @@ def main(argv=None):
     b.files = b.data()
     if shutil.which(b.mpiexec[0]) is None and not Path(b.mpiexec[0]).exists():
         raise SystemExit(f"no mpiexec at {b.mpiexec[0]}")
-    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi"):
+    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi", "scaling"):
         if name in sections:
             getattr(b, {"mpi": "mpi_runtimes"}.get(name, name))()
     if "mlp" in sections or "rss" in sections:

@@ -56,23 +56,21 @@ class Comm:
         MPI = _mpi()
         return self.mpi.Iallreduce(MPI.IN_PLACE, part, op=MPI.SUM)
 
-    def reduce_scatter_sum(self, send: np.ndarray, recv: np.ndarray, counts) -> np.ndarray:
-        """Sum ``send`` over all ranks; ``recv`` gets this rank's part: rank r's ``counts[r]``
-        elements (segments contiguous, in rank order). One MPI call. Not in place: MPICH 5.0's
-        in-place Reduce_scatter copies overlapping ranges for large messages and aborts."""
+    def reduce_scatter_block_sum(self, send: np.ndarray, recv: np.ndarray) -> np.ndarray:
+        """Sum ``send`` (N equal blocks) over all ranks; returns this rank's summed block, in
+        ``recv`` (with one rank: ``send`` itself, no copy). One MPI call. Not in place: MPICH
+        5.0's in-place Reduce_scatter copies overlapping ranges for large messages and aborts."""
         self.reduce_scatter_calls += 1
-        if self.size > 1:
-            self.mpi.Reduce_scatter(send, recv, counts, op=_mpi().SUM)
-        else:
-            recv[...] = send
+        if self.size == 1:
+            return send
+        self.mpi.Reduce_scatter_block(send, recv, op=_mpi().SUM)
         return recv
 
-    def allgather_in_place(self, buf: np.ndarray, counts, displs) -> np.ndarray:
-        """Every rank contributes ``buf[displs[r]:displs[r]+counts[r]]``; all receive all."""
+    def allgather_in_place(self, buf: np.ndarray) -> np.ndarray:
+        """``buf`` is N equal blocks; every rank contributes block ``rank``, all receive all."""
         self.allgather_calls += 1
         if self.size > 1:
-            MPI = _mpi()
-            self.mpi.Allgatherv(MPI.IN_PLACE, [buf, counts, displs, MPI.FLOAT if buf.dtype == np.float32 else MPI.DOUBLE])
+            self.mpi.Allgather(_mpi().IN_PLACE, buf)
         return buf
 
     def start_allreduce(self, buf: np.ndarray):
