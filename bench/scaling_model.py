@@ -20,7 +20,7 @@ Step time on the slowest rank (seconds):
                  sum of squares over the rank's own P / N slice (mpinn/sync.py). Interpolated in
                  the curve measured at n = ceil(P / N), N = 1, 2, 4, ... 1024, made non-decreasing.
   comm(N)        0 at N = 1. Replicated: one Allreduce of 4 (P + 4) bytes. Sharded: Reduce_scatter
-                 of 4 (P + 3) bytes + Allgather(v) of 4 (P + 3) bytes + the 4-byte Iallreduce of
+                 of 4 (P + 3) bytes + Allgather of 4 (P + 3) bytes (equal blocks, padded) + the 4-byte Iallreduce of
                  the batch weight (counted as exposed: an upper bound, it starts before forward).
 
 Collective costs are those of R. Thakur, R. Rabenseifner and W. Gropp, "Optimization of

@@ -26,13 +26,13 @@ slowest rank sets a step's pace), min over rounds (a burst of someone else's loa
    update scales its input; repeated scaling would reach slow denormal floats). "penalty": the
    sum of squares of n weights (np.dot). MLP.finish_gradient and MLP.penalty over all P too.
 3. with 2 ranks, the collectives as mpinn/sync.py calls them: Allreduce(IN_PLACE, SUM),
-   Reduce_scatter(send, recv, equal counts) (not in place: MPICH 5.0's in-place variant aborts
-   on large messages) and Allgatherv(IN_PLACE) of float32 buffers:
+   Reduce_scatter_block(send, recv) (not in place: MPICH 5.0's in-place variant aborts on
+   large messages) and Allgather(IN_PLACE) of float32 buffers, as mpinn/sync.py calls them:
    "collectives"  8 B .. 16 MiB, the buffer rewritten and a barrier before each call;
    "in_situ"      both modes' steps emulated back to back as training runs them (128 rows per
                   rank, gather + forward/backward, the collectives at the gradient's size,
                   the update), every part timed: the collectives' cost in a step, and the
-                  forward/backward after an Allgatherv of the parameters (sharded) against
+                  forward/backward after an Allgather of the parameters (sharded) against
                   after a local update of all of them (replicated);
    "reduce_local" MPI.SUM.Reduce_local (the reduction kernel alone, for gamma), 8 KiB .. 16 MiB.
 
@@ -255,12 +255,10 @@ def collective_curves(comm, budget, rounds, elems, reps_max=300):
             buf = np.ones(n, dtype=np.float32)
             src = np.full(n, 0.5, dtype=np.float32)  # the "new gradient", rewritten before each call
             recv = np.empty(n // size, dtype=np.float32)
-            counts = [n // size] * size
-            displs = [j * (n // size) for j in range(size)]
             ops = {
                 "allreduce": lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM),
-                "reduce_scatter": lambda: comm.Reduce_scatter(buf, recv, counts, op=MPI.SUM),
-                "allgather": lambda: comm.Allgatherv(MPI.IN_PLACE, [buf, counts, displs, MPI.FLOAT]),
+                "reduce_scatter": lambda: comm.Reduce_scatter_block(buf, recv, op=MPI.SUM),
+                "allgather": lambda: comm.Allgather(MPI.IN_PLACE, buf),
             }
             for name in names:
                 op = ops[name]
@@ -286,8 +284,8 @@ def collective_curves(comm, budget, rounds, elems, reps_max=300):
 def emulated_steps(comm, step, P, rows, reps, rounds):
     """Both modes' steps, back to back in lockstep as training runs them (no barriers), each
     part timed: replicated = gather + forward/backward, Allreduce of [grad | 4], Adam over P;
-    sharded = gather + forward/backward, Reduce_scatter of [grad | 3] (not in place), Adam over
-    the own slice, Allgatherv of the parameters in place (mpinn/sync.py's sequence).
+    sharded = gather + forward/backward, Reduce_scatter_block of [grad | pad | 3] (not in place),
+    Adam over the own slice, Allgather of the parameters in place (mpinn/sync.py's sequence).
 
     Per part: the median over steps of the max over ranks for the local work, and of the MIN
     over ranks for a collective (the last rank to arrive waits for nobody: its time is the
@@ -296,11 +294,9 @@ def emulated_steps(comm, step, P, rows, reps, rounds):
 
     size, rank = comm.Get_size(), comm.Get_rank()
     gather, _, model, xb, yb = step.batch(rows)
-    bounds = [P * r // size for r in range(size + 1)]
-    lo, hi = bounds[rank], bounds[rank + 1]
-    counts = [bounds[r + 1] - bounds[r] for r in range(size)]
-    counts[-1] += 3
-    displs = bounds[:-1]
+    block = max(-(-(P + 3) // size), 3)  # mpinn/sync.py's equal blocks
+    total = block * size
+    lo, hi = min(rank * block, P), min((rank + 1) * block, P)
     decay = [(0, P)]
 
     def fresh(extra):
@@ -310,8 +306,8 @@ def emulated_steps(comm, step, P, rows, reps, rounds):
 
     rep_params, rep_buf = step.params.copy(), np.zeros(P + 4, dtype=np.float32)
     rep_opt = make_optimizer("adam", P, np.float32, lr=1e-5)
-    gathered, send = fresh(3), np.zeros(P + 3, dtype=np.float32)
-    recv = np.empty(counts[rank], dtype=np.float32)
+    gathered, send = fresh(total - P), np.zeros(total, dtype=np.float32)
+    recv = np.empty(block, dtype=np.float32)
     own_opt = make_optimizer("adam", hi - lo, np.float32, lr=1e-5)
     names = {"replicated": ("compute", "allreduce", "update"),
              "sharded": ("compute", "reduce_scatter", "update", "allgather")}
@@ -333,11 +329,11 @@ def emulated_steps(comm, step, P, rows, reps, rounds):
                     params = gathered[:P]
                     model.loss_grad_sum(params, xb, yb, send[:P])
                     t.append(time.perf_counter())
-                    comm.Reduce_scatter(send, recv, counts, op=MPI.SUM)
+                    comm.Reduce_scatter_block(send, recv, op=MPI.SUM)
                     t.append(time.perf_counter())
                     own_opt.step(params[lo:hi], recv[: hi - lo], 256.0, 1e-4, [(0, hi - lo)])
                     t.append(time.perf_counter())
-                    comm.Allgatherv(MPI.IN_PLACE, [gathered, counts, displs, MPI.FLOAT])
+                    comm.Allgather(MPI.IN_PLACE, gathered)
                     t.append(time.perf_counter())
                 if i >= 0:
                     times[i] = np.diff(t)
