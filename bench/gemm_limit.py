@@ -21,6 +21,18 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import blas_info, emit  # noqa: E402
 
 
+def matmuls(W, A, D, G):
+    """One step's matmuls into preallocated arrays: forward A[i] @ W[i], backward A[i].T @ D[i]
+    for every layer and D[i] @ W[i].T for every layer but the first."""
+    L = len(W)
+    for i in range(L):
+        np.matmul(A[i], W[i], out=A[i + 1])
+    for i in range(L - 1, -1, -1):
+        np.matmul(A[i].T, D[i], out=G[i])
+        if i > 0:
+            np.matmul(D[i], W[i].T, out=D[i - 1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="784,512,512,10")
@@ -44,15 +56,9 @@ def main(argv=None):
     A = [rng.standard_normal((b, n)).astype(dt) for n in sizes]
     D = [rng.standard_normal((b, n)).astype(dt) for n in sizes[1:]]
     G = [np.empty_like(w) for w in W]
-    L = len(W)
 
     def step():
-        for i in range(L):
-            np.matmul(A[i], W[i], out=A[i + 1])
-        for i in range(L - 1, -1, -1):
-            np.matmul(A[i].T, D[i], out=G[i])
-            if i > 0:
-                np.matmul(D[i], W[i].T, out=D[i - 1])
+        matmuls(W, A, D, G)
 
     for _ in range(5):
         step()

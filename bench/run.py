@@ -673,7 +673,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi,scaling (default all)")
     p.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat, shorter GEMM rounds")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each throughput figure (best kept)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="runs of each throughput figure (best kept; this machine's runs differ by ~10 %%)")
     p.add_argument("--epochs-big", type=int, default=3)
     p.add_argument("--epochs-small", type=int, default=2)
     p.add_argument("--gemm-seconds", type=float, default=1.0)

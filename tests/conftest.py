@@ -11,3 +11,12 @@ def iris(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "iris.h5"
     run(["data", "iris", path])
     return path
+
+
+@pytest.fixture
+def world():
+    """A duplicate of COMM_WORLD for one MPI test (freed after it), as mpi4py's own tests do."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    comm = MPI.COMM_WORLD.Dup()
+    yield comm
+    comm.Free()

@@ -14,13 +14,6 @@ from parity import (BIN_X, BIN_Y, DATA, IRIS_X, IRIS_Y, REG_X, REG_Y, SOLVERS, a
 MPI = pytest.importorskip("mpi4py.MPI")
 
 
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()
-    yield comm
-    comm.Free()
-
-
 def assert_same_on_every_rank(comm, est):
     """Every fitted array and curve is bitwise rank 0's."""
     mine = np.concatenate([a.ravel() for a in est.coefs_ + est.intercepts_] +

@@ -37,13 +37,6 @@ class CountingComm:
         return call
 
 
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()
-    yield comm
-    comm.Free()
-
-
 def _data(task, n=97, seed=0):
     rng = np.random.RandomState(seed)
     X = rng.normal(size=(n, 5))

@@ -124,13 +124,6 @@ def test_sync_on_4_and_8_ranks(ranks):
 MPI = pytest.importorskip("mpi4py.MPI")
 
 
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()
-    yield comm
-    comm.Free()
-
-
 @pytest.mark.mpi(min_size=2)
 def test_sharded_trains_the_one_rank_model(world):
     """Sharded on N ranks vs one rank: within 1e-12 (float64); bit for bit vs allreduce at N = 2."""
