@@ -37,7 +37,8 @@ from .fitted import FittedMLP
 FORMAT = "mpinn-checkpoint"
 FORMAT_VERSION = 1
 LATEST = "latest"
-NAME = re.compile(r"^ckpt-\d{6}-\d{6}\.h5$")
+# At least six digits each: past 10^6 steps in an epoch the name simply grows.
+NAME = re.compile(r"^ckpt-(\d{6,})-(\d{6,})\.h5$")
 # Attributes covered by the checksum, besides every array under /state.
 _CHECKED_ATTRS = ("config", "model", "classes", "class_names", "state")
 
@@ -115,6 +116,7 @@ class Checkpointer:
         state = trainer.checkpoint_state()  # collective: a sharded optimizer state is gathered
         if self.comm.rank == 0:
             save_trainer(path, trainer, state)
+            _fsync_dir(self.directory)  # the checkpoint's directory entry is durable before `latest` names it
             pointer = os.path.join(self.directory, LATEST)
             # Unique name, ordinary umask permissions (mkstemp would make the pointer 0600).
             tmp = os.path.join(self.directory, f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -125,11 +127,22 @@ class Checkpointer:
                 os.fsync(fh.fileno())
             os.replace(tmp, pointer)
             _fsync_dir(self.directory)
-            existing = sorted(n for n in os.listdir(self.directory) if NAME.match(n))
-            for old in existing[: -self.keep]:
-                if old != os.path.basename(path):
-                    os.unlink(os.path.join(self.directory, old))
+            prune(self.directory, self.keep, os.path.basename(path))
         self.last_path = path
+
+
+def checkpoint_order(name):
+    """Sort key of a checkpoint file name: (epoch, step) as numbers, not as text."""
+    m = NAME.match(name)
+    return int(m.group(1)), int(m.group(2))
+
+
+def prune(directory, keep, current):
+    """Delete all but the newest ``keep`` checkpoint files of ``directory`` (never ``current``)."""
+    existing = sorted((n for n in os.listdir(directory) if NAME.match(n)), key=checkpoint_order)
+    for old in existing[:-keep]:
+        if old != current:
+            os.unlink(os.path.join(directory, old))
 
 
 def resolve(path):

@@ -23,7 +23,8 @@ def evaluate(model, params, problem, X, y, comm):
         comm.reduce_sum_to_root(cm)
         labels = problem.class_names if problem.class_names and len(problem.class_names) == k else problem.classes.tolist()
         return metricsmod.classification_report(cm, labels) if comm.rank == 0 else None
-    yv = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    # Not reshape(len(y), -1): a rank that holds no test rows has nothing to infer -1 from.
+    yv = np.asarray(y, dtype=np.float64).reshape(len(y), model.layer_sizes[-1])
     first = comm.allreduce(metricsmod.regression_first_pass(yv), "sum")
     mean = first[1:] / max(first[0], 1)
     second = comm.reduce_sum_to_root(metricsmod.regression_second_pass(yv, scores.astype(np.float64), mean))

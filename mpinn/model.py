@@ -354,7 +354,7 @@ def encode_targets(y, classes, output, dtype):
     """Targets as the network's output space: one-hot (softmax), 0/1 column (logistic), or values."""
     if output == "identity":
         y = np.asarray(y, dtype=dtype)
-        return y.reshape(len(y), -1)
+        return y if y.ndim == 2 else y.reshape(-1, 1)  # (not reshape(len, -1): a rank may hold no rows)
     idx = np.searchsorted(classes, y)
     if output == "logistic":
         return idx.astype(dtype).reshape(-1, 1)

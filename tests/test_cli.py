@@ -105,3 +105,13 @@ def test_bad_input_is_one_line_and_exit_2_on_every_rank(iris, tmp_path, args, me
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert keep.read_text() == "precious\n"
+
+
+def test_regression_eval_with_a_rank_holding_no_test_rows(tmp_path):
+    """A rank with no test rows (here rank 0 owns no rows at all) still joins the evaluation."""
+    data = tmp_path / "reg.h5"
+    run(["data", "synthetic", data, "--samples", "200", "--features", "4", "--task", "regress", "--seed", "2"])
+    proc = run(["train", "--data", data, "--task", "regress", "--test-fraction", "0.2", "--shard", "weighted:0,1",
+                "--epochs", "2", "--json", "--quiet"], np_=2)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and np.isfinite(summary["test_mse"])
