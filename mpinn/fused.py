@@ -54,6 +54,8 @@ def _kernels_for(numba, cast):
     other operations would be no-ops, and they stop LLVM from vectorising the loop."""
     jit = numba.njit(nogil=True, error_model="numpy", boundscheck=False, cache=True)
 
+    # The gradient finish (L2, division) is written out in each kernel: a shared jitted helper
+    # (with explicit casts) measured 2.6 ms against 0.44 ms inline for Adam over the big MLP.
     @jit
     def gd(p, g, l2, alpha, divide, weight, neg_lr):
         for i in range(p.shape[0]):  # not range(lo, hi): i >= 0 must be evident to vectorise

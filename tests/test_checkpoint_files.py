@@ -8,16 +8,9 @@ from mpinn import checkpoint
 from mpinn.checkpoint import Checkpointer, checkpoint_order, prune, resolve
 from mpinn.comm import Comm
 from mpinn.config import TrainConfig
+from mpinn.estimator_fit import _SerialComm
 from mpinn.problem import problem_from_arrays
 from mpinn.train import Trainer
-
-
-class _Serial:
-    def Get_rank(self):
-        return 0
-
-    def Get_size(self):
-        return 1
 
 
 def test_more_than_a_million_steps_in_an_epoch(tmp_path):
@@ -50,7 +43,7 @@ def test_checkpoint_directory_is_synced_before_latest_names_it(tmp_path, monkeyp
     rng = np.random.RandomState(0)
     X, y = rng.normal(size=(30, 3)), rng.randint(0, 2, 30)
     cfg = TrainConfig(hidden=(4,), epochs=1, batch_size=10).validate()
-    comm = Comm(_Serial())
+    comm = Comm(_SerialComm())
     trainer = Trainer(cfg, problem_from_arrays(X, y, cfg, comm), comm, log=lambda line: None)
     trainer.fit()
     monkeypatch.setattr(checkpoint.os, "fsync", fsync)
