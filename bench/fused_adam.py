@@ -25,7 +25,7 @@ def timed(solver, dtype, compiled, reps=40):
     from mpinn import fused
     from mpinn.model import MLP
     from mpinn.optim import make_optimizer
-    from mpinn.sync import weight_ranges
+    from mpinn.model import weight_ranges
 
     fused._kernels = None if compiled else False
     model = MLP(SIZES, dtype=dtype)

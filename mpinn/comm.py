@@ -31,7 +31,7 @@ class Comm:
         self.size = mpi_comm.Get_size()
         # Gradient Allreduce calls so far; tests check it is exactly one per step.
         self.allreduce_calls = 0
-        self.iallreduce_calls = 0  # per-layer parts of the overlapped step (sync.Overlapped)
+        self.iallreduce_calls = 0  # overlapped step's layer parts, sharded step's batch weight
         self.reduce_scatter_calls = 0  # the sharded step's gradient reduction
         self.allgather_calls = 0  # the sharded step's parameter exchange
 
@@ -45,10 +45,11 @@ class Comm:
         return buf
 
     def start_allreduce_sum(self, part: np.ndarray):
-        """Start summing ``part`` (a slice of the gradient buffer) in place; returns a request.
+        """Start summing ``part`` in place; returns a request (None with one rank).
 
-        The overlapped step starts one per layer as backward produces it and waits for all
-        before the update; together the parts cover the buffer exactly once. None with one rank.
+        The overlapped step starts one per layer slice of the gradient buffer as backward
+        produces it (together the parts cover the buffer exactly once); the sharded step, one
+        for the batch weight before the forward pass.
         """
         self.iallreduce_calls += 1
         if self.size == 1:
@@ -72,21 +73,6 @@ class Comm:
         if self.size > 1:
             self.mpi.Allgather(_mpi().IN_PLACE, buf)
         return buf
-
-    def start_allreduce(self, buf: np.ndarray):
-        """Start an in-place sum of a small buffer; returns a request (None with one rank)."""
-        if self.size == 1:
-            return None
-        MPI = _mpi()
-        return self.mpi.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-
-    def gather_segments(self, local: np.ndarray, counts, root: int = 0):
-        """Concatenate every rank's segment (``counts[r]`` elements) on ``root``; None elsewhere."""
-        if self.size == 1:
-            return local
-        out = np.empty(int(sum(counts)), dtype=local.dtype) if self.rank == root else None
-        self.mpi.Gatherv(local, [out, counts] if self.rank == root else None, root=root)
-        return out
 
     def progress(self, requests):
         """Let MPI advance pending reductions (MPICH and Open MPI progress only inside calls)."""

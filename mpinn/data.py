@@ -120,6 +120,11 @@ def train_test_split_indices(n_rows, test_fraction, seed):
     return perm[n_test:].astype(itype), perm[:n_test].astype(itype)
 
 
+def global_batch(cfg, ranks):
+    """The global batch of a config: --batch-per-rank B times the ranks, else --batch-size."""
+    return cfg.batch_per_rank * ranks if cfg.batch_per_rank else cfg.batch_size
+
+
 def resolve_batch_size(batch_size, n_train):
     """'auto' -> min(200, n) as sklearn; 'full' -> n (batch gradient descent); ints clipped to n."""
     if batch_size == "auto":

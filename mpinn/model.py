@@ -296,11 +296,12 @@ class MLP:
         return self._loss_sum(out, np.asarray(Y, dtype=self.dtype), sample_weight,
                               np.empty(m, dtype=self.dtype), np.empty(out.size, dtype=self.dtype))
 
-    def penalty(self, params):
-        """Sum of squared weights over layers (not biases), as scikit-learn accumulates it."""
+    def penalty(self, params, ranges=None):
+        """Sum of squared weights (not biases), as scikit-learn accumulates it: over every weight
+        matrix, or over ``ranges`` of the flat buffer (a rank's slice, see weight_ranges)."""
         total = 0.0
-        for W, _ in self.views(params):
-            w = W.ravel()
+        for a, b in weight_ranges(self, 0, self.n_params) if ranges is None else ranges:
+            w = params[a:b]
             total += np.dot(w, w)
         return float(total)
 
@@ -323,6 +324,16 @@ class MLP:
                     np.multiply(params[lo:hi], alpha, out=t)
                     grad[lo:hi] += t
         grad /= weight_sum
+
+
+def weight_ranges(model, lo, hi):
+    """The weight-matrix positions (the L2 term's; biases excluded) inside [lo, hi), absolute."""
+    out = []
+    for s, w, _ in model.offsets:
+        a, b = max(s, lo), min(w, hi)
+        if a < b:
+            out.append((a, b))
+    return out
 
 
 def forward_layers(layers, X, activation, output, chunk_rows=None):

@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from .model import weight_ranges
+
 SYNCS = ("auto", "allreduce", "sharded")
 # `auto` shards when there is more than one rank and the model has at least this many
 # parameters; below it the two extra small collectives cost more than the shared update saves
@@ -44,25 +46,6 @@ def resolve_sync(name, size, n_params):
 def slice_bounds(n, size):
     """Rank r updates [b[r], b[r+1]): contiguous slices whose sizes differ by at most one."""
     return [n * r // size for r in range(size + 1)]
-
-
-def weight_ranges(model, lo, hi):
-    """The weight-matrix positions (L2 term; biases excluded) inside [lo, hi), absolute."""
-    out = []
-    for s, w, _ in model.offsets:
-        a, b = max(s, lo), min(w, hi)
-        if a < b:
-            out.append((a, b))
-    return out
-
-
-def penalty_part(params, ranges):
-    """Sum of squares over ``ranges``; over all weight ranges it is model.penalty's sum."""
-    total = 0.0
-    for a, b in ranges:
-        w = params[a:b]
-        total += np.dot(w, w)
-    return float(total)
 
 
 class Replicated:
@@ -91,7 +74,7 @@ class Replicated:
         buf[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
         buf[n + 1] = weight
         buf[n + 2] = after_grad(self.grad)
-        buf[n + 3] = penalty_part(self.params, self._penalty_ranges) if self.alpha else 0.0
+        buf[n + 3] = self.model.penalty(self.params, self._penalty_ranges) if self.alpha else 0.0
         t = time.perf_counter()
         self.comm.allreduce_sum(buf)  # the one collective per step
         self.comm_seconds += time.perf_counter() - t
@@ -139,7 +122,7 @@ class Overlapped(Replicated):
                 buf[n] = loss
                 buf[n + 1] = weight
                 buf[n + 2] = after_grad(self.grad)
-                buf[n + 3] = penalty_part(self.params, self._penalty_ranges) if self.alpha else 0.0
+                buf[n + 3] = self.model.penalty(self.params, self._penalty_ranges) if self.alpha else 0.0
             t = time.perf_counter()
             comm.progress(requests)
             req = comm.start_allreduce_sum(self._parts[layer])
@@ -172,7 +155,6 @@ class Sharded:
         self.block = block = max(-(-(n + 3) // size), 3)
         self.total = total = block * size
         self.lo, self.hi = min(rank * block, n), min((rank + 1) * block, n)
-        self.slice_counts = [min((r + 1) * block, n) - min(r * block, n) for r in range(size)]
         self.buffer = np.zeros(total, dtype=model.dtype)
         self.grad = self.buffer[:n]
         self._mine = np.zeros(block, dtype=model.dtype)  # my summed block
@@ -190,11 +172,11 @@ class Sharded:
         buf, comm, k, end = self.buffer, self.comm, self.hi - self.lo, self.total
         t = time.perf_counter()
         self._weight[0] = weight
-        request = comm.start_allreduce(self._weight)
+        request = comm.start_allreduce_sum(self._weight)
         spent = time.perf_counter() - t
         buf[end - 3] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
         buf[end - 2] = after_grad(self.grad)
-        buf[end - 1] = penalty_part(self.params, self._own_weights) if self.alpha else 0.0
+        buf[end - 1] = self.model.penalty(self.params, self._own_weights) if self.alpha else 0.0
         t = time.perf_counter()
         mine = comm.reduce_scatter_block_sum(buf, self._mine)
         if request is not None:
@@ -213,7 +195,7 @@ class Sharded:
     def optimizer_state(self):
         """Collective: (scalars, full-length arrays gathered on rank 0; None elsewhere)."""
         scalars, arrays = self.optimizer.state()
-        full = {name: self.comm.gather_segments(arrays[name], self.slice_counts) for name in sorted(arrays)}
+        full = {name: self.comm.gather_rows(arrays[name]) for name in sorted(arrays)}
         return scalars, full
 
     def load_optimizer_state(self, scalars, arrays):

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .data import BatchSchedule, resolve_batch_size
+from .data import BatchSchedule, global_batch, resolve_batch_size
 from .errors import InputError
 from .evaluation import evaluate, test_fields
 from .faults import Preemption, inject
@@ -110,7 +110,6 @@ class Trainer:
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
         self._wbuf = np.empty(0, dtype=self.model.dtype)
         self._rows_capacity = 0  # rows the model's workspace was last sized for
-        self._after_grad = self._inject_and_flag
         # Seconds this epoch spent gathering rows, computing (forward, backward, update) and
         # communicating; fit() reports the max over ranks of each.
         self.timing = np.zeros(3)
@@ -158,7 +157,7 @@ class Trainer:
             self.optimizer.warmup_factor = min(1.0, done / (self.cfg.warmup_epochs * self.schedule.n_steps))
         t1 = time.perf_counter()
         comm_before = self.sync.comm_seconds
-        loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._after_grad)
+        loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._inject_and_flag)
         t2 = time.perf_counter()
         loss = loss_sum / weight
         if self.cfg.alpha:
@@ -389,11 +388,6 @@ class Trainer:
                "checkpoint": self.checkpointer.last_path if self.checkpointer else None}
         out.update({k: v for k, v in last.items() if k.startswith("test_")})
         return out
-
-
-def global_batch(cfg, ranks):
-    """The global batch of a config: --batch-per-rank B times the ranks, else --batch-size."""
-    return cfg.batch_per_rank * ranks if cfg.batch_per_rank else cfg.batch_size
 
 
 def _encoded_rows(problem, model):
