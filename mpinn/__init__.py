@@ -6,7 +6,8 @@ and MPI is initialised only when a communicator is first asked for (see comm.py)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "abort_on_exception", "MLPClassifier", "MLPRegressor"]
+__all__ = ["__version__", "load", "abort_on_exception", "MLPClassifier", "MLPRegressor", "Preempted", "GridSearchCV",
+           "RandomizedSearchCV", "StandardScaler", "MinMaxScaler"]
 
 
 def load(path):
@@ -23,6 +24,18 @@ def __getattr__(name):
         from . import estimators
 
         return getattr(estimators, name)
+    if name == "Preempted":  # an estimator's fit stopped by SIGTERM/SIGUSR1 (docs/api.md)
+        from .faults import Preempted
+
+        return Preempted
+    if name in ("GridSearchCV", "RandomizedSearchCV"):  # needs scikit-learn (docs/search.md)
+        from . import search
+
+        return getattr(search, name)
+    if name in ("StandardScaler", "MinMaxScaler"):  # statistics reduced across ranks (docs/api.md)
+        from . import preprocessing
+
+        return getattr(preprocessing, name)
     raise AttributeError(f"module 'mpinn' has no attribute {name!r}")
 
 

@@ -5,11 +5,14 @@ Layout (docs/data-format.md):
     /intercepts/0 .. /intercepts/L-1
     /state/params                   the flat parameter buffer [W0, b0, W1, b1, ...]
     /state/optimizer/<name>         optimizer arrays (velocity, or m and v)
-    /state/schedule/order           the global training order of the current epoch
+    /state/schedule/order           the global training order of the current epoch (sklearn permutation)
     /state/rng/key                  MT19937 key of the shuffling RandomState
     /state/loss_curve               training loss per finished epoch
+    /state/scaler/<kind>/<name>     `--scale` statistics (standard: mean_, var_, scale_,
+                                    n_samples_seen_; minmax: data_min_, data_max_, data_range_,
+                                    scale_, min_, n_samples_seen_), scikit-learn's attributes
     attrs: mpinn_format="mpinn-checkpoint", mpinn_format_version, mpinn_version,
-           config (JSON), model (JSON: layer_sizes, activation, output, dtype, task, n_rows),
+           config (JSON), model (JSON: layer_sizes, activation, output, dtype, task, n_rows, split),
            classes (JSON), class_names (JSON), epoch, state (JSON scalars: step in epoch, RNG
            position, optimizer scalars, stopping counters, history), checksum (sha256)
 
@@ -20,6 +23,7 @@ so a kill at any moment leaves `latest` naming a complete, verifiable checkpoint
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +35,8 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_h5_atomic
-from .errors import InputError
+from .errors import CheckpointError, InputError
+from .faults import take_write_fault
 from .fitted import FittedMLP
 
 FORMAT = "mpinn-checkpoint"
@@ -54,16 +59,42 @@ def _checksum(arrays, attrs):
     return h.hexdigest()
 
 
+def training_split(cfg, problem):
+    """The --test-fraction split of the data file, as `mpinn eval` redraws it
+    (schedule.split_indices(n_rows, test_fraction, seed, permutation)); None without one."""
+    if not getattr(cfg, "test_fraction", None):
+        return None
+    from .schedule import resolve_permutation
+
+    n_rows = int(problem.shard.n_rows)
+    return {"test_fraction": cfg.test_fraction, "seed": cfg.seed, "n_rows": n_rows,
+            "permutation": resolve_permutation(getattr(cfg, "permutation", "auto"), n_rows)}
+
+
+def recorded_split(attrs):
+    """The split a checkpoint's training held out (read_checkpoint's attrs), or None.
+    Checkpoints written before the split was recorded carry the same facts in config and model."""
+    meta, cfg = attrs["model"], attrs["config"]
+    if "split" in meta:
+        return meta["split"]
+    if cfg.get("test_fraction"):
+        return {"test_fraction": cfg["test_fraction"], "seed": cfg["seed"], "n_rows": meta["n_rows"]}
+    return None
+
+
 def save_trainer(path, trainer, state):
     """Write everything needed to predict with, and to resume, a training run (rank 0).
     ``state`` is trainer.checkpoint_state(), which every rank computed together."""
+    from .preprocessing import scaler_arrays
+
     model, problem = trainer.model, trainer.problem
     scalars, arrays = state
+    arrays = {**arrays, **scaler_arrays(getattr(problem, "scaler", None))}  # checksummed with the state
     attrs = {
         "config": json.dumps(trainer.cfg.to_dict()),
         "model": json.dumps({"layer_sizes": model.layer_sizes, "activation": model.activation,
                              "output": model.output, "dtype": model.dtype.name, "task": problem.task,
-                             "n_rows": int(problem.shard.n_rows)}),
+                             "n_rows": int(problem.shard.n_rows), "split": training_split(trainer.cfg, problem)}),
         "classes": json.dumps(None if problem.classes is None else problem.classes.tolist()),
         "class_names": json.dumps(problem.class_names),
         "state": json.dumps(scalars),
@@ -114,21 +145,36 @@ class Checkpointer:
     def save(self, trainer):
         path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}-{trainer.step_in_epoch:06d}.h5")
         state = trainer.checkpoint_state()  # collective: a sharded optimizer state is gathered
+        error = None
         if self.comm.rank == 0:
-            save_trainer(path, trainer, state)
-            _fsync_dir(self.directory)  # the checkpoint's directory entry is durable before `latest` names it
-            pointer = os.path.join(self.directory, LATEST)
-            # Unique name, ordinary umask permissions (mkstemp would make the pointer 0600).
-            tmp = os.path.join(self.directory, f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(os.path.basename(path) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, pointer)
-            _fsync_dir(self.directory)
-            prune(self.directory, self.keep, os.path.basename(path))
+            try:
+                self._write(path, trainer, state)
+            except Exception as exc:  # noqa: BLE001 - any failure here is reported to every rank
+                error = f"checkpoint {path} could not be written ({type(exc).__name__}: {exc}); " \
+                        f"the previous checkpoints in {self.directory} are intact"
+        # Rank 0 alone wrote: every rank learns the outcome here, so none waits alone in the
+        # next collective (the estimators run without an abort handler).
+        error = self.comm.bcast_json(error)
+        if error is not None:
+            raise CheckpointError(error)
         self.last_path = path
+
+    def _write(self, path, trainer, state):
+        if take_write_fault():
+            raise OSError(errno.ENOSPC, "No space left on device (injected by MPINN_FAULT)")
+        save_trainer(path, trainer, state)
+        _fsync_dir(self.directory)  # the checkpoint's directory entry is durable before `latest` names it
+        pointer = os.path.join(self.directory, LATEST)
+        # Unique name, ordinary umask permissions (mkstemp would make the pointer 0600).
+        tmp = os.path.join(self.directory, f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.path.basename(path) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, pointer)
+        _fsync_dir(self.directory)
+        prune(self.directory, self.keep, os.path.basename(path))
 
 
 def checkpoint_order(name):
@@ -195,6 +241,7 @@ def read_checkpoint(path):
 def load_model(path) -> FittedMLP:
     """A fitted model (sklearn-layout coefs_/intercepts_, predict) from a checkpoint."""
     from .model import MLP
+    from .preprocessing import scaler_from_arrays
 
     attrs, arrays = read_checkpoint(path)
     meta = attrs["model"]
@@ -206,4 +253,5 @@ def load_model(path) -> FittedMLP:
     return FittedMLP([W for W, _ in views], [b for _, b in views], activation=meta["activation"],
                      output=meta["output"], task=meta["task"], classes=attrs["classes"],
                      class_names=attrs["class_names"], config=attrs["config"],
-                     history=attrs["state"]["history"], loss_curve=arrays["loss_curve"].tolist())
+                     history=attrs["state"]["history"], loss_curve=arrays["loss_curve"].tolist(),
+                     scaler=scaler_from_arrays(arrays))

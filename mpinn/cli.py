@@ -14,11 +14,12 @@ import os
 import sys
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, JobError
 
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # as mpinn.faults; resumable: run again with --resume
+EXIT_INTERRUPTED = 130  # as mpinn.faults: SIGINT (Ctrl-C); `train` checkpoints first, resumable too
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "SLURM_PROCID")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -62,19 +63,24 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     # `mpinn train` and `mpinn data ...` live in their own modules, which import this one.
     from .cli_data import add_data_commands
+    from .cli_search import add_search_command
     from .cli_train import add_train_command
 
     parser = _Parser(prog="mpinn", description="Data-parallel MLP training on MPI ranks, data in HDF5.")
     parser.add_argument("--version", action="version", version=f"mpinn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_train_command(sub)
+    add_search_command(sub)
 
     p = sub.add_parser("eval", help="metrics of a checkpoint on a labelled HDF5 file")
     p.add_argument("--model", required=True, help="checkpoint file or checkpoint directory")
     p.add_argument("--data", required=True)
     p.add_argument("--x-name", default="X")
     p.add_argument("--y-name", default="y")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--rows", choices=["test", "train", "all"],
+                   help="rows of --data to score: test (default when the model was trained with "
+                        "--test-fraction on a file of this size: the held-out rows), train or all (otherwise)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (full precision)")
     p.add_argument("--plot", help="also write the confusion matrix as a PNG (classifiers; needs matplotlib)")
     p.set_defaults(func=cmd_eval)
 
@@ -96,7 +102,8 @@ def build_parser():
     p = sub.add_parser("export", help="export a checkpoint to npz, onnx or a scikit-learn estimator")
     p.add_argument("model", help="checkpoint file or checkpoint directory")
     p.add_argument("--format", required=True, choices=["npz", "onnx", "sklearn"])
-    p.add_argument("-o", "--out", help="output file (default: the checkpoint name with .npz/.onnx/.joblib)")
+    p.add_argument("-o", "--out", help="output file (default: in the current directory, the checkpoint "
+                   "directory's or file's name with .npz/.onnx/.joblib)")
     p.set_defaults(func=cmd_export)
 
     add_data_commands(sub)
@@ -115,12 +122,28 @@ def _check_output_file(path, what):
 
 
 def _print_report(report, as_json):
-    """One JSON object, or one `key: value` line per entry (lists and dicts as JSON)."""
+    """One JSON object (full precision), or one `key: value` line per entry (lists and dicts as
+    JSON), floats shortened for reading."""
     if as_json:
         print(json.dumps(report))
         return
     for key, value in report.items():
-        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        if isinstance(value, float):  # as the training summary prints its test metrics
+            text = f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
+        else:
+            text = json.dumps(_short(value)) if isinstance(value, (dict, list)) else value
+        print(f"{key}: {text}")
+
+
+def _short(value):
+    """Floats to 4 decimals (4 significant digits below 0.001), inside lists and dicts too."""
+    if isinstance(value, float):
+        return round(value, 4) if value == 0 or abs(value) >= 1e-3 else float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        return [_short(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items()}
+    return value
 
 
 def _problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
@@ -147,13 +170,20 @@ def _problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
 def cmd_eval(args):
     import numpy as np
 
+    from .checkpoint import read_checkpoint, recorded_split
     from .comm import world
+    from .evaluation import rows_to_score
     from .problem import collective_check, decide_on_root, labels_as_classes
     from .train import evaluate
 
     comm = world()
     fitted = _load_on_all(comm, args.model)
-    problem, _ = _problem_for_model(fitted, args.data, args.x_name, args.y_name, comm)
+    split = decide_on_root(comm, lambda: recorded_split(read_checkpoint(args.model)[0]))
+    problem, info = _problem_for_model(fitted, args.data, args.x_name, args.y_name, comm)
+    rows, chosen, note = rows_to_score(args.rows, split, info.n_rows, args.data)
+    if chosen is not None:  # this rank's share of the chosen rows
+        local = problem.shard.local_positions(chosen)[1]
+        problem.X, problem.y = problem.X[local], problem.y[local]
     if problem.task == "classify":
         unseen = np.setdiff1d(labels_as_classes(problem.y, problem.classes), problem.classes)
         collective_check(comm, f"{args.data}: labels {unseen[:5].tolist()} are not classes of the model"
@@ -165,31 +195,27 @@ def cmd_eval(args):
 
         _pyplot()
         decide_on_root(comm, lambda: _check_output_file(args.plot, "--plot"))
-    report = evaluate(fitted._model, fitted._params, problem, problem.X, problem.y, comm)
+    report = evaluate(fitted._model, fitted._params, problem, fitted.scale_features(problem.X), problem.y, comm)
     if comm.rank == 0 and args.plot:
         plot_confusion(report, args.plot)
     if comm.rank == 0:
-        _print_report(report, args.json)
+        scored = {"rows": rows, "n_rows": info.n_rows if chosen is None else len(chosen)} if args.json \
+            else {"rows": f"{rows} ({note})"}
+        _print_report({**scored, **report}, args.json)
     return 0
 
 
 def cmd_predict(args):
-    import numpy as np
-
     from .comm import world
+    from .predict import predict_to_file
     from .problem import decide_on_root
 
     comm = world()
     fitted = _load_on_all(comm, args.model)
     decide_on_root(comm, lambda: _check_output_file(args.out, "--out"))
-    problem, info = _problem_for_model(fitted, args.data, args.x_name, None, comm, with_y=False)
-    scores = fitted.forward(problem.X)
-    scores = comm.gather_rows(np.ascontiguousarray(scores, dtype=np.float64))
+    n = predict_to_file(fitted, args.data, args.x_name, args.out, comm)  # in rounds: see predict.py
     if comm.rank == 0:
-        from .datasets import write_predictions
-
-        write_predictions(args.out, fitted, scores)
-        print(f"wrote {scores.shape[0]} predictions to {args.out}")
+        print(f"wrote {n} predictions to {args.out}")
     return 0
 
 
@@ -234,11 +260,19 @@ def cmd_export(args):
         import mpinn
 
         model = mpinn.load(args.model)
-        out = args.out or os.path.splitext(_checkpoint_file(args.model))[0] + {
-            "npz": ".npz", "onnx": ".onnx", "sklearn": ".joblib"}[args.format]
+        out = args.out or default_export_name(args.model, args.format)
         export(model, out, args.format)
-        print(f"wrote {out}")
+        print(f"wrote {out} (from {_checkpoint_file(args.model)})")
     return 0
+
+
+def default_export_name(model_path, fmt):
+    """In the current directory, named after the checkpoint directory (or file): never inside
+    the checkpoint directory, where pruning (--keep-checkpoints) would strand it."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(model_path)))
+    if not os.path.isdir(model_path):
+        name = os.path.splitext(name)[0]
+    return name + {"npz": ".npz", "onnx": ".onnx", "sklearn": ".joblib"}[fmt]
 
 
 def _checkpoint_file(path):
@@ -255,6 +289,16 @@ def main(argv=None):
     except InputError as exc:
         say(f"mpinn: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except JobError as exc:  # raised on every rank together: one line, no abort
+        say(f"mpinn: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside `train`'s loop (which stops all ranks at one step)
+        say("mpinn: interrupted", file=sys.stderr)
+        if "mpi4py.MPI" in sys.modules and _env_int(_SIZE_VARS, 1) > 1:
+            from .comm import world
+
+            world().abort(EXIT_INTERRUPTED)  # another rank may be waiting for this one in a collective
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - any other failure must end the whole job
         from .train import TrainingDiverged
 

@@ -51,6 +51,11 @@ def add_data_commands(sub):
     p.add_argument("--label-column", help="label column name or index (default: last)")
     p.add_argument("--task", choices=["classify", "regress"])
     p.add_argument("--chunk-rows", type=int)
+    p.add_argument("--na", choices=["fail", "drop"], default="fail",
+                   help="rows with a missing value: fail naming the line (default) or drop them")
+    p.add_argument("--features", help="CSV: feature columns to keep, names or 0-based indices, comma-separated")
+    p.add_argument("--drop", help="CSV: columns to leave out, names or 0-based indices, comma-separated")
+    p.add_argument("--delimiter", default=",", help="CSV: field separator, one character (default ','; 'tab' for tabs)")
     p.set_defaults(func=cmd_data_convert)
 
 
@@ -110,6 +115,9 @@ def cmd_data_convert(args):
         label = args.label_column
         if label is not None and label.lstrip("-").isdigit():
             label = int(label)
-        summary = convert(args.input, args.out, label_column=label, chunk_rows=args.chunk_rows, task=args.task)
+        summary = convert(args.input, args.out, label_column=label, chunk_rows=args.chunk_rows, task=args.task,
+                          na=args.na, features=args.features, drop=args.drop, delimiter=args.delimiter)
+        for note in summary.pop("notes", []):
+            print(f"note: {note}")
         print(f"wrote {args.out}: {json.dumps(summary)}")
     return 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from . import __version__
-from .cli import EXIT_PREEMPTED, _check_output_file, say
+from .cli import _check_output_file, say
 from .errors import InputError
 
 
@@ -35,7 +36,10 @@ def _train_args(p):
     g.add_argument("--x-name", help="feature dataset name (default X)")
     g.add_argument("--y-name", help="target dataset name (default y)")
     g.add_argument("--task", choices=["auto", "classify", "regress"],
-                   help="auto (default): integer or string 1-D targets classify, others regress")
+                   help="auto (default): integer, string or integral-valued float 1-D labels classify "
+                        "(scikit-learn's type_of_target), real values regress")
+    g.add_argument("--scale", help="feature scaling, its statistics from the training rows of all ranks and "
+                   "kept in the checkpoint: standard (default: zero mean, unit variance), minmax ([0, 1]) or none")
     g = p.add_argument_group("model and optimizer (defaults as sklearn's MLPClassifier)")
     g.add_argument("--hidden", help="hidden layer sizes, e.g. 64,32 (default 100)")
     g.add_argument("--activation", help="relu (default), tanh, logistic or identity")
@@ -60,15 +64,30 @@ def _train_args(p):
     g.add_argument("--epochs", type=int, help="maximum epochs (default 200)")
     g.add_argument("--tol", type=float, help="improvement needed to count as progress (default 1e-4)")
     g.add_argument("--n-iter-no-change", type=int, help="epochs without progress before stopping (default 10)")
+    g.add_argument("--early-stopping", action="store_true",
+                   help="hold out --validation-fraction of the training rows (scikit-learn's split) and stop when "
+                        "their score (accuracy or R2) stops improving; ends on the best weights")
+    g.add_argument("--validation-fraction", type=float, help="rows held out by --early-stopping (default 0.1)")
     g.add_argument("--loss-target", type=float, help="stop once the epoch loss is at or below this")
     g.add_argument("--dtype", help="float64 (default) or float32")
     g.add_argument("--seed", type=int, help="seed for init, shuffling and the test split (default 0)")
     g = p.add_argument_group("distribution")
-    g.add_argument("--shard", help="block (default), strided or weighted:W0,W1,... (one weight per rank)")
+    g.add_argument("--shard", help="block (default), strided, random[:CHUNK_ROWS] (seeded chunks of rows dealt to "
+                   "the ranks) or weighted:W0,W1,... (one weight per rank)")
+    g.add_argument("--balance", help="static (default: the --shard shares) or dynamic (rank 0 resizes the shares "
+                   "from the measured compute speeds every few steps; same results)")
     g.add_argument("--shuffle", help="global (default; N-independent), local (per shard) or none")
+    g.add_argument("--permutation", help="how the test split and the global shuffle are drawn: sklearn "
+                   "(scikit-learn's, O(n) per rank), keyed (O(n/N) per rank) or auto (default: sklearn up to "
+                   "10,000,000 rows)")
     g.add_argument("--sync", help="how ranks combine a step: allreduce (every rank updates all "
                    "parameters), sharded (each rank updates its 1/N slice: reduce-scatter + allgather) or "
-                   "auto (default: sharded on 2+ ranks for models of 32k+ parameters); same results")
+                   "auto (default: sharded on 2+ ranks for models of 32k+ parameters), all the same model; "
+                   "or local:K (model averaging: each rank steps alone on its rows of each batch, one "
+                   "Allreduce of the models every K steps; the result depends on the rank count)")
+    g.add_argument("--sync-warmup-steps", type=int,
+                   help="with --sync local:K: the first W steps of the run are allreduce steps (post-local SGD; "
+                        "default 0)")
     g.add_argument("--stream", action="store_true",
                    help="leave X in the file and read it in chunks with read-ahead (bounded memory); "
                         "needs --shuffle none or local")
@@ -83,6 +102,9 @@ def _train_args(p):
     g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     g.add_argument("--log-every", type=int, help="print every N-th epoch line (default 1)")
     g.add_argument("--quiet", action="store_true", help="no start and per-epoch lines, only the result")
+    g.add_argument("--progress", choices=["auto", "on", "off"],
+                   help="progress bar within each epoch: auto (default: only on a terminal a person watches; "
+                        "never under Open MPI, which gives ranks a pseudo-terminal even when writing to a file), on, off")
 
 
 def config_from_args(args):
@@ -98,20 +120,28 @@ def config_from_args(args):
 def cmd_train(args):
     from .checkpoint import Checkpointer
     from .comm import world
+    from .balance import SLOW_ENV, parse_slow
     from .faults import FAULT_ENV, Preemption, parse_faults
-    from .logs import ProgressBar
+    from .logs import PROGRESS, EpochLines, ProgressBar
     from .problem import decide_on_root, load_problem
     from .train import Trainer
 
+    # From here on SIGTERM/SIGUSR1/SIGINT only set a flag: every rank stops at the same step,
+    # checkpoints and exits 75 (130 for SIGINT alone), one line from rank 0, no traceback.
+    Preemption.reset()
+    Preemption.install()
     cfg, options = config_from_args(args)
     log_every, quiet, as_json = options.get("log_every", 1), options.get("quiet", False), options.get("json", False)
     if not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"--log-every: must be an integer >= 1, got {log_every!r}")
+    progress_mode = options.get("progress", "auto")
+    if progress_mode not in PROGRESS:
+        raise InputError(f"--progress: choose from {', '.join(PROGRESS)}, got {progress_mode!r}")
     if getattr(args, "print_config", False):
         say(cfg.to_toml(), end="")
         return 0
-    Preemption.install()  # from here on a SIGTERM/SIGUSR1 means: checkpoint at the next step
     comm = world()
+    slow = parse_slow(os.environ.get(SLOW_ENV), comm.size)  # the same value, hence verdict, on every rank
     checkpointer = Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints) if cfg.checkpoint else None
 
     def check_outputs():
@@ -122,33 +152,50 @@ def cmd_train(args):
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
-    bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted() else None
+    bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted(progress_mode) else None
 
     def log(line):
         if bar:
             bar.clear()
         print(line, flush=True)
 
-    # A live bar on a terminal only, never in batch logs.
+    # A live bar where a person watches (ProgressBar.wanted), never in batch logs.
     progress = (lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)) if bar else None
     trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
                       log=(lambda line: None) if quiet else log, progress=progress,
-                      faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank))
-    if cfg.resume:
-        _resume(trainer, cfg, comm)
+                      format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping,
+                      faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow)
+    resumed = _resume(trainer, cfg, comm) if cfg.resume else None
+    scale = _scale(problem, cfg, comm, resumed)
     if comm.rank == 0:
         if cfg.metrics:  # the resolved configuration next to the metrics it produced
             with open(os.path.splitext(cfg.metrics)[0] + ".config.toml", "w") as fh:
                 fh.write(cfg.to_toml())
     if comm.rank == 0 and not quiet:
         print("# resolved configuration\n" + cfg.to_toml(), end="", flush=True)
-        print(f"mpinn {__version__}: {comm.size} rank(s), {problem.task}, layers {trainer.model.layer_sizes}, "
+        task = problem.task + (f" ({problem.task_reason})" if problem.task_reason else "")
+        print(f"mpinn {__version__}: {comm.size} rank(s), {task}, layers {trainer.model.layer_sizes}, "
               f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
-              f"shard {cfg.shard}, shuffle {cfg.shuffle}, sync {trainer.sync.name if trainer.sync else '-'}, "
-              f"{cfg.dtype}", flush=True)
+              f"shard {cfg.shard}{', balance dynamic' if cfg.balance == 'dynamic' else ''}, "
+              f"shuffle {cfg.shuffle}, sync {trainer.sync.name if trainer.sync else '-'}"
+              + (f" (model averaging: the result depends on the rank count, {comm.size})"
+                 if trainer.sync and trainer.sync.local else "") + f", scale {scale}, {cfg.dtype}", flush=True)
+        if not cfg.checkpoint:  # said before training, while there is time to add it
+            print("mpinn: note: no --checkpoint: the trained model will not be saved "
+                  "(add --checkpoint DIR to keep it)", file=sys.stderr, flush=True)
     trainer.fit()
     if trainer.stop_reason == "preempted":
-        return EXIT_PREEMPTED
+        if comm.rank == 0:
+            if bar:
+                bar.clear()
+            if trainer.stop_saved:
+                saved = f"; checkpoint written to {cfg.checkpoint}, rerun with --resume"
+            elif cfg.checkpoint:
+                saved = f"; nothing trained, {cfg.checkpoint} is as it was"
+            else:
+                saved = "; no --checkpoint, nothing saved"
+            print(f"mpinn: {trainer.stop_message}{saved}", file=sys.stderr, flush=True)
+        return trainer.stop_exit_code
     if comm.rank == 0:
         summary = trainer.summary()
         test = {k: v for k, v in summary.items() if k.startswith("test_")}
@@ -166,19 +213,23 @@ def _resume(trainer, cfg, comm):
     from .config import resume_conflicts
     from .problem import decide_on_root
 
+    read = {}
+
     def pick():
         if not os.path.exists(os.path.join(cfg.checkpoint, "latest")):
             return None
-        path = resolve(cfg.checkpoint)
-        read_checkpoint(path)  # verified once here, so every rank reads a good file
-        return path
+        attrs, read["arrays"] = read_checkpoint(resolve(cfg.checkpoint))
+        return attrs
 
-    path = decide_on_root(comm, pick)
-    if path is None:
+    # Rank 0 reads and verifies the file once and broadcasts it: other ranks may not see the
+    # directory at all (node-local storage), and 1,000 ranks re-reading it would hammer the file system.
+    attrs = decide_on_root(comm, pick)
+    if attrs is None:
         if comm.rank == 0:
             print(f"--resume: no checkpoint in {cfg.checkpoint} yet, starting fresh", flush=True)
         return
-    attrs, arrays = read_checkpoint(path)
+    arrays = comm.bcast_arrays(read.get("arrays"))
+    path = attrs["path"]
     conflicts = resume_conflicts(attrs["config"], cfg)
     if conflicts:
         now = cfg.to_dict()
@@ -195,3 +246,19 @@ def _resume(trainer, cfg, comm):
     if comm.rank == 0:
         print(f"resumed from {path} at epoch {trainer.epoch} step {trainer.step_in_epoch} "
               f"on {comm.size} rank(s)", flush=True)
+    return arrays
+
+
+def _scale(problem, cfg, comm, resumed_arrays):
+    """Scale the features as --scale says (statistics of the training rows, collective), or as
+    the resumed checkpoint did (its stored statistics; none for one written before --scale)."""
+    from .preprocessing import scale_problem, scaler_from_arrays
+
+    if resumed_arrays is None:
+        scale_problem(problem, cfg.scale, comm)
+        return cfg.scale
+    fitted = scaler_from_arrays(resumed_arrays)
+    scale_problem(problem, "none", comm, fitted)
+    if fitted is None:
+        cfg.scale = "none"  # what the resumed model was trained with
+    return cfg.scale

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -23,7 +24,10 @@ def _mpi():
 class Comm:
     """A thin wrapper over an mpi4py communicator that counts gradient reductions."""
 
-    def __init__(self, mpi_comm=None):
+    def __init__(self, mpi_comm=None, *, calls_alone=False):
+        """``calls_alone``: make the hot path's MPI calls with one rank too (skipped by
+        default; on COMM_SELF they are real calls that sum one contribution), so that a test
+        in one process exercises them."""
         if mpi_comm is None:
             mpi_comm = _mpi().COMM_WORLD
         self.mpi = mpi_comm
@@ -34,14 +38,19 @@ class Comm:
         self.iallreduce_calls = 0  # overlapped step's layer parts, sharded step's batch weight
         self.reduce_scatter_calls = 0  # the sharded step's gradient reduction
         self.allgather_calls = 0  # the sharded step's parameter exchange
+        # The hot path's MPI handles, looked up once (the serial path never imports mpi4py).
+        self._calls = self.size > 1 or calls_alone
+        self._in_place = self._sum = None
+        if self._calls:
+            self._in_place, self._sum = _mpi().IN_PLACE, _mpi().SUM
 
     # ---- hot path --------------------------------------------------------------------
 
     def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
         """Sum ``buf`` over all ranks in place, one MPI call, no copy."""
         self.allreduce_calls += 1
-        if self.size > 1:
-            self.mpi.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
+        if self._calls:
+            self.mpi.Allreduce(self._in_place, buf, op=self._sum)
         return buf
 
     def start_allreduce_sum(self, part: np.ndarray):
@@ -52,35 +61,34 @@ class Comm:
         for the batch weight before the forward pass.
         """
         self.iallreduce_calls += 1
-        if self.size == 1:
+        if not self._calls:
             return None
-        MPI = _mpi()
-        return self.mpi.Iallreduce(MPI.IN_PLACE, part, op=MPI.SUM)
+        return self.mpi.Iallreduce(self._in_place, part, op=self._sum)
 
     def reduce_scatter_block_sum(self, send: np.ndarray, recv: np.ndarray) -> np.ndarray:
         """Sum ``send`` (N equal blocks) over all ranks; returns this rank's summed block, in
         ``recv`` (with one rank: ``send`` itself, no copy). One MPI call. Not in place: MPICH
         5.0's in-place Reduce_scatter copies overlapping ranges for large messages and aborts."""
         self.reduce_scatter_calls += 1
-        if self.size == 1:
+        if not self._calls:
             return send
-        self.mpi.Reduce_scatter_block(send, recv, op=_mpi().SUM)
+        self.mpi.Reduce_scatter_block(send, recv, op=self._sum)
         return recv
 
     def allgather_in_place(self, buf: np.ndarray) -> np.ndarray:
         """``buf`` is N equal blocks; every rank contributes block ``rank``, all receive all."""
         self.allgather_calls += 1
-        if self.size > 1:
-            self.mpi.Allgather(_mpi().IN_PLACE, buf)
+        if self._calls:
+            self.mpi.Allgather(self._in_place, buf)
         return buf
 
     def progress(self, requests):
         """Let MPI advance pending reductions (MPICH and Open MPI progress only inside calls)."""
-        if self.size > 1 and requests:
+        if self._calls and requests:
             _mpi().Request.Testall(requests)
 
     def wait_all(self, requests):
-        if self.size > 1 and requests:
+        if self._calls and requests:
             _mpi().Request.Waitall(requests)
 
     # ---- setup and per-epoch ----------------------------------------------------------
@@ -117,6 +125,20 @@ class Comm:
         raw = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else np.empty(int(n[0]), np.uint8)
         self.mpi.Bcast(raw, root=root)
         return value if self.rank == root else json.loads(raw.tobytes().decode())
+
+    def bcast_arrays(self, arrays=None, root: int = 0) -> dict:
+        """Broadcast a dict of numeric arrays from ``root`` (e.g. a checkpoint read once by
+        rank 0): names, dtypes and shapes as JSON, then one Bcast per array."""
+        if self.size == 1:
+            return arrays
+        header = self.bcast_json([[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]
+                                 if self.rank == root else None, root=root)
+        out = {}
+        for name, dtype, shape in header:
+            buf = np.ascontiguousarray(arrays[name]) if self.rank == root else np.empty(shape, np.dtype(dtype))
+            self.mpi.Bcast(buf, root=root)
+            out[name] = buf
+        return out
 
     def gather_json(self, value, root: int = 0):
         """List of every rank's JSON value on ``root`` (None elsewhere); for setup, not data."""
@@ -164,6 +186,51 @@ class Comm:
     def barrier(self):
         if self.size > 1:
             self.mpi.Barrier()
+
+    # ---- sub-communicators and messages (the search's rank groups and its coordinator) ----
+
+    def split(self, color: int) -> "Comm":
+        """Collective: a Comm over the ranks that passed the same ``color`` (ordered by rank)."""
+        if not hasattr(self.mpi, "Split"):  # the estimators' serial stand-in without mpi4py
+            return Comm(self.mpi)
+        return Comm(self.mpi.Split(color, self.rank))
+
+    def dup(self) -> "Comm":
+        """Collective: the same ranks on a separate channel (its messages never mix with ours)."""
+        return Comm(self.mpi.Dup()) if hasattr(self.mpi, "Dup") else Comm(self.mpi)
+
+    def free(self):
+        """Release a communicator made by split or dup (never COMM_WORLD)."""
+        if hasattr(self.mpi, "Free"):
+            self.mpi.Free()
+
+    def threads_can_call_mpi(self) -> bool:
+        """True if MPI was initialised with MPI_THREAD_MULTIPLE (mpi4py's default request)."""
+        return hasattr(self.mpi, "Split") and _mpi().Query_thread() >= _mpi().THREAD_MULTIPLE
+
+    def send_ints(self, values, dest: int, tag: int):
+        """Point-to-point: a few int64 values to ``dest`` (buffer method, no pickling)."""
+        self.mpi.Send(np.ascontiguousarray(values, dtype=np.int64), dest=dest, tag=tag)
+
+    def recv_ints(self, count: int, source: int, tag: int) -> np.ndarray:
+        buf = np.empty(count, dtype=np.int64)
+        self.mpi.Recv(buf, source=source, tag=tag)
+        return buf
+
+    def waiting_sender(self, tag: int):
+        """The rank of a message with ``tag`` that has arrived, or None; never blocks."""
+        status = _mpi().Status()
+        if self.mpi.Iprobe(source=_mpi().ANY_SOURCE, tag=tag, status=status):
+            return status.Get_source()
+        return None
+
+    def quiet_barrier(self, poll: float = 0.002):
+        """A barrier that sleeps while it waits: a rank done early leaves its core to the ranks
+        still working (MPICH's blocking calls spin at 100% CPU while they wait)."""
+        if self.size > 1:
+            request = self.mpi.Ibarrier()
+            while not request.Test():
+                time.sleep(poll)
 
     def abort(self, code: int = 1):
         """End every rank of the job now (a hang is worse than a lost rank)."""

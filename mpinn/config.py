@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from .errors import InputError
 from .model import HIDDEN_ACTIVATIONS
 from .optim import SCHEDULES, SOLVERS, make_optimizer
+from .balance import BALANCES
 from .partition import parse_shard
-from .sync import SYNCS
+from .preprocessing import SCALES
+from .schedule import PERMUTATIONS
+from .sync import parse_sync
 
 TASKS = ("auto", "classify", "regress")
 SHUFFLES = ("global", "local", "none")
@@ -31,6 +34,7 @@ class TrainConfig:
     x_name: str = "X"
     y_name: str = "y"
     task: str = "auto"
+    scale: str = "standard"   # feature scaling fitted on the training rows (preprocessing.py)
     hidden: tuple = (100,)
     activation: str = "relu"
     solver: str = "adam"
@@ -47,12 +51,17 @@ class TrainConfig:
     alpha: float = 1e-4
     tol: float = 1e-4
     n_iter_no_change: int = 10
+    early_stopping: bool = False       # hold out validation rows, stop on their score (sklearn's rule)
+    validation_fraction: float = 0.1
     loss_target: float | None = None
     dtype: str = "float64"
     seed: int = 0
     shard: str = "block"
+    balance: str = "static"
     shuffle: str = "global"
+    permutation: str = "auto"
     sync: str = "auto"
+    sync_warmup_steps: int = 0
     warmup_epochs: float = 0.0
     batch_per_rank: int | None = None
     stream: bool = False
@@ -97,12 +106,22 @@ class TrainConfig:
                 bad(option, value, "choose from " + ", ".join(choices))
 
         choose("task", self.task, TASKS)
+        choose("scale", self.scale, SCALES)
         choose("activation", self.activation, HIDDEN_ACTIVATIONS)
         choose("solver", self.solver, SOLVERS)
         choose("lr_schedule", self.lr_schedule, SCHEDULES)
         choose("shuffle", self.shuffle, SHUFFLES)
+        choose("permutation", self.permutation, PERMUTATIONS)
+        choose("balance", self.balance, BALANCES)
         choose("dtype", self.dtype, DTYPES)
-        choose("sync", self.sync, SYNCS)
+        try:
+            kind, _ = parse_sync(self.sync)
+        except ValueError as exc:
+            raise InputError(f"--sync: {exc}") from None
+        if not isinstance(self.sync_warmup_steps, int) or self.sync_warmup_steps < 0:
+            bad("sync_warmup_steps", self.sync_warmup_steps, "must be an integer >= 0")
+        if self.sync_warmup_steps and kind != "local":
+            bad("sync_warmup_steps", self.sync_warmup_steps, "only --sync local:K has warm-up steps")
         if not self.warmup_epochs >= 0:
             bad("warmup_epochs", self.warmup_epochs, "must be >= 0")
         if self.batch_per_rank is not None:
@@ -129,6 +148,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < low:
                 bad(name, v, f"must be an integer >= {low}")
+        if not 0 < self.validation_fraction < 1:
+            bad("validation_fraction", self.validation_fraction, "must be in (0, 1)")
+        if self.early_stopping and self.stream:
+            raise InputError("--early-stopping holds validation rows in memory; it does not combine with --stream")
         if self.test_fraction is not None and not 0 < self.test_fraction < 1:
             bad("test_fraction", self.test_fraction, "must be in (0, 1)")
         if self.test_fraction is not None and self.test_data:
@@ -154,7 +177,7 @@ def check_streaming(cfg):
 
 # Options a resumed run may change; every other one must equal the checkpoint's.
 RESUME_MAY_CHANGE = {"data", "test_data", "epochs", "tol", "n_iter_no_change", "loss_target", "shard", "sync",
-                     "checkpoint", "checkpoint_every", "keep_checkpoints", "resume", "metrics"}
+                     "balance", "sync_warmup_steps", "checkpoint", "checkpoint_every", "keep_checkpoints", "resume", "metrics"}
 
 
 def resume_conflicts(saved: dict, current: "TrainConfig"):
@@ -189,6 +212,8 @@ ESTIMATOR_FIELDS = (
     ("beta_2", "beta_2", "both"),
     ("epsilon", "epsilon", "both"),
     ("n_iter_no_change", "n_iter_no_change", "both"),
+    ("early_stopping", "early_stopping", "both"),
+    ("validation_fraction", "validation_fraction", "both"),
     ("dtype", "dtype", "load"),
     ("shard", "shard", "both"),
     ("sync", "sync", "both"),
@@ -215,7 +240,7 @@ def config_from_estimator(est, **overrides):
     from the data: hidden, batch_size, dtype, epochs of partial_fit). Not validated."""
     values = {field: _TO_FIELD.get(field, _same)(getattr(est, param))
               for param, field, way in ESTIMATOR_FIELDS if way != "load" and field not in overrides}
-    return TrainConfig(**values, **overrides)
+    return TrainConfig(**{"scale": "none", **values, **overrides})  # an estimator gets X as given
 
 
 def estimator_params_from_config(cfg):
@@ -237,10 +262,10 @@ def _same(v):
 
 
 # Options of `mpinn train` that are not part of the model's configuration.
-CLI_ONLY = {"json": bool, "quiet": bool, "log_every": int}
-_FLOATS = {"warmup_epochs", "test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
-_INTS = {"batch_per_rank", "epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
-_BOOLS = {"nesterov", "resume", "stream"}
+CLI_ONLY = {"json": bool, "quiet": bool, "log_every": int, "progress": str}
+_FLOATS = {"validation_fraction", "warmup_epochs", "test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
+_INTS = {"sync_warmup_steps", "batch_per_rank", "epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
+_BOOLS = {"early_stopping", "nesterov", "resume", "stream"}
 
 
 def _coerce(key, value):

@@ -1,8 +1,8 @@
-"""HDF5 data: layout checks, reading one rank's rows, the train/test split, the batch schedule.
+"""HDF5 data: layout checks, reading one rank's rows, the global batch size.
 
-No MPI here. Each rank opens the file read-only and reads its shard as one hyperslab. The
-global batch schedule is a function of the seed and the data only, so every rank computes the
-same sequence of global batches and takes from each the rows it owns.
+No MPI here. Each rank opens the file read-only and reads its shard as hyperslabs (one, or
+one per run of a random shard). The train/test split and the global batch schedule live in
+mpinn/schedule.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .schedule import BatchSchedule, index_dtype, train_test_split_indices  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -78,46 +79,36 @@ def inspect(path, x_name="X", y_name="y", *, require_y=True) -> DataInfo:
 
 
 def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True, with_x=True):
-    """This rank's rows of X (as ``dtype``) and y, read as one hyperslab each.
+    """This rank's rows of X (as ``dtype``) and y, read as hyperslabs: one per dataset for a
+    block or strided shard, one per run of chunks for a random one (``shard.pieces()``).
 
     ``h5file`` is an open h5py.File (tests pass one over an instrumented file object to check
     that no byte outside the shard is read). ``with_x=False`` (streaming) returns X as None.
     """
-    sel = shard.as_slice()
     X = None
     if with_x:
-        X = np.asarray(h5file[info.x_name][sel], dtype=dtype)
-        X = X.reshape(shard.count, info.n_features)
+        X = read_rows(h5file[info.x_name], shard, dtype).reshape(shard.count, info.n_features)
     y = None
     if with_y:
         ds = h5file[info.y_name]
         if info.y_kind == "str":
-            y = np.array(ds.asstr()[sel], dtype=str).reshape(shard.count)
+            y = read_rows(ds.asstr(), shard, object).astype(str).reshape(shard.count)
         else:
-            y = ds[sel].reshape((shard.count,) + tuple(info.y_shape[1:]))
+            y = read_rows(ds, shard, None).reshape((shard.count,) + tuple(info.y_shape[1:]))
     return X, y
 
 
-def index_dtype(n):
-    """int32 when indices 0..n-1 fit in it, else int64: row-index arrays over the global rows
-    (train rows, the epoch's order) in half the memory, holding the same values."""
-    return np.int32 if n <= np.iinfo(np.int32).max else np.int64
-
-
-def train_test_split_indices(n_rows, test_fraction, seed):
-    """(train, test) global row indices, as sklearn's train_test_split(random_state=seed).
-
-    test count = ceil(fraction * n); order is the permutation's, so the same seed gives the
-    same split as sklearn, whatever the number of ranks.
-    """
-    if not 0 < test_fraction < 1:
-        raise InputError(f"--test-fraction must be in (0, 1), got {test_fraction}")
-    n_test = math.ceil(test_fraction * n_rows)
-    if n_test < 1 or n_test >= n_rows:
-        raise InputError(f"--test-fraction {test_fraction} leaves no train or no test rows of {n_rows}")
-    perm = np.random.RandomState(seed).permutation(n_rows)
-    itype = index_dtype(n_rows)
-    return perm[n_test:].astype(itype), perm[:n_test].astype(itype)
+def read_rows(ds, shard, dtype=None):
+    """The shard's rows of one dataset, in local order, hyperslab by hyperslab; a single
+    hyperslab is read straight into the result (no copy when ``dtype`` is the stored one)."""
+    pieces, count = shard.pieces(), shard.count
+    if len(pieces) == 1:
+        return np.asarray(ds[pieces[0][0]], dtype=dtype)
+    shape = (count,) + tuple(ds.shape[1:]) if hasattr(ds, "shape") else (count,)
+    out = np.empty(shape, dtype=dtype if dtype is not None else ds.dtype)
+    for src, dst in pieces:
+        out[dst] = ds[src]
+    return out
 
 
 def global_batch(cfg, ranks):
@@ -132,77 +123,3 @@ def resolve_batch_size(batch_size, n_train):
     if batch_size == "full":
         return n_train
     return max(1, min(int(batch_size), n_train))
-
-
-class BatchSchedule:
-    """The sequence of minibatches, as local row positions for this rank.
-
-    shuffle='global': each epoch permutes the training order with the model's RandomState
-    exactly as sklearn's ``shuffle(sample_idx, random_state)`` does, then cuts consecutive
-    global batches; this rank keeps the rows it owns. The sequence does not depend on N.
-    shuffle='none': the same, unpermuted. shuffle='local': each rank permutes its own rows and
-    cuts them into as many pieces as there are global batches (faster, depends on N).
-    """
-
-    def __init__(self, train_rows, batch_size, shuffle, random_state, shard, local_seed=0, stream=None):
-        # Kept in the integer type given (int32 from load_problem when the rows fit), not
-        # copied to int64: 4 bytes per global row less on every rank.
-        self.train_rows = np.asarray(train_rows)
-        if self.train_rows.dtype.kind not in "iu":
-            self.train_rows = self.train_rows.astype(np.int64)
-        self.n_train = len(self.train_rows)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.shard = shard
-        # Positions into train_rows, in the smallest type that holds them (index_dtype).
-        self.order = np.arange(self.n_train, dtype=index_dtype(self.n_train))
-        self.n_steps = math.ceil(self.n_train / batch_size)
-        self.local_seed = local_seed
-        # A StreamingRows X (mpinn.stream): batches must visit its chunks in order, so
-        # 'local' shuffles the chunk order and the rows within each chunk instead.
-        self.stream = stream
-        if shuffle == "local" and stream is not None:
-            self.local_rows = None  # streaming trains on the whole shard (no --test-fraction)
-        elif shuffle == "local":
-            self.local_rows = shard.local_positions(self.train_rows)[1]
-
-    def epoch(self, epoch_index=0, start_step=0):
-        """Yield this rank's local row positions for each step of an epoch (maybe empty).
-
-        ``start_step`` > 0 resumes an epoch part-way: the order is the one already drawn for
-        it (restored from a checkpoint), so nothing is drawn again.
-        """
-        if self.shuffle == "local":
-            # Drawn from (seed, epoch, rank, size) alone, so a resumed epoch redraws the same.
-            rng = np.random.RandomState([self.local_seed, epoch_index, self.shard.rank, self.shard.size])
-            if self.stream is not None:
-                from .stream import chunk_order_rows
-
-                rows, order = chunk_order_rows(self.shard.count, self.stream.chunk_rows, rng)
-                self.stream.set_order(order)
-            else:
-                rows = self.local_rows.copy()
-                rng.shuffle(rows)
-            yield from np.array_split(rows, self.n_steps)[start_step:]
-            return
-        if self.stream is not None:
-            self.stream.set_order(np.arange(self.stream.n_chunks))
-        if self.shuffle == "global" and start_step == 0:
-            # The draw is sklearn's: shuffle an int64 arange (the permutation does not depend
-            # on the stored type; only the composed order is kept, in order's smaller type).
-            perm = np.arange(self.n_train, dtype=np.int64)
-            self.random_state.shuffle(perm)
-            order = self.order[perm]
-            del perm
-            self.order = order
-        for start in range(start_step * self.batch_size, self.n_train, self.batch_size):
-            batch = self.train_rows[self.order[start : start + self.batch_size]]
-            yield self.shard.local_positions(batch)[1]
-
-    def state(self):
-        """The epoch's order as checkpoints store it (int64, whatever is kept in memory)."""
-        return {"order": self.order.astype(np.int64)}
-
-    def load_state(self, arrays):
-        self.order = np.asarray(arrays["order"]).astype(index_dtype(self.n_train))

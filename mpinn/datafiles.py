@@ -9,6 +9,7 @@ import os
 import h5py
 import numpy as np
 
+from .csvdata import NA_CHOICES, column_index, read_csv
 from .datasets import write_hdf5
 from .errors import InputError
 
@@ -53,70 +54,9 @@ def _labels(values, task, what):
     return y.astype(np.int64).ravel(), names.tolist(), names.tolist()
 
 
-def _is_float(s):
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _index(label_column, n_cols, header, src):
-    """Resolve a label column name or (possibly negative, possibly string) index."""
-    if isinstance(label_column, str):
-        if header is not None and label_column in header:
-            return header.index(label_column)
-        try:
-            label_column = int(label_column)
-        except ValueError:
-            if header is None:
-                _fail(f"label column '{label_column}' given by name but {src} has no header row")
-            _fail(f"column '{label_column}' not found in {src} (columns: {', '.join(header)})")
-    if isinstance(label_column, bool) or not isinstance(label_column, (int, np.integer)):
-        _fail(f"label_column must be a column name or an integer index, got {label_column!r}")
-    if not -n_cols <= label_column < n_cols:
-        _fail(f"label column index {label_column} out of range for {n_cols} columns in {src}")
-    return int(label_column) % n_cols
-
-
-def _read_csv(path, src, label_column, task):
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        rows, lines = [], []
-        for row in reader:
-            if row and any(c.strip() for c in row):  # skip blank lines
-                rows.append([c.strip() for c in row])
-                lines.append(reader.line_num)
-    if not rows:
-        _fail(f"{src} is empty")
-    header = rows[0] if not all(_is_float(c) for c in rows[0]) else None
-    if header is not None:
-        rows, lines = rows[1:], lines[1:]
-    if not rows:
-        _fail(f"{src} has a header but no data rows")
-    n_cols = len(header) if header is not None else len(rows[0])
-    for row, line in zip(rows, lines):
-        if len(row) != n_cols:
-            _fail(f"{src} line {line} has {len(row)} columns, expected {n_cols}")
-    if n_cols < 2:
-        _fail(f"{src} needs at least two columns (features and a label), found {n_cols}")
-    names = header if header is not None else [f"column {j}" for j in range(n_cols)]
-    lab = _index(-1 if label_column is None else label_column, n_cols, header, src)
-    feats = [j for j in range(n_cols) if j != lab]
-    X = np.empty((len(rows), len(feats)), dtype=np.float64)
-    for out_j, j in enumerate(feats):
-        col = [r[j] for r in rows]
-        try:
-            X[:, out_j] = np.array(col, dtype=np.float64)
-        except ValueError:
-            bad = next(i for i, s in enumerate(col) if not _is_float(s))
-            _fail(f"feature column '{names[j]}' in {src} is not numeric: "
-                  f"line {lines[bad]} has {col[bad]!r}")
-    labels = [r[lab] for r in rows]
-    if "" in labels:
-        _fail(f"label column '{names[lab]}' in {src} is empty on line {lines[labels.index('')]}")
-    y, classes, class_names = _labels(np.array(labels), task, f"column '{names[lab]}' of {src}")
-    return X, y, classes, class_names, [names[j] for j in feats] if header else None
+def _read_csv(path, src, label_column, opts):
+    X, labels, feature_names, label_name, notes = read_csv(path, src, label_column, **opts)
+    return X, labels, feature_names, f"column '{label_name}' of {src}", notes
 
 
 def _numeric_array(a, what, src):
@@ -125,16 +65,16 @@ def _numeric_array(a, what, src):
     return a
 
 
-def _read_npy(path, src, label_column, task):
+def _read_npy(path, src, label_column, opts):
     a = _numeric_array(np.load(path, allow_pickle=False), "the array", src)
     if a.ndim != 2 or a.shape[1] < 2:
         _fail(f"{src} must hold a 2-D array with at least two columns, got shape {a.shape}")
-    lab = _index(-1 if label_column is None else label_column, a.shape[1], None, src)
+    lab = column_index(-1 if label_column is None else label_column, a.shape[1], None, src)
     X = np.delete(a, lab, axis=1)
-    return (X,) + _labels(a[:, lab], task, src) + (None,)
+    return _drop_missing(X, a[:, lab], src, opts["na"])
 
 
-def _read_npz(path, src, label_column, task):
+def _read_npz(path, src, label_column, opts):
     if label_column is not None:
         _fail(f"label_column does not apply to .npz input ({src} holds separate X and y arrays)")
     with np.load(path, allow_pickle=False) as z:
@@ -154,40 +94,74 @@ def _read_npz(path, src, label_column, task):
     X = _numeric_array(X, "features", src)
     if X.ndim != 2:
         _fail(f"features in {src} must be 2-D, got shape {X.shape}")
-    return (X,) + _labels(y, task, src) + (None,)
+    if len(y) != X.shape[0]:
+        _fail(f"{src} has {X.shape[0]} feature rows but {len(y)} labels")
+    return _drop_missing(X, y, src, opts["na"])
+
+
+def _drop_missing(X, y, src, na):
+    """Array input: rows with NaN (features or float labels) fail or are dropped, as for CSV;
+    rows are named by their 0-based index in the array."""
+    missing = np.isnan(X).any(axis=1) if X.dtype.kind == "f" else np.zeros(len(X), dtype=bool)
+    if y.dtype.kind == "f":
+        missing |= np.isnan(y).reshape(len(y), -1).any(axis=1)
+    notes = []
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        if na == "fail":
+            _fail(f"{src} array row {rows[0]} (0-based) has a missing value (NaN) "
+                  "(--na drop leaves out rows with missing values)")
+        if len(rows) == len(X):
+            _fail(f"{src}: every row has a missing value; nothing left after --na drop")
+        notes.append(f"{src}: dropped {len(rows)} row(s) with missing values (array row "
+                     f"{', '.join(map(str, rows[:5].tolist()))}{', ...' if len(rows) > 5 else ''}, 0-based)")
+        X, y = X[~missing], y[~missing]
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        _fail(f"{src} array row {int(np.argmax(~np.isfinite(X).all(axis=1)))} (0-based) has an infinite feature")
+    return X, y, None, src, notes
 
 
 _READERS = {".csv": _read_csv, ".npy": _read_npy, ".npz": _read_npz}
 
 
 def convert(in_path, out_path, *, label_column=None, x_name="X", y_name="y", chunk_rows=None,
-            task=None):
-    """Convert a .csv, .npy or .npz file to an mpinn HDF5 data file; returns a short summary."""
+            task=None, na="fail", features=None, drop=None, delimiter=","):
+    """Convert a .csv, .npy or .npz file to an mpinn HDF5 data file; returns a short summary
+    (rows, features, classes, and ``notes`` when rows or an index column were left out).
+
+    ``na``: 'fail' (default) stops at a missing value naming its row, 'drop' leaves such rows
+    out. ``features`` / ``drop`` (names or 0-based positions, a list or comma-separated) and
+    ``delimiter`` apply to CSV input; see csvdata.read_csv.
+    """
     in_path = os.fspath(in_path)
     src = os.path.basename(in_path)
     if task not in (None, "classify", "regress"):
         _fail(f"task must be 'classify', 'regress' or None, got {task!r}")
+    if na not in NA_CHOICES:
+        _fail(f"--na must be one of {', '.join(NA_CHOICES)}, got {na!r}")
     ext = os.path.splitext(in_path)[1].lower()
     if ext not in _READERS:
         _fail(f"unknown input format for {in_path} (expected .csv, .npy or .npz)")
+    if ext != ".csv" and (features or drop or delimiter != ","):
+        _fail("--features, --drop and --delimiter apply to CSV input only")
     if not os.path.isfile(in_path):
         _fail(f"input file not found: {in_path}")
+    opts = {"na": na} if ext != ".csv" else {"na": na, "features": features, "drop": drop, "delimiter": delimiter}
     try:
-        X, y, classes, class_names, feature_names = _READERS[ext](in_path, src, label_column, task)
+        X, y_raw, feature_names, what, notes = _READERS[ext](in_path, src, label_column, opts)
     except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         if isinstance(exc, InputError):
             raise
         _fail(f"cannot read {in_path}: {exc}")
     if X.shape[0] == 0:
         _fail(f"{src} holds no data rows")
-    if len(y) != X.shape[0]:
-        _fail(f"{src} has {X.shape[0]} feature rows but {len(y)} labels")
-    finite = np.isfinite(X).all(axis=1)
-    if not finite.all():
-        _fail(f"{src} has a non-finite feature (NaN or inf) in data row {int(np.argmin(finite))}")
+    y, classes, class_names = _labels(y_raw, task, what)
     write_hdf5(out_path, X, y, x_name=x_name, y_name=y_name, class_names=class_names,
                feature_names=feature_names, chunk_rows=chunk_rows)
-    return {"rows": int(X.shape[0]), "features": int(X.shape[1]), "classes": classes}
+    summary = {"rows": int(X.shape[0]), "features": int(X.shape[1]), "classes": classes}
+    if notes:
+        summary["notes"] = notes
+    return summary
 
 
 # ---------------------------------------------------------------- inspection and splitting

@@ -126,13 +126,17 @@ class _BaseMLP:
         problem = inputs.finite_problem(X, "X")
         if problem:
             raise ValueError(problem)
-        return forward_layers(list(zip(self.coefs_, self.intercepts_)), np.asarray(X, dtype=self.coefs_[0].dtype),
-                              self.activation, self.out_activation_)
+        scaler = getattr(self, "scaler_", None)  # a `mpinn train --scale` model (loading.py)
+        X = np.asarray(X, dtype=self.coefs_[0].dtype) if scaler is None else \
+            scaler.transform_inplace(np.array(X, dtype=self.coefs_[0].dtype))
+        return forward_layers(list(zip(self.coefs_, self.intercepts_)), X, self.activation, self.out_activation_)
 
     # ---- export -----------------------------------------------------------------------------
 
     def to_sklearn(self):
-        """A fitted sklearn.neural_network estimator with these weights (needs scikit-learn)."""
+        """A fitted sklearn.neural_network estimator with these weights (needs scikit-learn); for
+        a model trained with feature scaling (``scaler_``), a Pipeline of scikit-learn's scaler
+        with the same statistics and that estimator."""
         try:
             from sklearn import neural_network
         except ImportError:
@@ -164,4 +168,8 @@ class _BaseMLP:
             else:
                 lb.fit(self.classes_)
             est._label_binarizer = lb
+        if getattr(self, "scaler_", None) is not None:
+            from sklearn.pipeline import make_pipeline
+
+            return make_pipeline(self.scaler_.to_sklearn(), est)
         return est

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -90,10 +91,27 @@ class _FitMLP(_BaseMLP):
         return self._fit(X, y, sample_weight, incremental=False)
 
     def _fit(self, X, y, sample_weight, incremental):
+        """Stochastic solvers watch SIGTERM, SIGUSR1 and SIGINT for the whole fit, data loading
+        included (faults.Preemption.watch; the previous handlers are put back after): every rank
+        stops at the same step. SIGTERM/SIGUSR1 raise Preempted (after the checkpoint, if one is
+        configured); SIGINT keeps the model trained so far, as scikit-learn does on Ctrl-C.
+        lbfgs (scipy) keeps Python's own signal behaviour."""
+        from .faults import Preemption
+
+        if self.solver not in STOCHASTIC:
+            return self._fit_watched(X, y, sample_weight, incremental)
+        with Preemption.watch():
+            return self._fit_watched(X, y, sample_weight, incremental)
+
+    def _fit_watched(self, X, y, sample_weight, incremental):
         hidden = self._validate_params()
         comm = self._get_comm()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         Xl, yl, wl, shard, n_rows, y_all = self._read(X, y, sample_weight, comm)
+        if first_pass:  # a loaded `mpinn train --scale` model's scaling belongs to its old weights
+            self.__dict__.pop("scaler_", None)
+        elif getattr(self, "scaler_", None) is not None:  # continue in the space it was trained in
+            Xl = self.scaler_.transform_inplace(np.array(Xl))
         if n_rows < 1:
             raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
         n_features = Xl.shape[1]
@@ -117,11 +135,12 @@ class _FitMLP(_BaseMLP):
         checkpointer = self._checkpointer(comm)
         from .config import config_from_estimator
         from .problem import Problem
-        from .sync import SYNCS
+        from .sync import parse_sync
 
-        if self.sync not in SYNCS:
-            raise ValueError(f"The 'sync' parameter of {type(self).__name__} must be one of {SYNCS}. "
-                             f"Got {self.sync!r} instead.")
+        try:
+            parse_sync(self.sync)
+        except ValueError as exc:
+            raise ValueError(f"The 'sync' parameter of {type(self).__name__}: {exc}") from None
         train_rows, val = np.arange(n_rows, dtype=np.int64), {}
         if self.solver in STOCHASTIC and self.early_stopping and not incremental:
             train_rows, val = self._split_validation(Xl, Yl, wl, shard, rs, comm)
@@ -214,16 +233,17 @@ class _FitMLP(_BaseMLP):
         self.loss_ = float(result.fun)
         if result.status != 0:
             msg = result.message.decode() if isinstance(result.message, bytes) else result.message
-            warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n"
-                          f"{msg}\n\nIncrease the number of iterations to improve the convergence "
-                          f"(max_iter={self.max_iter}).\nYou might also want to scale the data as shown in:\n"
-                          "    https://scikit-learn.org/stable/modules/preprocessing.html",
-                          inputs.sklearn_or_own("ConvergenceWarning"), stacklevel=4)
+            _warn_convergence(comm, f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                              f"(status={result.status}):\n{msg}\n\nIncrease the number of iterations to "
+                              f"improve the convergence (max_iter={self.max_iter}).\nYou might also want to "
+                              "scale the data as shown in:\n"
+                              "    https://scikit-learn.org/stable/modules/preprocessing.html")
         if checkpointer:
             checkpointer.save(trainer)
         return trainer.params
 
     def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental):
+        from .faults import FAULT_ENV, parse_faults
         from .train import LoopState, Trainer, TrainingDiverged
 
         if self.early_stopping and incremental:
@@ -243,17 +263,20 @@ class _FitMLP(_BaseMLP):
         trainer = Trainer(cfg, problem, comm, log=print if self.verbose else (lambda line: None), log_every=1,
                           checkpointer=checkpointer, model=model, params=params, random_state=rs,
                           optimizer=optimizer, loop=loop, format_line=_verbose_line,
-                          extra_state=lambda: self._checkpoint_meta(trainer))
+                          extra_state=lambda: self._checkpoint_meta(trainer),
+                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank))
         try:
             trainer.fit()
         except TrainingDiverged:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              "values and need to be preprocessed.") from None
+        if trainer.stop_reason == "preempted":
+            self._stopped_by_signal(trainer)
         loop = trainer.loop
         self.n_iter_ = loop.epoch
         self.t_ = loop.t
         self.loss_curve_ = loop.loss_curve
-        self.loss_ = loop.loss_curve[-1]
+        self.loss_ = loop.loss_curve[-1] if loop.loss_curve else None  # None: interrupted in the first epoch
         self._no_improvement_count = loop.no_improvement
         self._optimizer = trainer.optimizer
         if self.early_stopping:
@@ -265,26 +288,41 @@ class _FitMLP(_BaseMLP):
         else:
             self.best_loss_ = loop.best_loss
         if trainer.stop_reason == "max_epochs" and not incremental:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", inputs.sklearn_or_own("ConvergenceWarning"),
-                          stacklevel=4)
+            _warn_convergence(comm, f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                              "the optimization hasn't converged yet.")
         comm.bcast_array(trainer.params)  # identical attributes on every rank, bit for bit
         return trainer.params
 
+    def _stopped_by_signal(self, trainer):
+        """A signal stopped the fit on every rank at the same step (Trainer._preempt). SIGTERM or
+        SIGUSR1: raise Preempted on every rank, the estimator unchanged. SIGINT (Ctrl-C) before
+        the first step: KeyboardInterrupt; during training: scikit-learn's "Training interrupted
+        by user." warning, and the fit ends on the weights so far (early stopping: the best)."""
+        from .faults import EXIT_INTERRUPTED, Preempted
+
+        name = type(self).__name__
+        if trainer.stop_exit_code != EXIT_INTERRUPTED:
+            if trainer.stop_saved:
+                saved = f"; checkpoint written to {self.checkpoint}: mpinn.load() returns the model so far"
+            else:
+                saved = "; nothing saved" + ("" if self.checkpoint else " (set checkpoint= to keep the progress)")
+            raise Preempted(f"{name}.fit {trainer.stop_message}{saved}")
+        if trainer.loop.global_step == trainer._start_step:
+            raise KeyboardInterrupt(f"{name}.fit {trainer.stop_message}")
+        warnings.warn("Training interrupted by user.", stacklevel=5)
+        if self.early_stopping and trainer.loop.best_params is not None:
+            trainer.params[...] = trainer.loop.best_params  # as scikit-learn after an interrupt
+
     def _split_validation(self, Xl, Yl, wl, shard, rs, comm):
         """Hold out validation rows exactly as sklearn's early stopping (same rows, same order):
-        (training rows, the Problem's validation fields)."""
-        n = shard.n_rows
-        stratify = None
-        if self._classifier and self.n_outputs_ == 1:
-            stratify = _global_column(Yl[:, 0], shard, comm)
-        train, val = inputs.train_validation_split(n, self.validation_fraction, rs, stratify)
-        if len(val) < 2:
-            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
-                             "your dataset.")
-        local = shard.local_positions(val)[1]
-        return np.asarray(train, dtype=np.int64), {"val_X": Xl[local], "val_Y": Yl[local],
-                                                    "val_weight": None if wl is None else wl[local]}
+        (training rows, the Problem's validation fields). The CLI's --early-stopping holds out
+        with the same function (early_stopping.hold_out)."""
+        from .early_stopping import hold_out
+
+        binary = Yl[:, 0] if self._classifier and self.n_outputs_ == 1 else None
+        train, local = hold_out(np.arange(shard.n_rows, dtype=np.int64), self.validation_fraction, rs, shard, comm,
+                                binary_labels=binary)
+        return train, {"val_X": Xl[local], "val_Y": Yl[local], "val_weight": None if wl is None else wl[local]}
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -324,6 +362,20 @@ class _FitMLP(_BaseMLP):
         return meta
 
 
+def _warn_convergence(comm, message):
+    """scikit-learn's ConvergenceWarning, raised on every rank (so filters, catch_warnings and
+    pytest.warns see it alike everywhere) but shown once per job: on ranks > 0 a last-place
+    'ignore' filter hides it unless the program's own filters ask for it."""
+    category = inputs.sklearn_or_own("ConvergenceWarning")
+    if comm.rank > 0:
+        warnings.filterwarnings("ignore", category=category, append=True)
+    # Point at the first frame outside mpinn: the line that called fit (or a Pipeline's).
+    frame, level, package = sys._getframe(0), 1, os.path.dirname(os.path.abspath(__file__))
+    while frame is not None and frame.f_code.co_filename.startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def _verbose_line(record):
     """sklearn's verbose output for one epoch."""
     line = "Iteration %d, loss = %.8f" % (record["epoch"], record["loss"])
@@ -339,10 +391,3 @@ def _sync_random_state(rs, comm):
     comm.bcast_array(key)
     pos, has_gauss, gauss = comm.bcast_json([int(pos), int(has_gauss), float(gauss)])
     rs.set_state((kind, key, pos, has_gauss, gauss))
-
-
-def _global_column(local, shard, comm):
-    """The full column of a per-row value (e.g. 0/1 labels) from each rank's rows."""
-    full = np.zeros(shard.n_rows, dtype=np.float64)
-    full[shard.rows] = local
-    return comm.allreduce(full, "sum")

@@ -31,6 +31,40 @@ def evaluate(model, params, problem, X, y, comm):
     return metricsmod.regression_report(first, second) if comm.rank == 0 else None
 
 
+EVAL_ROWS = ("test", "train", "all")
+
+
+def rows_to_score(choice, split, n_rows, path):
+    """Which rows of a file `mpinn eval` scores: (name, global row ids or None for all, note).
+
+    ``split`` is the checkpoint's recorded --test-fraction split (checkpoint.recorded_split).
+    ``choice`` None picks the held-out rows when there is a split of a file with ``n_rows``
+    rows, else all rows; 'test' and 'train' need that split and redraw it exactly as training
+    did (schedule.split_indices), so the metrics are the training run's test metrics.
+    """
+    from .schedule import split_indices
+    from .errors import InputError
+
+    same_file = bool(split) and split["n_rows"] == n_rows
+    if choice is None:
+        choice = "test" if same_file else "all"
+    if choice == "all":
+        note = (f"{n_rows}; the model's --test-fraction split was of a {split['n_rows']}-row file"
+                if split and not same_file else f"{n_rows}")
+        return "all", None, note
+    if not split:
+        raise InputError(f"--rows {choice}: the model was trained without --test-fraction, so no rows "
+                         "were held out; use --rows all")
+    if not same_file:
+        raise InputError(f"--rows {choice}: {path} has {n_rows} rows, but the model's --test-fraction "
+                         f"split was drawn over a file of {split['n_rows']} rows")
+    # Checkpoints written before the keyed permutation existed used sklearn's.
+    train, test = split_indices(n_rows, split["test_fraction"], split["seed"], split.get("permutation", "sklearn"))
+    rows = np.sort(test if choice == "test" else train)
+    return choice, rows, (f"{len(rows)} of {n_rows}: {'held out' if choice == 'test' else 'trained on'} "
+                          f"with --test-fraction {split['test_fraction']:g} --seed {split['seed']}")
+
+
 def test_fields(report):
     """The epoch record's test_* entries from a report."""
     if "accuracy" in report:

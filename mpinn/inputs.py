@@ -365,8 +365,8 @@ def train_validation_split(n_samples, validation_fraction, rng, stratify=None):
     """(train, validation) row indices drawn from ``rng`` exactly as sklearn's
     ``train_test_split(range(n), test_size=validation_fraction, random_state=rng, stratify=...)``.
 
-    ``stratify``: per-row class keys in the ORDER sklearn sorts them (the estimator passes the
-    0/1 column of a binary target, whose string keys "False" < "True" sort as 0 < 1).
+    ``stratify``: per-row class keys in the ORDER sklearn sorts them (early stopping passes the
+    binarized target as bools, as sklearn's keys "False" < "True").
     """
     n_train, n_test = split_sizes(n_samples, validation_fraction)
     if stratify is None:
@@ -377,7 +377,7 @@ def train_validation_split(n_samples, validation_fraction, rng, stratify=None):
     if np.min(class_counts) < 2:
         raise ValueError("The least populated classes in y have only 1 member, which is too few. The minimum "
                          "number of groups for any class cannot be less than 2. Classes with too few members "
-                         f"are: {classes[class_counts < 2].tolist()}")
+                         f"are: {_keys(classes[class_counts < 2])}")
     if n_train < n_classes:
         raise ValueError(f"The train_size = {n_train} should be greater or equal to the number of classes = {n_classes}")
     if n_test < n_classes:
@@ -392,6 +392,11 @@ def train_validation_split(n_samples, validation_fraction, rng, stratify=None):
         train.extend(perm_indices_class_i[: n_i[i]])
         test.extend(perm_indices_class_i[n_i[i] : n_i[i] + t_i[i]])
     return rng.permutation(train), rng.permutation(test)
+
+
+def _keys(classes):
+    """Class keys as scikit-learn's message lists them: a binarized (bool) y as strings."""
+    return [str(c) for c in classes] if classes.dtype == bool else classes.tolist()
 
 
 def balanced_class_weight(counts):

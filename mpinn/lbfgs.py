@@ -1,13 +1,21 @@
 """Full-batch L-BFGS-B (scipy) over data spread across ranks, as the estimators' solver='lbfgs'.
 
-Every loss/gradient evaluation sums this rank's training rows and joins one Allreduce, so all
-ranks see the same function and take the same steps. scipy sees scikit-learn's packing order
+Rank 0 runs scipy's optimizer; the other ranks follow it. Each loss/gradient evaluation starts
+with one broadcast of [command | x] from rank 0, every rank sums its training rows, and one
+Allreduce joins them. Only rank 0's reduced values steer scipy, so the number of evaluations
+and the iterates are rank 0's decisions: nothing relies on every rank's floats being bitwise
+equal (which MPI recommends but does not promise). scipy sees scikit-learn's packing order
 (all W, then all b), so runs match sklearn's.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .errors import JobError
+
+# Commands rank 0 broadcasts in slot 0 of [command | x].
+EVALUATE, DONE, FAILED = 0.0, 1.0, 2.0
 
 
 def lbfgs_order(model):
@@ -16,24 +24,29 @@ def lbfgs_order(model):
     return np.concatenate([np.arange(s, w) for s, w, _ in offsets] + [np.arange(w, e) for _, w, e in offsets])
 
 
+class LbfgsResult:
+    """What callers read of scipy's OptimizeResult, the same on every rank (rank 0's)."""
+
+    def __init__(self, nit, fun, status, message):
+        self.nit, self.fun, self.status, self.message = nit, fun, status, message
+
+
 def fit_lbfgs(trainer, max_iter, max_fun, tol, chunk_rows=65536):
-    """Run scipy's L-BFGS-B on ``trainer.params`` in place; returns scipy's OptimizeResult.
+    """Run scipy's L-BFGS-B on ``trainer.params`` in place (collective); returns an LbfgsResult.
     The caller checkpoints (it knows the iteration count)."""
-    try:
-        import scipy.optimize
-    except ImportError:
-        raise ImportError("solver='lbfgs' needs scipy: pip install scipy") from None
     model, p, comm = trainer.model, trainer.problem, trainer.comm
     n, params, Y = model.n_params, trainer.params, trainer.Y
     order = lbfgs_order(model)
-    local = p.shard.local_positions(p.train_rows)[1]
+    local = p.train_rows.local
     buffer = np.zeros(n + 2, dtype=model.dtype)  # [gradient | loss | weight]
     grad = buffer[:n]
     total = np.zeros(n + 2, dtype=model.dtype) if len(local) > chunk_rows else None
+    # float64 whatever the model's dtype: the command must survive the broadcast exactly.
+    command = np.zeros(n + 1, dtype=np.float64)
     alpha = trainer.cfg.alpha
 
-    def loss_grad(x):
-        params[order] = x
+    def evaluate():
+        """This rank's part of the loss and gradient at ``params``, then one Allreduce."""
         acc = buffer if total is None else total
         acc[...] = 0
         for start in range(0, max(len(local), 1), chunk_rows):  # one pass even with no rows
@@ -48,6 +61,25 @@ def fit_lbfgs(trainer, max_iter, max_fun, tol, chunk_rows=65536):
         if total is not None:
             buffer[...] = total
         comm.allreduce_sum(buffer)
+
+    def broadcast(cmd, x):
+        command[0] = cmd
+        command[1:] = x
+        comm.bcast_array(command)
+
+    if comm.rank != 0:
+        return _follow(comm, command, evaluate, params, order)
+
+    try:
+        import scipy.optimize
+    except ImportError:
+        broadcast(FAILED, params[order])
+        raise ImportError("solver='lbfgs' needs scipy: pip install scipy") from None
+
+    def loss_grad(x):
+        broadcast(EVALUATE, x)
+        params[order] = command[1:]  # what every rank evaluates, bit for bit
+        evaluate()
         weight = float(buffer[n + 1])
         value = float(buffer[n]) / weight
         if alpha:
@@ -55,9 +87,27 @@ def fit_lbfgs(trainer, max_iter, max_fun, tol, chunk_rows=65536):
         model.finish_gradient(params, grad, alpha, weight)
         return value, grad[order]
 
-    result = scipy.optimize.minimize(loss_grad, params[order], method="L-BFGS-B", jac=True,
-                                     options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
-    params[order] = result.x
-    # Ranks ran identical iterations; rank 0's result is the one kept, bit for bit.
-    comm.bcast_array(params)
-    return result
+    try:
+        result = scipy.optimize.minimize(loss_grad, params[order], method="L-BFGS-B", jac=True,
+                                         options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
+    except BaseException:
+        broadcast(FAILED, params[order])  # the followers leave their loop instead of waiting
+        raise
+    broadcast(DONE, result.x)
+    params[order] = command[1:]
+    message = result.message.decode() if isinstance(result.message, bytes) else str(result.message)
+    comm.bcast_json([int(result.nit), float(result.fun), int(result.status), message])
+    return LbfgsResult(int(result.nit), float(result.fun), int(result.status), message)
+
+
+def _follow(comm, command, evaluate, params, order):
+    """Ranks other than 0: evaluate wherever rank 0 asks until it says done (or failed)."""
+    while True:
+        comm.bcast_array(command)
+        params[order] = command[1:]
+        if command[0] == EVALUATE:
+            evaluate()
+        elif command[0] == DONE:
+            return LbfgsResult(*comm.bcast_json())
+        else:
+            raise JobError("L-BFGS failed on rank 0 (its error is reported there)")

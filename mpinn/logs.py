@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import time
 
 
 class MetricsWriter:
@@ -38,8 +39,11 @@ class MetricsWriter:
         self.fh.close()
 
 
+PROGRESS = ("auto", "on", "off")
+
+
 class ProgressBar:
-    """A one-line bar redrawn in place; only ever shown when stdout is a terminal."""
+    """A one-line bar redrawn in place, for a person watching a terminal (``wanted``)."""
 
     def __init__(self, stream=None, width=30):
         self.stream = stream or sys.stdout
@@ -47,7 +51,20 @@ class ProgressBar:
         self.shown = False
 
     @staticmethod
-    def wanted(stream=None):
+    def wanted(mode="auto", stream=None, environ=None):
+        """--progress: 'on', 'off', or 'auto': only where a person watches, decided per launcher.
+
+        Without a launcher, and under MPICH's mpiexec or Slurm's srun, rank 0's stdout is a
+        terminal exactly when the user's is (the launchers pass pipes otherwise; `srun --pty`
+        passes the terminal). Under Open MPI every rank's stdout is a pseudo-terminal that
+        mpirun opens whatever its own output is, so `mpirun ... > log` looks like a terminal
+        too: auto draws no bar there (--progress on does).
+        """
+        if mode != "auto":
+            return mode == "on"
+        env = os.environ if environ is None else environ
+        if any(name.startswith("OMPI_COMM_WORLD_") for name in env):
+            return False
         return (stream or sys.stdout).isatty()
 
     def update(self, epoch, step, n_steps):
@@ -63,16 +80,49 @@ class ProgressBar:
             self.shown = False
 
 
-def epoch_line(r):
-    """The CLI's line for one epoch record."""
+class EpochLines:
+    """The CLI's epoch lines: ``epoch N/MAX`` and, at the pace of this run so far (evaluation
+    included), the time left if training runs to MAX epochs (early stopping may end it sooner)."""
+
+    def __init__(self, max_epochs, clock=time.perf_counter):
+        self.max_epochs, self.clock = max_epochs, clock
+        self.start = self.first = None
+
+    def __call__(self, r):
+        now = self.clock()
+        if self.start is None:  # the first record of this run (a resumed run starts past 1)
+            self.start, self.first = now - r["seconds"], r["epoch"] - 1
+        pace = (now - self.start) / max(1, r["epoch"] - self.first)
+        return epoch_line(r, self.max_epochs, pace * max(0, self.max_epochs - r["epoch"]))
+
+
+def duration(seconds):
+    """12s, 3m05s, 2h03m: a time left, to the second below an hour."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def epoch_line(r, max_epochs=None, seconds_left=None):
+    """The CLI's line for one epoch record (``epoch N/MAX`` and the time left when given)."""
     test = ""
+    if "validation_score" in r:  # --early-stopping
+        test = f"  val_score {r['validation_score']:.4f}"
     if "test_accuracy" in r:
-        test = f"  test_acc {r['test_accuracy']:.4f}"
+        test += f"  test_acc {r['test_accuracy']:.4f}"
     elif "test_r2" in r:
-        test = f"  test_r2 {r['test_r2']:.4f}"
+        test += f"  test_r2 {r['test_r2']:.4f}"
     rate = r["samples_per_second"]
     parts = ""
     if "compute_seconds" in r:
         parts = f" (compute {r['compute_seconds']:.3f}s, comm {r['comm_seconds']:.3f}s, data {r['data_seconds']:.3f}s)"
-    return (f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
-            f"  {rate:,.0f} samples/s{parts}" if rate else f"epoch {r['epoch']:5d}  loss {r['loss']:.6f}{test}")
+    if "shares" in r:  # --balance dynamic or MPINN_SLOW: each rank's share of the rows and busy seconds
+        parts += (f"  shares {'/'.join(f'{s:.3f}' for s in r['shares'])}"
+                  f"  rank compute {'/'.join(f'{t:.3f}' for t in r['rank_compute_seconds'])}s")
+    epoch = f"{r['epoch']:5d}" if max_epochs is None else f"{r['epoch']:{len(str(max_epochs))}d}/{max_epochs}"
+    left = "" if seconds_left is None else f"  {duration(seconds_left)} left"
+    return (f"epoch {epoch}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
+            f"  {rate:,.0f} samples/s{parts}{left}" if rate else f"epoch {epoch}  loss {r['loss']:.6f}{test}{left}")

@@ -23,11 +23,15 @@ LOSS_FOR_OUTPUT = {"softmax": "log_loss", "logistic": "binary_log_loss", "identi
                    "exp": "poisson"}
 
 
-def _identity(z, scratch):
+# Activations work in place on z (m, n); ``work`` is a scratch array of z's shape and ``col``
+# one of shape (m, 1), neither overlapping z. Broadcasting ufuncs (z - col, z + b) allocate an
+# iterator buffer of up to 8,192 elements on every call, so the step spreads the broadcast
+# operand into ``work`` with np.copyto (which does not) and combines arrays of equal shape.
+def _identity(z, work, col):
     pass
 
 
-def _logistic(z, scratch):
+def _logistic(z, work, col):
     # 1/(1+exp(-z)), as scipy's expit (sklearn) rounds it; exp overflowing to inf gives 0.
     with np.errstate(over="ignore"):
         np.negative(z, out=z)
@@ -36,25 +40,26 @@ def _logistic(z, scratch):
         np.reciprocal(z, out=z)
 
 
-def _tanh(z, scratch):
+def _tanh(z, work, col):
     np.tanh(z, out=z)
 
 
-def _relu(z, scratch):
+def _relu(z, work, col):
     np.maximum(z, 0, out=z)
 
 
-def _softmax(z, scratch):
+def _softmax(z, work, col):
     # The ufuncs' own reduce (not np.max/np.sum): same result, no Python wrapper per call.
-    rowbuf = scratch[: z.shape[0]]
-    np.maximum.reduce(z, axis=1, out=rowbuf[:, 0])
-    np.subtract(z, rowbuf, out=z)
+    np.maximum.reduce(z, axis=1, out=col, keepdims=True)
+    np.copyto(work, col)
+    np.subtract(z, work, out=z)
     np.exp(z, out=z)
-    np.add.reduce(z, axis=1, out=rowbuf[:, 0])
-    z /= rowbuf
+    np.add.reduce(z, axis=1, out=col, keepdims=True)
+    np.copyto(work, col)
+    z /= work
 
 
-def _exp(z, scratch):
+def _exp(z, work, col):
     np.exp(z, out=z)
 
 
@@ -79,8 +84,10 @@ def _tanh_derivative(a, delta, scratch):
 
 
 def _relu_derivative(a, delta, scratch):
-    # relu output is 0 exactly where its input was <= 0.
-    np.greater(a, 0, out=scratch)
+    # relu output is 0 exactly where its input was <= 0, and never negative (maximum(-0., 0) is
+    # +0.), so sign(a) is the 0/1 of a > 0; np.greater would write bools and cast them through
+    # an allocated buffer.
+    np.sign(a, out=scratch)
     delta *= scratch
 
 
@@ -121,7 +128,7 @@ class MLP:
             pos = w_stop + fan_out
         self.n_params = pos
         self._ws = None
-        self._views = {}  # (address, size) of a flat buffer -> its per-layer views
+        self._views = []  # (flat buffer, its per-layer views), most recent first
         self._eps = np.finfo(self.dtype).eps
         self._alpha_scratch = None
 
@@ -129,22 +136,20 @@ class MLP:
         """Per-layer (W, b) views into a flat buffer of this layout.
 
         The training buffers (parameters, gradient) are the same arrays every step, so their
-        views are kept (a few) rather than rebuilt: the step makes no new array objects.
+        views are kept (for the last four buffers, found by identity) rather than rebuilt: the
+        step makes no new array objects.
         """
-        key = (flat.__array_interface__["data"][0], flat.size, flat.strides)
-        cached = self._views.get(key)
-        if cached is not None and cached[0] is flat:
-            return cached[1]
+        for cached, out in self._views:
+            if cached is flat:
+                return out
         out = self._make_views(flat)
-        if len(self._views) >= 4:
-            self._views.pop(next(iter(self._views)))
-        self._views[key] = (flat, out)
+        self._views = [(flat, out)] + self._views[:3]
         return out
 
     def __getstate__(self):
         # Cached views would be copied as separate arrays, no longer views of the copied buffer.
         state = dict(self.__dict__)
-        state["_views"] = {}
+        state["_views"] = []
         return state
 
     def _make_views(self, flat):
@@ -184,20 +189,13 @@ class MLP:
 
     def _workspace(self, rows):
         """Activation, delta and scratch arrays for up to ``rows`` rows, reused across steps."""
-        if self._ws is None or self._ws["rows"] < rows:
-            widest = max(self.layer_sizes)
-            self._ws = {
-                "rows": rows,
-                "acts": [np.empty((rows, n), dtype=self.dtype) for n in self.layer_sizes],
-                "deltas": [np.empty((rows, n), dtype=self.dtype) for n in self.layer_sizes[1:]],
-                "scratch": np.empty(rows * widest, dtype=self.dtype),
-                "rowloss": np.empty(rows, dtype=self.dtype),
-            }
+        if self._ws is None or self._ws.rows < rows:
+            self._ws = _Workspace(self.layer_sizes, rows, self.dtype)
         return self._ws
 
     def input_buffer(self, rows):
         """The workspace array a batch of ``rows`` input rows should be gathered into."""
-        return self._workspace(rows)["acts"][0][:rows]
+        return self._workspace(rows)._acts[0][:rows]
 
     def loss_grad_sum(self, params, X, Y, grad, sample_weight=None, on_grad=None):
         """Sum over the given rows of the loss and of its gradient (no L2 term).
@@ -218,41 +216,41 @@ class MLP:
                 for i in range(self.n_layers - 1, -1, -1):
                     on_grad(i, 0.0)
             return 0.0
-        ws = self._workspace(m)
-        acts = [X] + [a[:m] for a in ws["acts"][1:]]
-        deltas = [d[:m] for d in ws["deltas"]]
-        scratch = ws["scratch"]
+        ws = self._workspace(m).at(m)
+        acts, deltas, spread, transposed = ws.acts, ws.deltas, ws.spread, ws.transposed
         last = self.n_layers - 1
         for i, (W, b) in enumerate(layers):
-            np.matmul(acts[i], W, out=acts[i + 1])
-            acts[i + 1] += b
-            kind = self.output if i == last else self.activation
-            ACTIVATE[kind](acts[i + 1], scratch[:m].reshape(m, 1))
+            out, work = acts[i + 1], spread[i + 1]
+            np.matmul(X if i == 0 else acts[i], W, out=out)
+            np.copyto(work, b)  # out += b, without the broadcast's buffer (see _identity)
+            out += work
+            ACTIVATE[self.output if i == last else self.activation](out, work, ws.col)
 
-        loss = self._loss_sum(acts[-1], Y, sample_weight, ws["rowloss"][:m], scratch)
+        loss = self._loss_sum(acts[-1], Y, sample_weight, ws.loss)
         np.subtract(acts[-1], Y, out=deltas[last])
         if self.loss == "squared_error" and Y.shape[1] > 1:
             # The loss averages over outputs, so its gradient does too (sklearn omits this).
             deltas[last] /= Y.shape[1]
         if sample_weight is not None:
-            deltas[last] *= sample_weight[:, None]
+            np.copyto(spread[-1], sample_weight.reshape(m, 1))
+            deltas[last] *= spread[-1]
         derivative = DERIVATIVE[self.activation]
         for i in range(last, -1, -1):
             gW, gb = grads[i]
-            np.matmul(acts[i].T, deltas[i], out=gW)
+            np.matmul(X.T if i == 0 else transposed[i], deltas[i], out=gW)
             np.add.reduce(deltas[i], axis=0, out=gb)
             if on_grad is not None:
                 on_grad(i, loss)
             if i > 0:
-                np.matmul(deltas[i], layers[i][0].T, out=deltas[i - 1])
-                n = self.layer_sizes[i]
-                derivative(acts[i], deltas[i - 1], scratch[: m * n].reshape(m, n))
+                np.matmul(deltas[i], ws.weights_t(layers)[i], out=deltas[i - 1])
+                derivative(acts[i], deltas[i - 1], spread[i])
         return loss
 
-    def _loss_sum(self, out, Y, sample_weight, rowloss, scratch):
-        """Per-row losses summed (weighted); formulas as scikit-learn's, clipped at eps."""
+    def _loss_sum(self, out, Y, sample_weight, buf):
+        """Per-row losses summed (weighted); formulas as scikit-learn's, clipped at eps. ``buf``
+        holds the work arrays (a _LossBuffers for these m rows)."""
         m, k = out.shape
-        work = scratch[: m * k].reshape(m, k)
+        work, rowloss = buf.work, buf.rowloss
         if self.loss == "squared_error":
             np.subtract(out, Y, out=work)
             np.multiply(work, work, out=work)
@@ -260,11 +258,13 @@ class MLP:
             rowloss *= 0.5 / k
         elif self.loss == "poisson":
             # Half Poisson deviance summed over outputs: xlogy(y, y/p) - y + p, as sklearn.
-            positive = Y > 0
-            np.divide(Y, out, out=work, where=positive)
-            np.log(work, out=work, where=positive)
-            work *= Y
-            work[~positive] = 0
+            mask = buf.mask
+            np.greater(Y, 0, out=mask)
+            np.divide(Y, out, out=work, where=mask)
+            np.log(work, out=work, where=mask)
+            np.multiply(work, Y, out=work, where=mask)
+            np.logical_not(mask, out=mask)
+            np.copyto(work, 0, where=mask)  # xlogy(0, .) = 0
             work -= Y
             work += out
             np.add.reduce(work, axis=1, out=rowloss)
@@ -274,11 +274,15 @@ class MLP:
             np.log(work, out=work)
             if self.loss == "binary_log_loss":
                 # y*log(p) + (1-y)*log(1-p), with the clipped p.
-                pos = np.sum(Y * work, axis=1)
-                np.clip(out, eps, 1 - eps, out=work)
-                np.subtract(1, work, out=work)
-                np.log(work, out=work)
-                np.sum((1 - Y) * work, axis=1, out=rowloss)
+                spare, pos = buf.spare, buf.rowpos
+                np.multiply(Y, work, out=work)
+                np.add.reduce(work, axis=1, out=pos)
+                np.clip(out, eps, 1 - eps, out=spare)
+                np.subtract(1, spare, out=spare)
+                np.log(spare, out=spare)
+                np.subtract(1, Y, out=work)
+                work *= spare
+                np.add.reduce(work, axis=1, out=rowloss)
                 rowloss += pos
             else:
                 np.multiply(Y, work, out=work)
@@ -294,7 +298,7 @@ class MLP:
         if m == 0:
             return 0.0
         return self._loss_sum(out, np.asarray(Y, dtype=self.dtype), sample_weight,
-                              np.empty(m, dtype=self.dtype), np.empty(out.size, dtype=self.dtype))
+                              _LossBuffers(m, out.shape[1], self.dtype))
 
     def penalty(self, params, ranges=None):
         """Sum of squared weights (not biases), as scikit-learn accumulates it: over every weight
@@ -326,6 +330,55 @@ class MLP:
         grad /= weight_sum
 
 
+class _LossBuffers:
+    """Work arrays of the loss for m rows and k outputs (views of larger ones in training)."""
+
+    def __init__(self, m, k, dtype, parent=None):
+        if parent is None:
+            self.work, self.spare = np.empty((m, k), dtype), np.empty((m, k), dtype)
+            self.rowloss, self.rowpos = np.empty(m, dtype), np.empty(m, dtype)
+            self.mask = np.empty((m, k), dtype=bool)
+        else:
+            for name in ("work", "spare", "rowloss", "rowpos", "mask"):
+                setattr(self, name, getattr(parent, name)[:m])
+
+
+class _Workspace:
+    """A training step's arrays for up to ``rows`` rows, and their views for the current row
+    count m, rebuilt only when m changes: a step on as many rows as the last one makes no new
+    array object (a rank's share of a global batch is the same from step to step but for the
+    last batch, or with --shuffle global a few sizes)."""
+
+    def __init__(self, sizes, rows, dtype):
+        self.rows, self.sizes = rows, sizes
+        self._acts = [np.empty((rows, n), dtype=dtype) for n in sizes]
+        self._deltas = [np.empty((rows, n), dtype=dtype) for n in sizes[1:]]
+        # One layer's broadcast operand (bias, softmax row values, sample weights) spread over
+        # its rows, and the scratch of an activation's derivative.
+        self._scratch = np.empty(rows * max(sizes), dtype=dtype)
+        self._col = np.empty((rows, 1), dtype=dtype)
+        self._loss = _LossBuffers(rows, sizes[-1], dtype)
+        self.m = None
+        self._wt_of, self._wt = None, None
+
+    def at(self, m):
+        if m != self.m:
+            self.acts = [a[:m] for a in self._acts]
+            self.transposed = [a.T for a in self.acts]
+            self.deltas = [d[:m] for d in self._deltas]
+            self.spread = [self._scratch[: m * n].reshape(m, n) for n in self.sizes]
+            self.col = self._col[:m]
+            self.loss = _LossBuffers(m, None, None, parent=self._loss)
+            self.m = m
+        return self
+
+    def weights_t(self, layers):
+        """The transposed weight views of ``layers`` (kept while the layers list is the same)."""
+        if self._wt_of is not layers:
+            self._wt_of, self._wt = layers, [W.T for W, _ in layers]
+        return self._wt
+
+
 def weight_ranges(model, lo, hi):
     """The weight-matrix positions (the L2 term's; biases excluded) inside [lo, hi), absolute."""
     out = []
@@ -353,7 +406,9 @@ def forward_layers(layers, X, activation, output, chunk_rows=None):
         for i, (W, b) in enumerate(layers):
             a = a @ W
             a += b
-            ACTIVATE[output if i == last else activation](a, np.empty((a.shape[0], 1), dtype=a.dtype))
+            kind = output if i == last else activation
+            work = np.empty_like(a) if kind == "softmax" else None
+            ACTIVATE[kind](a, work, np.empty((a.shape[0], 1), dtype=a.dtype))
         if out is None:
             return a
         out[pos : pos + len(a)] = a

@@ -16,6 +16,7 @@ from . import data as datamod
 from .config import check_streaming
 from .errors import InputError
 from .partition import Shard, make_shard
+from .schedule import TrainRows, resolve_permutation, split_rows
 
 # Class labels are integers; the set present is found by a MAX-reduction of a presence
 # vector over [min, max], which stays small for any sane label coding.
@@ -28,11 +29,12 @@ class Problem:
     X: np.ndarray               # this rank's rows (n_local, n_features), training dtype
     y: np.ndarray               # this rank's raw labels / targets
     shard: Shard
-    train_rows: np.ndarray      # global row ids used for training (same on every rank)
+    train_rows: TrainRows       # the training rows (a global array of row ids is converted)
     n_features: int
     classes: np.ndarray | None = None
     class_names: list | None = None
     n_outputs: int = 1
+    task_reason: str | None = None    # why --task auto chose ``task`` (the start line says it)
     test_X: np.ndarray | None = None   # this rank's test rows
     test_y: np.ndarray | None = None
     # Set by the estimators (estimators.py); the CLI leaves them None.
@@ -42,6 +44,11 @@ class Problem:
     val_Y: np.ndarray | None = None          # ... their targets in output space
     val_weight: np.ndarray | None = None     # ... their weights
     stream: object | None = None             # X as mpinn.stream.StreamingRows (load_problem(stream=True))
+    scaler: object | None = None             # the feature scaling applied to X (preprocessing.scale_problem)
+
+    def __post_init__(self):
+        if not isinstance(self.train_rows, TrainRows):  # global row ids, the same on every rank
+            self.train_rows = TrainRows.from_array(self.train_rows, self.shard)
 
 
 def decide_on_root(comm, fn):
@@ -125,6 +132,29 @@ def find_classes(comm, y_parts):
     return classes
 
 
+def auto_task(comm, info, y, shard):
+    """(task, reason) for --task auto, by scikit-learn's type_of_target: integer, string and
+    integral-valued float labels classify, real values (or several target columns) regress.
+
+    Float labels are judged on every rank's own rows; the lowest global row holding a value
+    that is not an integer is agreed by an Allreduce(MIN), so all ranks decide the same."""
+    if len(info.y_shape) != 1:
+        return "regress", f"auto: {info.y_shape[1]} target columns"
+    if info.y_kind != "float":
+        return "classify", f"auto: {'string' if info.y_kind == 'str' else 'integer'} labels"
+    y = np.asarray(y, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+    mine = int(shard.rows[bad[0]]) if len(bad) else info.n_rows
+    first = np.array([mine], dtype=np.int64)
+    comm.allreduce(first, "min")
+    row = int(first[0])
+    if row == info.n_rows:
+        return "classify", "auto: float labels, all integral-valued"
+    value = np.array([y[bad[0]] if mine == row else 0.0])
+    comm.allreduce(value, "sum")  # only the owner of that row contributes
+    return "regress", f"auto: float targets, row {row} holds {value[0]:g} (not an integer)"
+
+
 def labels_as_classes(y, classes):
     """Labels in the classes' own type (integral floats become ints; strings stay strings)."""
     y = np.asarray(y)
@@ -146,8 +176,6 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
     if info.n_rows < comm.size:
         raise InputError(f"{cfg.data}: {info.n_rows} rows is fewer than the {comm.size} ranks")
     task = cfg.task
-    if task == "auto":
-        task = "classify" if info.y_kind in ("int", "str") and len(info.y_shape) == 1 else "regress"
     if task == "regress" and info.y_kind == "str":
         raise InputError(f"{cfg.data}: regression needs numeric targets, {info.y_name!r} holds strings")
     if task == "classify" and len(info.y_shape) != 1:
@@ -167,22 +195,24 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
     stream = stream or cfg.stream
     if stream:
         check_streaming(cfg)
-    shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard)
+    shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard, seed=cfg.seed)
     with h5py.File(cfg.data, "r") as f:
         X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=not stream)
     if stream:
         from .stream import StreamingRows
 
         X = StreamingRows(cfg.data, info.x_name, shard, info.n_features, cfg.dtype, chunk_rows=chunk_rows)
+    reason = None
+    if task == "auto":
+        task, reason = auto_task(comm, info, y, shard)
     _check_values(comm, X, y, cfg.data, task, shard)
 
     test_X = test_y = None
-    if cfg.test_fraction:
-        train_rows, test_rows = datamod.train_test_split_indices(info.n_rows, cfg.test_fraction, cfg.seed)
-        local = shard.local_positions(test_rows)[1]
+    # Each rank finds its own training and test rows (O(n/N) with the keyed permutation).
+    train_rows, local = split_rows(info.n_rows, cfg.test_fraction, cfg.seed, shard,
+                                   resolve_permutation(cfg.permutation, info.n_rows))
+    if local is not None:
         test_X, test_y = X[local], y[local]
-    else:
-        train_rows = np.arange(info.n_rows, dtype=datamod.index_dtype(info.n_rows))
     if test_info is not None:
         test_shard = make_shard(test_info.n_rows, comm.rank, comm.size, "block")
         with h5py.File(cfg.test_data, "r") as f:
@@ -191,9 +221,9 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
 
     problem = Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
                       n_features=info.n_features, class_names=info.class_names,
-                      test_X=test_X, test_y=test_y, stream=X if stream else None)
+                      test_X=test_X, test_y=test_y, stream=X if stream else None, task_reason=reason)
     if task == "classify":
-        train_local = y[shard.local_positions(train_rows)[1]] if cfg.test_fraction else y
+        train_local = y[train_rows.local] if cfg.test_fraction else y
         problem.classes = find_classes(comm, [train_local])
         if test_y is not None:
             unseen = np.setdiff1d(labels_as_classes(test_y, problem.classes), problem.classes)
@@ -201,6 +231,34 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
                              if len(unseen) else None)
     else:
         problem.n_outputs = 1 if len(info.y_shape) == 1 else info.y_shape[1]
+    return problem
+
+
+def reshard(problem, cfg, comm, shares):
+    """Give this rank the rows of its shard under ``shares`` (dynamic load balancing): the
+    new owner re-reads them from the file, X and y (or a new StreamingRows), each rank only its
+    own hyperslabs. Test rows stay where load_problem put them (they are summed, not owned)."""
+    import h5py
+
+    old = problem.shard
+    shard = make_shard(old.n_rows, comm.rank, comm.size, cfg.shard, seed=cfg.seed, shares=shares)
+    info = datamod.DataInfo(cfg.data, cfg.x_name, cfg.y_name, old.n_rows, problem.n_features,
+                            [old.n_rows, *np.shape(problem.y)[1:]], "str" if problem.y.dtype.kind == "U" else "num")
+    stream = problem.stream
+    problem.X = problem.y = None  # the old rows go before the new ones come: one shard in memory
+    with h5py.File(cfg.data, "r") as f:
+        X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=stream is None)
+    if stream is not None:
+        from .stream import StreamingRows
+
+        stream.close()
+        X = problem.stream = StreamingRows(cfg.data, cfg.x_name, shard, problem.n_features, cfg.dtype,
+                                           chunk_rows=stream.chunk_rows, read_ahead=stream.read_ahead)
+    problem.X, problem.y, problem.shard = X, y, shard
+    if problem.scaler is not None:  # the rows were re-read raw: scale them as the others
+        from .preprocessing import apply_scaler
+
+        apply_scaler(problem.scaler, X)
     return problem
 
 
@@ -212,9 +270,9 @@ def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
         raise InputError(f"X must be 2-D with one row per target, got X {X.shape} and y {y.shape}")
     if len(X) < comm.size:
         raise InputError(f"{len(X)} rows is fewer than the {comm.size} ranks")
-    shard = make_shard(len(X), comm.rank, comm.size, cfg.shard)
-    Xl = np.ascontiguousarray(X[shard.as_slice()], dtype=cfg.dtype)
-    yl = y[shard.as_slice()]
+    shard = make_shard(len(X), comm.rank, comm.size, cfg.shard, seed=cfg.seed)
+    Xl = np.ascontiguousarray(shard.take(X), dtype=cfg.dtype)
+    yl = shard.take(y)
     _check_values(comm, Xl, yl, "X", task, shard)
     problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=datamod.index_dtype(len(X))),
                       n_features=X.shape[1])
@@ -251,6 +309,6 @@ def load_shard(path, comm, *, x_name="X", y_name="y", w_name=None, shard="block"
     shard = make_shard(info.n_rows, comm.rank, comm.size, shard)
     with h5py.File(path, "r") as f:
         X, y = datamod.read_shard(f, info, shard, dtype)
-        w = np.asarray(f[w_name][shard.as_slice()], dtype=dtype) if w_name else None
+        w = datamod.read_rows(f[w_name], shard, dtype) if w_name else None
     _check_values(comm, X, y, path, task, shard)
     return X, y, w, shard

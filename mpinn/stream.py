@@ -9,6 +9,9 @@ so memory stays at (read_ahead + 2) chunks whatever the file size.
 Access must follow the chunk order: with shuffle 'none' the batches walk the shard front to
 back (the same batches, hence the same model, as in memory); with shuffle 'local' the schedule
 shuffles the order of the chunks and the rows inside each chunk (``chunk_order_rows``).
+A chunk is a range of local rows; for a random shard it may span several runs of the file,
+each read as its own hyperslab (``Shard.pieces``). Dynamic load balancing replaces the
+StreamingRows of a rank whose shard changed (problem.reshard).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class StreamingRows:
         self._loaded = {}   # chunk -> array or Future of one
         self._free = []     # chunk buffers to reuse
         self.chunks_read = 0
+        self.transform = None  # in-place function applied to each chunk read (feature scaling)
         self.set_order(np.arange(self.n_chunks))
 
     def __len__(self):
@@ -89,13 +93,15 @@ class StreamingRows:
         hi = min(lo + self.chunk_rows, self.shape[0])
         with self._lock:
             buf = self._free.pop() if self._free else np.empty((self.chunk_rows, self.n_features), self.dtype)
-        s = self.shard
-        sel = np.s_[s.start + lo * s.step: s.start + hi * s.step: s.step]
-        if self._ds.dtype == self.dtype:
-            self._ds.read_direct(buf, source_sel=sel, dest_sel=np.s_[0:hi - lo])
-        else:
-            buf[: hi - lo] = self._ds[sel]
+        # One hyperslab for a block or strided shard; a random shard's chunk may span runs.
+        for src, dst in self.shard.pieces(lo, hi):
+            if self._ds.dtype == self.dtype:
+                self._ds.read_direct(buf, source_sel=src, dest_sel=dst)
+            else:
+                buf[dst] = self._ds[src]
         self.chunks_read += 1
+        if self.transform is not None:
+            self.transform(buf[: hi - lo])
         return buf
 
     def _chunk(self, c):
@@ -148,10 +154,18 @@ class StreamingRows:
             key = np.arange(*key.indices(self.shape[0]))
         idx = np.atleast_1d(np.asarray(key, dtype=np.int64))
         out = np.empty((len(idx), self.n_features), self.dtype)
-        s = self.shard
-        for i, r in enumerate(idx):
-            out[i] = self._ds[s.start + int(r) * s.step]
-        return out
+        for i, r in enumerate(self.shard.global_rows(idx).tolist()):
+            out[i] = self._ds[r]
+        return out if self.transform is None else self.transform(out)
+
+    def set_transform(self, fn):
+        """Apply ``fn`` in place to every row read from now on; chunks already read ahead are
+        dropped and read again (preprocessing.scale_problem)."""
+        for c in list(self._loaded):
+            buf = self._loaded.pop(c)
+            self._free.append(buf if isinstance(buf, np.ndarray) else buf.result())
+        self.transform = fn
+        self.set_order(self.order)
 
     def iter_chunks(self):
         """(first local row, rows) for every chunk in file order, read one at a time."""
@@ -192,7 +206,7 @@ class EncodedRows:
         self.shape = (len(self.codes), k if output == "softmax" else 1)
         self.ndim = 2
         self._codes_buf = np.empty(0, self.codes.dtype)
-        self._positions = np.empty(0, np.intp)
+        self._flat = self._row_starts = np.empty(0, np.intp)
 
     def __len__(self):
         return self.shape[0]
@@ -208,12 +222,18 @@ class EncodedRows:
             out = np.empty((m, self.shape[1]), self.dtype)
         if self._codes_buf.shape[0] < m:  # reused: a training step allocates nothing here
             self._codes_buf = np.empty(m, self.codes.dtype)
-            self._positions = np.arange(m)
+            self._flat = np.empty(m, np.intp)
+            self._row_starts = np.arange(m) * self.shape[1]  # of each row in out, flattened
         codes = self._codes_buf[:m]
-        np.take(self.codes, idx, out=codes)
+        np.take(self.codes, idx, out=codes, mode=mode)
         if self.output == "softmax":
             out[...] = 0
-            out[self._positions[:m], codes] = 1
+            # out.flat[row start + code] = 1 through np.put: fancy indexing by (rows, codes)
+            # would convert the int16 codes to a new intp array.
+            flat = self._flat[:m]
+            np.copyto(flat, codes)
+            flat += self._row_starts[:m]
+            np.put(out, flat, 1, mode="wrap")
         else:
             out[:, 0] = codes
         return out

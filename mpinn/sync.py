@@ -14,6 +14,8 @@ rank. The update rule itself stays in optim.py (no MPI); only the communication 
              order of the cross-rank sums (bit for bit at N = 2, where a + b = b + a).
   overlap    ``allreduce`` with one Iallreduce per layer started as backward produces it
              (a benchmark option; it did not pay on the machines measured).
+  local:K    model averaging (sync_local.py): local steps without communication, one
+             Allreduce of the models every K steps; the result depends on N.
 
 The batch weight must be known before the update, so the sharded step sums it with a one-
 element Iallreduce started before the forward pass; the loss, the stop flag and the L2 penalty
@@ -36,6 +38,19 @@ SYNCS = ("auto", "allreduce", "sharded")
 AUTO_SHARD_MIN_PARAMS = 1 << 15
 
 
+def parse_sync(name):
+    """(strategy, K) of a --sync value: K is local:K's period, None for the others. ValueError
+    with a one-line message for anything else."""
+    if isinstance(name, str) and name.startswith("local:"):
+        k = name[len("local:"):]
+        if not (k.isdigit() and int(k) >= 1):
+            raise ValueError(f"local:K averages the models every K steps: K must be an integer >= 1, got {name!r}")
+        return "local", int(k)
+    if name not in SYNCS:
+        raise ValueError(f"choose from {', '.join(SYNCS)} or local:K, got {name!r}")
+    return name, None
+
+
 def resolve_sync(name, size, n_params):
     """The strategy `auto` stands for with ``size`` ranks and ``n_params`` parameters."""
     if name != "auto":
@@ -52,11 +67,13 @@ class Replicated:
     """Every rank reduces the whole gradient and applies the whole update."""
 
     name = "allreduce"
+    local = False  # every step is one model on every rank (LocalAveraging's is True)
 
     def __init__(self, comm, model, params, optimizer_factory, alpha, optimizer=None):
         self.comm, self.model, self.alpha = comm, model, alpha
         n = self.n = model.n_params
         self.params = params
+        self.reductions = 0  # gradient reductions so far (the metrics' per-epoch count)
         # [gradient | loss | weight | stop flag | penalty]: one Allreduce carries them all, so
         # every rank learns at the same step that some rank was asked to stop.
         self.buffer = np.zeros(n + 4, dtype=model.dtype)
@@ -67,9 +84,10 @@ class Replicated:
         self.optimizer = _adopt(optimizer, optimizer_factory, n, 0, n)
         self.comm_seconds = 0.0
 
-    def step(self, xb, yb, sw, weight, after_grad):
+    def step(self, xb, yb, sw, weight, after_grad, batch_rows=None):
         """One global step; ``after_grad(grad)`` runs before the reduction and returns the
-        local stop flag (fault injection and the preemption signal)."""
+        local stop flag (fault injection and the preemption signal). ``batch_rows``, the global
+        batch's row count, is for LocalAveraging (the reduction sums the weights here)."""
         n, buf = self.n, self.buffer
         buf[n] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
         buf[n + 1] = weight
@@ -78,7 +96,19 @@ class Replicated:
         t = time.perf_counter()
         self.comm.allreduce_sum(buf)  # the one collective per step
         self.comm_seconds += time.perf_counter() - t
+        self.reductions += 1
         return self._update()
+
+    def settle(self, contribution, stop, last_in_epoch):
+        """After the loop has weighed the step's loss: it is already global (see LocalAveraging)."""
+        return contribution, stop
+
+    _taken = 0
+
+    def take_reductions(self):
+        """Reductions since the last call (the per-epoch count in the metrics)."""
+        done, self._taken = self.reductions - self._taken, self.reductions
+        return done
 
     def _update(self):
         n, buf = self.n, self.buffer
@@ -110,7 +140,7 @@ class Overlapped(Replicated):
         bounds = [s for s, _, _ in self.model.offsets] + [self.n + 4]
         self._parts = [self.buffer[bounds[i]:bounds[i + 1]] for i in range(self.model.n_layers)]
 
-    def step(self, xb, yb, sw, weight, after_grad):
+    def step(self, xb, yb, sw, weight, after_grad, batch_rows=None):
         n, buf, comm = self.n, self.buffer, self.comm
         last = self.model.n_layers - 1
         requests = []
@@ -134,6 +164,7 @@ class Overlapped(Replicated):
         t = time.perf_counter()
         comm.wait_all(requests)
         comm.allreduce_calls += 1  # one (split) gradient reduction per step
+        self.reductions += 1
         self.comm_seconds += spent + time.perf_counter() - t
         return self._update()
 
@@ -147,9 +178,12 @@ class Sharded:
     """
 
     name = "sharded"
+    local = False
+    settle, take_reductions, _taken = Replicated.settle, Replicated.take_reductions, 0
 
     def __init__(self, comm, model, params, optimizer_factory, alpha, optimizer=None):
         self.comm, self.model, self.alpha = comm, model, alpha
+        self.reductions = 0  # reduce-scatter + allgather pairs so far
         n = self.n = model.n_params
         size, rank = comm.size, comm.rank
         self.block = block = max(-(-(n + 3) // size), 3)
@@ -168,7 +202,7 @@ class Sharded:
         self.optimizer = _adopt(optimizer, optimizer_factory, n, self.lo, self.hi)
         self.comm_seconds = 0.0
 
-    def step(self, xb, yb, sw, weight, after_grad):
+    def step(self, xb, yb, sw, weight, after_grad, batch_rows=None):
         buf, comm, k, end = self.buffer, self.comm, self.hi - self.lo, self.total
         t = time.perf_counter()
         self._weight[0] = weight
@@ -190,6 +224,7 @@ class Sharded:
         t = time.perf_counter()
         comm.allgather_in_place(gathered)
         self.comm_seconds += spent + time.perf_counter() - t
+        self.reductions += 1
         return float(gathered[end - 3]), weight, float(gathered[end - 1]), bool(gathered[end - 2] > 0)
 
     def optimizer_state(self):
@@ -222,13 +257,20 @@ def _adopt(optimizer, factory, n, lo, hi):
                      "continue with the same ranks and sync mode it was trained with")
 
 
-def make_sync(name, comm, model, params, cfg, optimizer=None):
-    """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'overlap') for this job."""
+def make_sync(name, comm, model, params, cfg, optimizer=None, clock=None):
+    """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'overlap', 'local:K') for
+    this job; ``clock()`` gives the global steps done (local:K's warm-up counts them)."""
     from .config import optimizer_from_config  # config imports SYNCS from here
 
     def factory(size):
         return optimizer_from_config(cfg, size, model.dtype)
 
+    kind, every = ("overlap", None) if name == "overlap" else parse_sync(name)
+    if kind == "local":
+        from .sync_local import LocalAveraging
+
+        replicated = Replicated(comm, model, params, factory, cfg.alpha, optimizer)
+        return LocalAveraging(comm, model, params, replicated, every, cfg.sync_warmup_steps, clock)
     kind = {"allreduce": Replicated, "sharded": Sharded, "overlap": Overlapped}[
-        resolve_sync(name, comm.size, model.n_params)]
+        resolve_sync(kind, comm.size, model.n_params)]
     return kind(comm, model, params, factory, cfg.alpha, optimizer)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 
 import numpy as np
 
-from .data import BatchSchedule, global_batch, resolve_batch_size
+from .balance import Balancer, check_interval, window_speed
+from .data import global_batch, resolve_batch_size
 from .errors import InputError
 from .evaluation import evaluate, test_fields
-from .faults import Preemption, inject
+from .faults import Preemption, inject, verdict
 from .logs import MetricsWriter, epoch_line
 from .model import MLP, encode_targets
+from .partition import parse_shard
 from .problem import labels_as_classes
+from .schedule import BatchSchedule, resolve_permutation
 from .sync import make_sync
 
 __all__ = ["LoopState", "Trainer", "TrainingDiverged", "build_model", "evaluate"]
@@ -71,11 +73,14 @@ class Trainer:
 
     def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None, model=None,
                  params=None, random_state=None, optimizer=None, loop=None, format_line=epoch_line,
-                 extra_state=None, progress=None, sync=None, faults=None):
+                 extra_state=None, progress=None, sync=None, faults=None, slow=None, hold_out=False):
         """The optional model, params, random_state, optimizer and loop let the estimators pass
         their own (warm start, partial_fit, sklearn's draw order); by default they are made here.
         ``sync`` overrides cfg.sync (e.g. 'overlap', a benchmark option). ``faults`` maps a
-        global step to the fault this rank injects there (faults.parse_faults; tests only)."""
+        global step to the fault this rank injects there (faults.parse_faults; tests only).
+        ``slow`` maps a rank to the factor by which it is made slower (balance.parse_slow).
+        ``hold_out`` (`mpinn train --early-stopping`): hold out cfg.validation_fraction of the
+        training rows as the estimators do (early_stopping.hold_out), after the initial weights."""
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
         self.log_every, self.checkpointer = log_every, checkpointer
         self.format_line = format_line  # the estimators print sklearn's verbose lines
@@ -87,16 +92,20 @@ class Trainer:
         if params is None:
             params = self.model.init_params(self.random_state)
             comm.bcast_array(params)  # rank 0's draw is the one every rank uses
+        if hold_out:  # drawn from the RandomState where scikit-learn draws it: after init, before shuffles
+            self._hold_out_validation()
         self.loop = loop if loop is not None else LoopState()
+        if problem.val_X is not None and self.loop.best_params is None:
+            self.loop.best_params = params.copy()  # as sklearn: the initial weights until a score improves
         self.n_train = len(problem.train_rows)
         self.batch_size = resolve_batch_size(global_batch(cfg, comm.size), self.n_train)
         if cfg.solver == "lbfgs":  # scipy's optimizer, see lbfgs.py
             self.sync, self.params, self.optimizer = None, params, None
         else:
-            self.sync = make_sync(sync or cfg.sync, comm, self.model, params, cfg, optimizer)
+            self.sync = make_sync(sync or cfg.sync, comm, self.model, params, cfg, optimizer,
+                                  clock=lambda: self.loop.global_step)
             self.params, self.optimizer = self.sync.params, self.sync.optimizer
-        self.schedule = BatchSchedule(problem.train_rows, self.batch_size, cfg.shuffle, self.random_state,
-                                      problem.shard, local_seed=cfg.seed, stream=getattr(problem, "stream", None))
+        self.schedule = self._make_schedule()
         # Targets in output space, so a step only gathers rows. Class targets are kept as
         # small integer codes and one-hot / 0-1 encoded per batch (EncodedRows).
         if problem.Y is not None:
@@ -109,11 +118,16 @@ class Trainer:
         self.early_stopping = problem.val_X is not None
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
         self._wbuf = np.empty(0, dtype=self.model.dtype)
+        self._rows_buf = np.empty(0, dtype=np.intp)
         self._rows_capacity = 0  # rows the model's workspace was last sized for
         # Seconds this epoch spent gathering rows, computing (forward, backward, update) and
         # communicating; fit() reports the max over ranks of each.
         self.timing = np.zeros(3)
         self.stop_reason = None
+        # Set when a signal stopped the run (_preempt): what happened, the exit code, checkpoint written?
+        self.stop_message = self.stop_exit_code = None
+        self.stop_saved = False
+        self._init_balance(slow or {})
 
     # Read-only views of the loop state (tests, summaries).
     epoch = property(lambda self: self.loop.epoch)
@@ -125,6 +139,16 @@ class Trainer:
     # ---- one step and one epoch -------------------------------------------------------
 
     def _inject_and_flag(self, grad):
+        """Called by the step strategy between this rank's compute and the reduction."""
+        # CPU seconds of this thread: what a slower core costs, not the time other processes
+        # took the core away (noise that would move rows back and forth on a busy machine).
+        busy = time.thread_time() - self._compute_start
+        if self._slow > 1:  # MPINN_SLOW: a slower node, stood in for by sleeping
+            time.sleep((self._slow - 1) * busy)
+            busy *= self._slow
+        if self.balancer is not None:
+            self._window_busy.append(busy)
+        self._busy_epoch += busy
         loop = self.loop
         loop.global_step += 1
         if loop.global_step in self.faults:
@@ -140,27 +164,38 @@ class Trainer:
             # share of a global batch varies from step to step.
             self._rows_capacity = min(max(m, -(-m * 9 // 8)), max(m, self.batch_size))
         xb = self.model.input_buffer(self._rows_capacity)[:m]
-        np.take(self.problem.X, local_rows, axis=0, out=xb)
+        # The rows as intp in a reused buffer (np.take converts other index types into a new
+        # array), taken with mode="wrap": they come from the schedule, in range by
+        # construction, and the default "raise" copies ``out`` through a temporary every call.
+        if self._rows_buf.shape[0] < m:
+            self._rows_buf = np.empty(self._rows_capacity, dtype=np.intp)
+        rows, local_rows = local_rows, self._rows_buf[:m]
+        np.copyto(local_rows, rows)
+        np.take(self.problem.X, local_rows, axis=0, out=xb, mode="wrap")
         if self._ybuf.shape[0] < m:
             self._ybuf = np.empty((m, self.Y.shape[1]), dtype=self.model.dtype)
         yb = self._ybuf[:m]
-        np.take(self.Y, local_rows, axis=0, out=yb)
+        np.take(self.Y, local_rows, axis=0, out=yb, mode="wrap")
         sw, weight = None, m
         if self.problem.sample_weight is not None:
             if self._wbuf.shape[0] < m:
                 self._wbuf = np.empty(m, dtype=self.model.dtype)
             sw = self._wbuf[:m]
-            np.take(self.problem.sample_weight, local_rows, out=sw)
+            np.take(self.problem.sample_weight, local_rows, out=sw, mode="wrap")
             weight = sw.sum()
         if self.cfg.warmup_epochs:
             done = self.loop.epoch * self.schedule.n_steps + self.loop.step_in_epoch + 1
             self.optimizer.warmup_factor = min(1.0, done / (self.cfg.warmup_epochs * self.schedule.n_steps))
         t1 = time.perf_counter()
+        self._compute_start = time.thread_time()
+        if self.balancer is not None:
+            self._window_rows.append(m)
         comm_before = self.sync.comm_seconds
-        loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._inject_and_flag)
+        batch_rows = min(self.batch_size, self.n_train - self.loop.step_in_epoch * self.batch_size)
+        loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._inject_and_flag, batch_rows)
         t2 = time.perf_counter()
-        loss = loss_sum / weight
-        if self.cfg.alpha:
+        loss = loss_sum / weight if weight else 0.0  # a local step (sync_local.py) may have no rows here
+        if self.cfg.alpha and weight:
             loss += (0.5 * self.cfg.alpha) * penalty / weight
         comm_seconds = self.sync.comm_seconds - comm_before
         timing = self.timing
@@ -176,17 +211,26 @@ class Trainer:
         completes and the flag tells the caller to stop after it.
         """
         loop, stop = self.loop, False
-        for local_rows in self.schedule.epoch(loop.epoch, loop.step_in_epoch):
+        steps = self.schedule.epoch(loop.epoch, loop.step_in_epoch)
+        while (local_rows := next(steps, None)) is not None:
             loss, weight, stop = self.step(local_rows)
             if self.problem.sample_weight is not None:
                 # sklearn weighs each batch loss by its row count, not its sample weight.
-                weight = min(self.batch_size, self.n_train - loop.step_in_epoch * self.batch_size)
-            loop.accumulated += loss * weight
+                weight = len(local_rows) if self.sync.local else \
+                    min(self.batch_size, self.n_train - loop.step_in_epoch * self.batch_size)
+            # Local averaging adds the ranks' losses (and agrees on stopping) when it averages.
+            before = self.sync.comm_seconds
+            contribution, stop = self.sync.settle(loss * weight, stop, loop.step_in_epoch + 1 == self.schedule.n_steps)
+            self.timing[2] += self.sync.comm_seconds - before
+            loop.accumulated += contribution
             loop.step_in_epoch += 1
             if self.progress is not None:
                 self.progress(loop.epoch + 1, loop.step_in_epoch, self.schedule.n_steps)
             if stop and loop.step_in_epoch < self.schedule.n_steps:
                 return None, True
+            if self._rebalance_due() and self._rebalance() and loop.step_in_epoch < self.schedule.n_steps:
+                # The rows changed owners: continue the epoch on the new schedule, as a resume would.
+                steps = self.schedule.epoch(loop.epoch, loop.step_in_epoch)
         loss = loop.accumulated / self.n_train
         loop.accumulated, loop.step_in_epoch = 0.0, 0
         loop.epoch += 1
@@ -216,9 +260,13 @@ class Trainer:
 
     def _epoch_verdict(self, loss, score=None):
         """Why training stops after this epoch, or None: divergence, --loss-target, sklearn's
-        no-improvement rule (on the training loss, or the validation score), max epochs."""
+        no-improvement rule (on the training loss, or the validation score), max epochs.
+
+        With early stopping a non-finite loss is not the end, as in scikit-learn 1.9: the
+        validation score is NaN, which never improves on the best one, and the best weights are
+        restored at the end."""
         cfg = self.cfg
-        if not math.isfinite(loss) or not np.isfinite(self.params).all():
+        if not self.early_stopping and (not math.isfinite(loss) or not np.isfinite(self.params).all()):
             return "diverged"
         if cfg.loss_target is not None and loss <= cfg.loss_target:
             return "loss_target"
@@ -239,7 +287,11 @@ class Trainer:
         reason = loop.finished if loop.finished and (loop.finished != "max_epochs" or loop.epoch >= cfg.epochs) else None
         if reason is None and loop.epoch >= cfg.epochs:
             reason = "max_epochs"
+        self._start_step = loop.global_step
         try:
+            if reason is None and self._signalled_before_start():  # e.g. while the data loaded
+                reason = "preempted"
+                self._preempt()
             while reason is None:
                 t0 = time.perf_counter()
                 # Overflow on the way to divergence is detected and reported once, below.
@@ -264,7 +316,8 @@ class Trainer:
                     reason = "preempted"
                 record = {"epoch": loop.epoch, "loss": loss, "seconds": seconds,
                           "samples_per_second": self.n_train / seconds if seconds > 0 else None,
-                          "learning_rate": self.optimizer.learning_rate, **breakdown}
+                          "learning_rate": self.optimizer.learning_rate, "reductions": self.sync.take_reductions(),
+                          **breakdown}
                 if self.early_stopping:
                     record["validation_score"] = score
                     record["validation_loss"] = loop.validation_loss_curve[-1]
@@ -299,18 +352,134 @@ class Trainer:
     def _epoch_breakdown(self):
         """Collective: this epoch's seconds gathering rows, computing and in the step's
         collectives (which includes waiting for the slowest rank), each the max over ranks."""
-        t = self.comm.allreduce(self.timing.copy(), "max")
+        size, rank = self.comm.size, self.comm.rank
+        per_rank = np.zeros(3 + 2 * size if self._per_rank else 3)
+        per_rank[:3] = self.timing
+        if self._per_rank:  # each rank fills its own slots; the max gathers them all
+            per_rank[3 + rank] = self._busy_epoch
+            per_rank[3 + size + rank] = self.problem.shard.count
+        t = self.comm.allreduce(per_rank, "max")
         self.timing[...] = 0
-        return {"data_seconds": float(t[0]), "compute_seconds": float(t[1]), "comm_seconds": float(t[2])}
+        self._busy_epoch = 0.0
+        out = {"data_seconds": float(t[0]), "compute_seconds": float(t[1]), "comm_seconds": float(t[2])}
+        if self._per_rank:
+            counts = t[3 + size:]
+            out.update({"rank_compute_seconds": t[3:3 + size].tolist(),
+                        "shares": (counts / counts.sum()).tolist(), "row_moves": self._moves,
+                        "move_seconds": self._move_seconds})
+            self._moves, self._move_seconds = 0, 0.0
+        return out
+
+    # ---- dynamic load balancing (balance.py) ------------------------------------------------
+
+    def _init_balance(self, slow):
+        """Straggler injection and, with --balance dynamic, rank 0's Balancer."""
+        self._slow = float(slow.get(self.comm.rank, 1.0))
+        self._compute_start = time.thread_time()
+        self._window_rows, self._window_busy = [], []  # per step since the window began
+        self._busy_epoch = 0.0       # busy seconds this epoch (the per-rank times logged)
+        self._moves, self._move_seconds = 0, 0.0
+        self.shares = None           # decided shares; None: the --shard strategy's own
+        self.balancer = None
+        dynamic = getattr(self.cfg, "balance", "static") == "dynamic"
+        self._per_rank = dynamic or bool(slow)
+        if dynamic:
+            if self.problem.sample_weight is not None or self.problem.Y is not None or not self.cfg.data:
+                raise InputError("--balance dynamic re-reads rows from the --data file; it needs `mpinn train`")
+            counts = np.zeros(self.comm.size)
+            counts[self.comm.rank] = self.problem.shard.count
+            self.comm.allreduce(counts, "sum")
+            self.balancer = Balancer(self.comm.size, (counts / counts.sum()).tolist())
+            self._interval = check_interval(self.schedule.n_steps)
+
+    def _rebalance_due(self):
+        if self.balancer is None:
+            return False
+        if self.cfg.shuffle == "local":  # local batches come from the shard: change it between epochs only
+            return self.loop.step_in_epoch == self.schedule.n_steps
+        return self.loop.global_step % self._interval == 0
+
+    def _rebalance(self):
+        """Collective: rank 0 gathers every rank's window (rows, busy seconds), decides the
+        shares and broadcasts them; every rank then takes its rows under them. True if moved."""
+        comm, size = self.comm, self.comm.size
+        window = np.zeros(2 * size)
+        window[comm.rank] = window_speed(self._window_rows, self._window_busy)
+        window[size + comm.rank] = sum(self._window_busy)
+        comm.reduce_sum_to_root(window)
+        decision = self.balancer.observe(window[:size].tolist(), window[size:].tolist()) if comm.rank == 0 else None
+        shares, used = comm.bcast_json(decision)
+        if used:
+            self._window_rows, self._window_busy = [], []
+        if shares is None:
+            return False
+        self._apply_shares(shares)
+        return True
+
+    def _apply_shares(self, shares):
+        """Move the rows: each rank re-reads its shard under ``shares`` from the file (measured
+        against exchanging them in bench/balance.py), then the schedule is rebuilt at the same
+        place of the same epoch, so the global batches do not change."""
+        from .problem import reshard
+
+        t = time.perf_counter()
+        state = self.schedule.state()
+        scalars = self.schedule.scalars() if hasattr(self.schedule, "scalars") else None
+        reshard(self.problem, self.cfg, self.comm, shares)
+        if self.problem.Y is None and self.model.output in ("softmax", "logistic"):
+            self.Y = _encoded_rows(self.problem, self.model)
+        elif self.problem.Y is None:
+            self.Y = encode_targets(self.problem.y, self.problem.classes, self.model.output, self.model.dtype)
+        self.schedule = self._make_schedule()
+        self.schedule.load_state(state, *([] if scalars is None else [scalars]))
+        self.shares = list(shares)
+        self._moves += 1
+        self._move_seconds += time.perf_counter() - t
+
+    def _make_schedule(self):
+        """The batch schedule over this rank's current shard (rebuilt when the rows move)."""
+        p, cfg = self.problem, self.cfg
+        schedule = BatchSchedule(p.train_rows, self.batch_size, cfg.shuffle, self.random_state, p.shard,
+                                 local_seed=cfg.seed, stream=getattr(p, "stream", None),
+                                 permutation=resolve_permutation(getattr(cfg, "permutation", "auto"), p.shard.n_rows),
+                                 shard_spec=str(parse_shard(cfg.shard)))
+        p.train_rows = schedule.train  # this shard's view of the training rows (rebuilt if the rows moved)
+        return schedule
+
+    def _hold_out_validation(self):
+        """The CLI's early-stopping split: problem.train_rows loses the validation rows, and
+        val_X / val_Y (targets in output space) hold this rank's share of them."""
+        from .early_stopping import hold_out
+
+        p, model = self.problem, self.model
+        binary = labels_as_classes(p.y, p.classes) == p.classes[1] if model.output == "logistic" else None
+        try:
+            p.train_rows, local = hold_out(p.train_rows, self.cfg.validation_fraction, self.random_state, p.shard,
+                                           self.comm, binary_labels=binary)
+        except ValueError as exc:
+            raise InputError(f"--early-stopping: {exc}") from None
+        y = p.y[local]
+        p.val_X = p.X[local]
+        p.val_Y = encode_targets(labels_as_classes(y, p.classes) if p.task == "classify" else y, p.classes,
+                                 model.output, model.dtype)
+
+    def _signalled_before_start(self):
+        """Collective: did a rank get a signal before this run's first step? (A flag is
+        otherwise read only in a step's reduction.) MPINN_FAULT step 0 signals here."""
+        if 0 in self.faults:
+            inject(self.faults[0], self.comm.rank, 0, None)
+        return self.comm.allreduce(np.array([float(Preemption.requested)]), "max")[0] > 0
 
     def _preempt(self):
-        if self.checkpointer:
+        """Collective: agree on what stopped the run, checkpoint what this run trained, and keep
+        the account in ``stop_message`` (the CLI prints it, an estimator raises it)."""
+        self.stop_exit_code, word, names = verdict(self.comm.allreduce(np.array(Preemption.received()), "sum"))
+        trained = self.loop.global_step > self._start_step
+        if self.checkpointer and trained:
             self.checkpointer.save(self)
-        if self.comm.rank == 0:
-            print(f"mpinn: preempted ({Preemption.signal_name or 'signal on another rank'}) at epoch "
-                  f"{self.loop.epoch} step {self.loop.step_in_epoch}"
-                  + ("; checkpoint written, rerun with --resume" if self.checkpointer else "; no --checkpoint"),
-                  file=sys.stderr, flush=True)
+        self.stop_saved = bool(self.checkpointer) and trained
+        where = f"at epoch {self.loop.epoch} step {self.loop.step_in_epoch}" if trained else "before the first step"
+        self.stop_message = f"{word} ({names}) {where}"
 
     # ---- validation (early stopping) ------------------------------------------------------
 
@@ -320,18 +489,20 @@ class Trainer:
         from . import metrics
 
         p, model, loop = self.problem, self.model, self.loop
-        out = model.forward(self.params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
-        w = p.val_weight
-        head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
-        if p.task == "classify":
-            buf = np.concatenate((head, metrics.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
-            self.comm.allreduce(buf, "sum")
-            score = metrics.accuracy(buf[2:])
-        else:
-            buf = self.comm.allreduce(np.concatenate((head, metrics.regression_first_pass(p.val_Y, w))), "sum")
-            mean = buf[3:] / buf[2]
-            second = self.comm.allreduce(metrics.r2_partial(p.val_Y, out, mean, w), "sum")
-            score = metrics.r2(second)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverged model: NaN, reported once
+            out = model.forward(self.params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
+            w = p.val_weight
+            head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
+            if p.task == "classify":
+                buf = np.concatenate((head, metrics.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
+                self.comm.allreduce(buf, "sum")
+                score = metrics.accuracy(buf[2:])
+            else:
+                buf = self.comm.allreduce(np.concatenate((head, metrics.regression_first_pass(p.val_Y, w))), "sum")
+                mean = buf[3:] / buf[2]
+                second = self.comm.allreduce(metrics.r2_partial(p.val_Y, out, mean, w), "sum")
+                # scikit-learn scores non-finite predictions as NaN
+                score = metrics.r2(second) if np.isfinite(second).all() else float("nan")
         loop.validation_scores.append(score)
         loop.validation_loss_curve.append(float(buf[0] / buf[1]))
         return score
@@ -348,11 +519,19 @@ class Trainer:
         scalars.update({"best_loss": None if math.isinf(loop.best_loss) else loop.best_loss,
                         "optimizer": opt_scalars, "n_train": self.n_train, "batch_size": self.batch_size,
                         "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}})
-        arrays = {"params": self.params, "schedule/order": self.schedule.state()["order"], "rng/key": key,
+        scalars["schedule"] = self.schedule.scalars()
+        arrays = {"params": self.params, "rng/key": key,
+                  **{f"schedule/{k}": v for k, v in self.schedule.state().items()},
                   "loss_curve": np.asarray(loop.loss_curve, dtype=np.float64),
                   **{f"optimizer/{k}": v for k, v in opt_arrays.items()}}
         if self.extra_state is not None:
             scalars["estimator"] = self.extra_state()
+        if self.balancer is not None:  # the shares apply again on the same rank count
+            scalars["balance"] = {"ranks": self.comm.size, "shares": self.shares, "balancer": self.balancer.state()}
+        if self.early_stopping:  # so a resumed run stops, and ends on the weights, an uninterrupted one would
+            scalars["validation"] = {"scores": loop.validation_scores, "loss_curve": loop.validation_loss_curve,
+                                     "best": None if math.isinf(loop.best_validation_score) else loop.best_validation_score}
+            arrays["validation/best_params"] = loop.best_params
         return scalars, arrays
 
     def restore(self, scalars, arrays):
@@ -364,17 +543,31 @@ class Trainer:
             raise InputError(f"--resume: the checkpoint stopped part-way through an epoch of batches of {saved_batch}"
                              f" rows; with {self.comm.size} rank(s) the batch is {self.batch_size} (--batch-per-rank):"
                              " resume on the same rank count, or from an end-of-epoch checkpoint")
+        self.schedule.check_resume(scalars.get("schedule"), mid_epoch=bool(scalars["step_in_epoch"]))
         self.params[...] = arrays["params"]
         if self.sync:
             self.sync.load_optimizer_state(scalars["optimizer"], {k.split("/", 1)[1]: v for k, v in arrays.items()
                                                                   if k.startswith("optimizer/")})
         rng = scalars["rng"]
         self.random_state.set_state((rng["kind"], arrays["rng/key"], rng["pos"], rng["has_gauss"], rng["gauss"]))
-        self.schedule.load_state({"order": arrays["schedule/order"]})
+        self.schedule.load_state({k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("schedule/")},
+                                 scalars.get("schedule"))
         for name in LoopState.SCALARS:
             setattr(self.loop, name, scalars[name])
         self.loop.best_loss = math.inf if scalars["best_loss"] is None else scalars["best_loss"]
         self.loop.loss_curve = arrays["loss_curve"].tolist()
+        validation = scalars.get("validation")
+        if validation is not None and self.early_stopping:
+            self.loop.validation_scores = list(validation["scores"])
+            self.loop.validation_loss_curve = list(validation["loss_curve"])
+            self.loop.best_validation_score = -math.inf if validation["best"] is None else validation["best"]
+            self.loop.best_params = np.array(arrays["validation/best_params"], dtype=self.params.dtype)
+        saved = scalars.get("balance")
+        if self.balancer is not None and saved and saved["ranks"] == self.comm.size:
+            self.balancer.load_state(saved["balancer"])
+            if saved["shares"] is not None:
+                self._apply_shares(saved["shares"])  # every rank read the same checkpoint
+                self._moves, self._move_seconds = 0, 0.0
 
     def summary(self):
         """The end-of-run record rank 0 prints with --json."""

@@ -51,13 +51,15 @@ def data_file(tmp_path):
     return str(path), X, y
 
 
-@pytest.mark.parametrize("spec,size", [(s, n) for s in ("block", "strided") for n in (1, 2, 3)]
-                         + [("weighted:1,3,2", 3), ("weighted:0,1", 2)])
-def test_each_rank_reads_only_its_rows(data_file, spec, size):
+@pytest.mark.parametrize("spec,size,shares", [(s, n, None) for s in ("block", "strided", "random") for n in (1, 2, 3)]
+                         + [("weighted:1,3,2", 3, None), ("weighted:0,1", 2, None), ("random:7", 3, None),
+                            ("random", 8, None)]
+                         + [(s, 3, (0.6, 0.1, 0.3)) for s in ("block", "strided", "random:4")])
+def test_each_rank_reads_only_its_rows(data_file, spec, size, shares):
     path, X, y = data_file
     info = datamod.inspect(path)
     for rank in range(size):
-        shard = make_shard(info.n_rows, rank, size, spec)
+        shard = make_shard(info.n_rows, rank, size, spec, seed=3, shares=shares)
         counting = CountingFile(path)
         with h5py.File(counting, "r") as f:
             x_start = f["X"].id.get_offset()

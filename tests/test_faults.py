@@ -107,37 +107,70 @@ def test_signal_to_the_launcher_preempts_the_job(iris, tmp_path):
     _assert_loads(ck)
 
 
+def _latest_epoch(directory):
+    """The epoch of the checkpoint `latest` names (replaced atomically), 0 before the first."""
+    try:
+        name = (directory / "latest").read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(name.split("-")[1])
+
+
+def _wait_for_epoch(proc, directory, epoch, timeout=60):
+    """Wait until the running job has checkpointed ``epoch``; the time it did, or None if
+    the job ended first."""
+    deadline = time.monotonic() + timeout
+    while _latest_epoch(directory) < epoch:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
+    return time.monotonic()
+
+
 def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
-    """20 runs SIGKILLed at random times; each time the latest checkpoint loads and resuming
-    finishes with the weights of an uninterrupted run."""
+    """20 runs SIGKILLed at random moments of training; each time the latest checkpoint loads
+    and resuming finishes with the weights of an uninterrupted run. Each kill is aimed at a
+    random point after a random epoch's checkpoint (up to two epochs later, so kills also land
+    while a checkpoint is written), and the test checks that it landed there: while the job was
+    still running and before its last epoch."""
     data = tmp_path / "syn.h5"
     run(["data", "synthetic", data, "--samples", "20000", "--features", "20", "--classes", "3"])
-    # About 1.5 s of training with a checkpoint every epoch (0.1 s): kills land anywhere.
-    args = ["--data", data, "--hidden", "64,64", "--solver", "adam", "--epochs", "20", "--batch-size", "32",
+    epochs = 20
+    args = ["--data", data, "--hidden", "64,64", "--solver", "adam", "--epochs", str(epochs), "--batch-size", "32",
             "--seed", "1", "--n-iter-no-change", "1000", "--quiet", "--checkpoint-every", "1",
             "--keep-checkpoints", "2"]
+    # The reference run, watched: how long an epoch takes on this machine now.
     ref = tmp_path / "ref"
-    run(["train", "--checkpoint", ref, *args], np_=2)
+    proc = subprocess.Popen(command(["train", "--checkpoint", ref, *args], 2), env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = [_wait_for_epoch(proc, ref, e) for e in (2, 7)]
+    assert proc.wait(timeout=120) == 0 and None not in seen
+    epoch_seconds = (seen[1] - seen[0]) / 5
     want = mpinn.load(ref)
     rng = random.Random(0)
-    killed_with_checkpoint = 0
+    landed = []
     for i in range(20):
         ck = tmp_path / f"ck{i}"
         proc = subprocess.Popen(command(["train", "--checkpoint", ck, *args], 2),
                                 env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        time.sleep(rng.uniform(0.4, 1.8))
+        after = rng.randint(1, epochs - 6)
+        assert _wait_for_epoch(proc, ck, after) is not None, "the job ended before the kill"
+        time.sleep(rng.uniform(0, 2 * epoch_seconds))
+        running = proc.poll() is None
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        if (ck / "latest").exists():
-            killed_with_checkpoint += 1
-            _assert_loads(ck)
+        attrs = _assert_loads(ck)
+        # The kill landed mid-run: the job was running, its last checkpoint is not the final one.
+        assert running, f"run {i}: the job had ended before the kill"
+        assert after <= attrs["state"]["epoch"] < epochs and attrs["state"]["finished"] is None, attrs["state"]
+        landed.append(attrs["state"]["epoch"])
         run(["train", "--checkpoint", ck, "--resume", *args], np_=2)
         got = mpinn.load(ck)
         for x, y in zip(want.coefs_ + want.intercepts_, got.coefs_ + got.intercepts_):
             np.testing.assert_array_equal(x, y)
         assert len([n for n in os.listdir(ck) if n.endswith(".h5")]) <= 2
-    assert killed_with_checkpoint >= 10  # most kills landed after the first checkpoint
+    assert len(set(landed)) >= 8, landed  # spread over the run, not bunched at one moment
 
 
 def test_user_script_exception_ends_every_rank(tmp_path):

@@ -140,4 +140,28 @@ def test_decisions_are_rank_zeros(world):
     message = "bad shard" if comm.rank == comm.size - 1 else None
     assert comm.any_error(message) == "bad shard"
     assert comm.any_error(None) is None
-    json.dumps(comm.bcast_json([1, 2]))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_bcast_json_gives_every_rank_the_roots_value(world):
+    comm = Comm(world)
+    last = comm.size - 1
+    # Each rank passes its own value: only the root's may come back, on every rank.
+    values = [
+        [1, 2.5, None, True, "x"],
+        {"path": "/tmp/ü/ck", "nested": {"list": [[], {}], "big": 2 ** 53 + 1}, "unicode": "ε → ∞"},
+        "a" * 100_000,  # longer than any eager-message limit
+        "",
+        None,
+    ]
+    for root in (0, last):
+        for value in values:
+            mine = {"rank": comm.rank, "value": value} if comm.rank == root else ["not", comm.rank]
+            got = comm.bcast_json(mine, root=root)
+            assert got == {"rank": root, "value": value}
+            assert json.dumps(got) == json.dumps({"rank": root, "value": value})
+    # Decoded afresh on the others (not the caller's object); rank 0's value only on rank 0.
+    sent = {"k": [1]}
+    got = comm.bcast_json(sent if comm.rank == 0 else {"k": [comm.rank]})
+    assert got == {"k": [1]}
+    assert (got is sent) == (comm.rank == 0)

@@ -6,7 +6,7 @@ import pytest
 from mpinn.errors import InputError
 from mpinn.partition import ShardSpec, block_offsets, make_shard, parse_shard
 
-SPECS = ["block", "strided", "weighted:1,2,3", "weighted:0,1,1"]
+SPECS = ["block", "strided", "weighted:1,2,3", "weighted:0,1,1", "random", "random:3"]
 
 
 def _spec_for(text, size):
@@ -24,13 +24,20 @@ def _spec_for(text, size):
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 16])
 def test_shards_cover_every_row_exactly_once(text, n_rows, size):
     spec = _spec_for(text, size)
+    if text.startswith("random") and -(-n_rows // (spec.chunk or 1)) < size:
+        with pytest.raises(InputError, match="fewer than the"):
+            make_shard(n_rows, 0, size, spec)
+        return
     shards = [make_shard(n_rows, r, size, spec) for r in range(size)]
     rows = np.concatenate([s.rows for s in shards])
     assert sorted(rows.tolist()) == list(range(n_rows))
     assert sum(s.count for s in shards) == n_rows
     for s in shards:
-        assert s.count == len(s.rows) == len(range(n_rows)[s.as_slice()])
-        assert (np.arange(n_rows)[s.as_slice()] == s.rows).all()
+        assert (np.diff(s.rows) > 0).all()  # local order is global order
+        assert s.count == len(s.rows)
+        assert (s.take(np.arange(n_rows)) == s.rows).all()
+        if not text.startswith("random"):
+            assert (np.arange(n_rows)[s.as_slice()] == s.rows).all()
 
 
 def test_block_leftovers_go_to_lowest_ranks():
@@ -73,16 +80,74 @@ def test_bad_specs_are_input_errors(bad):
         parse_shard(bad)
 
 
-@pytest.mark.parametrize("text", ["block", "strided", "weighted:3,1,2"])
-def test_local_positions_map_global_rows(text):
+@pytest.mark.parametrize("text", ["block", "strided", "weighted:3,1,2", "random", "random:2"])
+@pytest.mark.parametrize("shares", [None, (0.5, 0.2, 0.3)])
+def test_local_positions_map_global_rows(text, shares):
     n, size = 23, 3
     rng = np.random.RandomState(0)
     batch = rng.permutation(n)[:9]
     owned_total = 0
     for r in range(size):
-        s = make_shard(n, r, size, text)
+        s = make_shard(n, r, size, text, shares=shares)
+        assert (s.global_rows(np.arange(s.count)) == s.rows).all()
         mask, local = s.local_positions(batch)
         assert (s.rows[local] == batch[mask]).all()  # same rows, in batch order
         assert set(batch[mask]) == set(batch) & set(s.rows)
         owned_total += mask.sum()
     assert owned_total == len(batch)
+
+
+# ---- random shards and dynamic shares -------------------------------------------------------
+
+
+def test_random_is_seeded_chunks_balanced_to_one_chunk():
+    n, size, chunk = 1000, 3, 7
+    shards = [make_shard(n, r, size, f"random:{chunk}", seed=5) for r in range(size)]
+    assert [s.runs for s in shards] == [make_shard(n, r, size, f"random:{chunk}", seed=5).runs for r in range(size)]
+    assert [s.runs for s in shards] != [make_shard(n, r, size, f"random:{chunk}", seed=6).runs for r in range(size)]
+    counts = [s.count for s in shards]
+    assert max(counts) - min(counts) <= chunk
+    for s in shards:  # every run starts on a chunk boundary and is made of whole chunks
+        assert all(a % chunk == 0 and (b % chunk == 0 or b == n) for a, b in s.runs)
+        assert len(s.pieces()) == len(s.runs) > 1  # one hyperslab per run of chunks
+        assert all(src.step == 1 for src, _ in s.pieces())
+    # the default chunk gives every rank about RANDOM_CHUNKS_PER_RANK chunks
+    assert all(8 <= len(make_shard(10_000, r, 4, "random").runs) <= 16 for r in range(4))
+
+
+@pytest.mark.parametrize("text", ["block", "strided", "weighted:1,1,1,1", "random", "random:5"])
+@pytest.mark.parametrize("n_rows", [50, 997, 10_000])
+def test_shares_set_the_row_counts(text, n_rows):
+    size, shares = 4, (0.55, 0.05, 0.15, 0.25)
+    shards = [make_shard(n_rows, r, size, text, seed=1, shares=shares) for r in range(size)]
+    rows = np.concatenate([s.rows for s in shards])
+    assert sorted(rows.tolist()) == list(range(n_rows))
+    # within one row (block), one row per round of the strided pattern, one chunk plus the short
+    # last chunk (random)
+    chunk = 5 if text == "random:5" else max(1, n_rows // 64)
+    rounds = -(-n_rows // (4 * int(np.clip(n_rows // 16, 1, 64))))
+    tolerance = {"random": 2 * chunk, "strided": rounds + 1}.get(text.split(":")[0], 1)
+    for s, share in zip(shards, shares):
+        assert abs(s.count - share * n_rows) <= tolerance, (s.count, share * n_rows)
+        assert (np.diff(s.rows) > 0).all()
+
+
+def test_strided_with_shares_is_block_cyclic_and_reads_strided_hyperslabs():
+    n, size = 1000, 2
+    s = make_shard(n, 1, size, "strided", shares=(0.75, 0.25))
+    period = s.period
+    assert period == 2 * 64 and s.runs == ((96, 128),)
+    assert all(src.step == period for src, _ in s.pieces())
+    assert s.rows[:3].tolist() == [96, 97, 98] and s.rows[32] == 96 + period
+
+
+@pytest.mark.parametrize("bad", ["random:0", "random:x", "random:-4", "random:1.5", "randoms"])
+def test_bad_random_chunk_sizes(bad):
+    with pytest.raises(InputError, match="--shard"):
+        parse_shard(bad)
+
+
+def test_random_chunk_too_big_for_the_ranks():
+    with pytest.raises(InputError, match=r"--shard random:100: 150 rows make 2 chunk\(s\) of 100 rows, fewer than "
+                                         r"the 3 ranks; use a chunk of at most 50 rows"):
+        make_shard(150, 0, 3, "random:100")

@@ -117,3 +117,21 @@ def test_train_stream_with_global_shuffle_is_refused_before_reading(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "mpinn: error: --stream: use --shuffle none (the same batches as in memory) or local (chunk order and "
         "rows within chunks shuffled); global would read the whole shard every batch"]
+
+
+@pytest.mark.parametrize("spec,shares", [("random:23", None), ("random", (0.7, 0.3)), ("strided", (0.7, 0.3)),
+                                         ("block", (0.2, 0.8))])
+def test_streaming_a_shard_of_many_hyperslabs(data, spec, shares):
+    """A random shard (runs of chunks) or one resized by shares: each stream chunk is read
+    hyperslab by hyperslab and holds the shard's rows in order."""
+    path, X, _ = data
+    shard = make_shard(len(X), 1, 2, spec, seed=4, shares=shares)
+    s = StreamingRows(str(path), "X", shard, X.shape[1], np.float64, chunk_rows=41, read_ahead=1)
+    mine = X[shard.rows]
+    out = np.empty((60, X.shape[1]))
+    for start in range(0, len(mine), 60):
+        rows = np.arange(start, min(start + 60, len(mine)))
+        np.take(s, rows, axis=0, out=out[: len(rows)])
+        assert np.array_equal(out[: len(rows)], mine[rows])
+    assert np.array_equal(s[[0, 5, len(mine) - 1]], mine[[0, 5, len(mine) - 1]])
+    s.close()

@@ -47,21 +47,22 @@ def test_export_npz_onnx_sklearn_predict_the_same(trained, tmp_path):
     proba = model.predict_proba(X)
     run(["export", d / "ck", "--format", "npz", "-o", tmp_path / "m.npz"])
     z = np.load(tmp_path / "m.npz", allow_pickle=False)
-    a = X
+    assert str(z["scaler"]) == "standard"  # the default --scale
+    a = (X - z["scaler_mean"]) / z["scaler_scale"]
     for i in range(2):
         a = a @ z[f"W{i}"] + z[f"b{i}"]
         if i == 0:
             a = np.maximum(a, 0)
     e = np.exp(a - a.max(axis=1, keepdims=True))
     np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), proba, rtol=1e-12)
-    assert z["classes"].tolist() == [0, 1, 2] and str(z["activation"]) == "relu"
+    assert z["classes"].tolist() == ["setosa", "versicolor", "virginica"] and str(z["activation"]) == "relu"
 
     ort = pytest.importorskip("onnxruntime")
     run(["export", d / "ck", "--format", "onnx", "-o", tmp_path / "m.onnx"])
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    (onnx_proba,) = session.run(["output"], {"input": X})
+    onnx_proba, onnx_label = session.run(["output", "label"], {"input": X})
     np.testing.assert_allclose(onnx_proba, proba, rtol=1e-9, atol=1e-12)
-    assert (np.argmax(onnx_proba, axis=1) == model.predict(X)).all()
+    assert (onnx_label == model.predict(X)).all()
 
     joblib = pytest.importorskip("joblib")
     run(["export", d / "ck", "--format", "sklearn", "-o", tmp_path / "m.joblib"])

@@ -1,0 +1,197 @@
+"""The tasks of a search (candidate x fold): the estimator each one fits, its expected cost, and
+fitting and scoring one task. No MPI here: a task's fit reaches its rank group through the
+communicator set on the estimator (the ``comm`` parameter of mpinn's estimators).
+
+Scoring follows scikit-learn's ``_fit_and_score``: a fit that raises gets ``error_score`` and its
+traceback (the search warns with FitFailedWarning at the end), a scorer that raises gets
+``error_score`` with a UserWarning, and ``error_score="raise"`` lets the exception through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+import time
+import warnings
+from traceback import format_exc
+
+import numpy as np
+
+
+def _mpinn_estimator(obj):
+    from .estimator_fit import _FitMLP
+
+    return isinstance(obj, _FitMLP)
+
+
+def mpinn_paths(est):
+    """Parameter prefixes of the mpinn estimators in ``est`` ("" for est itself, "clf__" for a
+    Pipeline step named clf, ...)."""
+    paths = [""] if _mpinn_estimator(est) else []
+    if hasattr(est, "get_params"):
+        paths += [f"{name}__" for name, value in est.get_params(deep=True).items() if _mpinn_estimator(value)]
+    return paths
+
+
+def clone_without_comm(est):
+    """(a clone of ``est`` whose mpinn estimators have comm=None, the comm values taken out).
+
+    sklearn's clone deep-copies parameters and an MPI communicator cannot be copied; the tasks
+    get their group's communicator instead, and the refit gets the values back."""
+    from sklearn.base import clone
+
+    saved = {f"{p}comm": est.get_params(deep=True)[f"{p}comm"] for p in mpinn_paths(est)}
+    if not any(v is not None for v in saved.values()):
+        return clone(est), saved
+    est.set_params(**{k: None for k in saved})
+    try:
+        return clone(est), saved
+    finally:
+        est.set_params(**saved)
+
+
+def search_comm_value(saved):
+    """The communicator the search spans: the first mpinn estimator's comm, or None (world)."""
+    return next((v for v in saved.values() if v is not None), None)
+
+
+def for_task(est, comm):
+    """Point every mpinn estimator of ``est`` at the group's communicator; tasks never write
+    checkpoints (the groups would overwrite each other's), only the refit does."""
+    paths = mpinn_paths(est)
+    if paths:
+        est.set_params(**{f"{p}comm": comm for p in paths}, **{f"{p}checkpoint": None for p in paths})
+    return est
+
+
+def expected_cost(est, n_train, n_features, n_outputs):
+    """epochs x rows x parameters of the MLP in ``est`` (rows alone for other estimators): the
+    order in which the dynamic allocation hands out tasks, longest first."""
+    params = est.get_params(deep=True) if hasattr(est, "get_params") else {}
+    layers = epochs = None
+    for key, value in params.items():
+        name = key.rsplit("__", 1)[-1]
+        if name == "hidden_layer_sizes":
+            layers = [value] if isinstance(value, numbers.Integral) else list(value)
+        elif name == "max_iter" and isinstance(value, numbers.Integral):
+            epochs = int(value)
+    if layers is None:
+        return float(n_train)
+    units = [n_features, *layers, n_outputs]
+    n_params = sum((a + 1) * b for a, b in zip(units[:-1], units[1:]))
+    return float(epochs or 1) * n_train * n_params
+
+
+def longest_first(costs):
+    """Task ids by expected cost, largest first; ties in task order (stable)."""
+    return sorted(range(len(costs)), key=lambda t: -costs[t])
+
+
+def fingerprint(parts):
+    """A short hash naming one search: candidates, folds, scoring, estimator and data."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            a = np.ascontiguousarray(part)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def describe(obj):
+    """A repr stable across runs (a callable by its qualified name, not its address)."""
+    if callable(obj) and not hasattr(obj, "get_params") and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    if isinstance(obj, dict):
+        return {k: describe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [describe(v) for v in obj]
+    return repr(obj)
+
+
+class TaskFailed(Exception):
+    """A task raised with error_score='raise'; carries the original exception (if this rank had
+    it) and the message the group agreed on."""
+
+    def __init__(self, message, original=None):
+        super().__init__(message)
+        self.original = original
+
+
+def last_line(traceback_text):
+    lines = [line for line in str(traceback_text).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, return_train_score,
+                  agree, score=True):
+    """Fit ``est`` (already given its parameters and group communicator) on the train rows and
+    score it on the test rows: the task's record (scores as {name: value}, times, error).
+
+    ``agree(message or None)`` returns the message of the lowest failing rank of the group, so
+    every rank of a group records (or raises) the same outcome; ``score=False`` (the group's
+    other ranks) stops after the fit: only the leader scores and records."""
+    from sklearn.utils import _safe_indexing
+
+    X_train, X_test = _safe_indexing(X, train), _safe_indexing(X, test)
+    y_train = None if y is None else _safe_indexing(y, train)
+    y_test = None if y is None else _safe_indexing(y, test)
+    start = time.time()
+    error, original = None, None
+    try:
+        est.fit(X_train, **fit_params) if y is None else est.fit(X_train, y_train, **fit_params)
+    except Exception as exc:  # noqa: BLE001 - any failure of one candidate is recorded
+        error, original = format_exc(), exc
+    fit_time = time.time() - start
+    error = agree(error)
+    record = {"fit_time": fit_time, "score_time": 0.0, "n_test": int(len(test)), "error": error,
+              "test": None, "train": None}
+    if error is not None:
+        if error_score == "raise":
+            raise TaskFailed(last_line(error), original)
+        return record
+    if not score:
+        return None
+    record["test"] = _score(est, X_test, y_test, scorers, error_score)
+    record["score_time"] = time.time() - start - fit_time
+    if return_train_score:
+        record["train"] = _score(est, X_train, y_train, scorers, error_score)
+    return record
+
+
+def _score(est, X, y, scorers, error_score):
+    """{name: score}: "score" for a single scorer, the scorer names for several."""
+    if isinstance(scorers, dict):
+        return {name: _one_score(est, X, y, s, error_score) for name, s in scorers.items()}
+    value = _one_score(est, X, y, scorers, error_score, allow_dict=True)
+    if isinstance(value, dict):
+        return {name: _number(v, name) for name, v in value.items()}
+    return {"score": value}
+
+
+def _one_score(est, X, y, scorer, error_score, allow_dict=False):
+    try:
+        value = scorer(est, X) if y is None else scorer(est, X, y)
+    except Exception:  # noqa: BLE001 - as sklearn's _score
+        if error_score == "raise":
+            raise
+        warnings.warn(f"Scoring failed. The score on this train-test partition for these parameters will be "
+                      f"set to {error_score}. Details: \n{format_exc()}", UserWarning)
+        return float(error_score)
+    if allow_dict and isinstance(value, dict):
+        return value
+    return _number(value, scorer)
+
+
+def _number(value, scorer):
+    if hasattr(value, "item"):
+        try:
+            value = value.item()
+        except ValueError:
+            pass
+    if not isinstance(value, numbers.Number):
+        raise ValueError(f"scoring must return a number, got {value} ({type(value)}) instead. (scorer={scorer})")
+    return float(value)

@@ -1,0 +1,115 @@
+"""`mpinn predict` in rounds (mpinn/predict.py): the same predictions as the model's own
+predict on all rows, for any rank count and round size, and a rank 0 whose memory does not
+grow with the rows.
+
+Under `mpiexec -n 2|3 ... --with-mpi -m mpi` (make test) and serially. The memory test counts
+what tracemalloc sees (every numpy buffer and Python object); bench/predict_memory.py measures
+rank 0's peak RSS of the command itself (docs/performance.md).
+"""
+
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+
+from mpinn.comm import Comm
+from mpinn.fitted import FittedMLP
+from mpinn.predict import predict_to_file
+
+MPI = pytest.importorskip("mpi4py.MPI")
+
+
+def _fitted(task, n_features=5, seed=0):
+    rng = np.random.RandomState(seed)
+    k = {"names": 3, "binary": 1, "regress": 2}[task]
+    sizes = [n_features, 7, k]
+    coefs = [rng.normal(size=(a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    intercepts = [rng.normal(size=b) for b in sizes[1:]]
+    if task == "regress":
+        return FittedMLP(coefs, intercepts, activation="tanh", output="identity", task="regress")
+    if task == "binary":
+        return FittedMLP(coefs, intercepts, activation="relu", output="logistic", task="classify",
+                         classes=np.array([3, 8]))
+    return FittedMLP(coefs, intercepts, activation="relu", output="softmax", task="classify",
+                     classes=np.arange(3), class_names=["a", "bé", "c"])
+
+
+def _shared_dir(comm, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("predict")) if comm.rank == 0 else None
+    return comm.bcast_json(path)
+
+
+def _write_data(comm, path, n, n_features=5):
+    X = np.random.RandomState(n).normal(size=(n, n_features))
+    if comm.rank == 0:
+        with h5py.File(path, "w") as f:
+            f["X"] = X
+    comm.barrier()
+    return X
+
+
+def _check(fitted, X, out):
+    with h5py.File(out, "r") as f:
+        assert f.attrs["mpinn_format"] == "mpinn-predictions"
+        if fitted.task == "regress":
+            np.testing.assert_array_equal(f["y_pred"][()], fitted.predict(X))
+            return
+        np.testing.assert_array_equal(f["proba"][()], fitted.predict_proba(X))
+        if fitted.class_names:
+            np.testing.assert_array_equal(f["y_pred"].asstr()[()], fitted.predict(X))
+            np.testing.assert_array_equal(f["y_pred_code"][()], fitted.classes_[np.argmax(fitted.forward(X), 1)])
+        else:
+            np.testing.assert_array_equal(f["y_pred"][()], fitted.predict(X))
+            assert "y_pred_code" not in f
+
+
+def _predictions_match(comm, tmp_path_factory):
+    directory = _shared_dir(comm, tmp_path_factory)
+    X = _write_data(comm, f"{directory}/x.h5", 1001)
+    # Rounds of 1 row per rank (fewer rows than ranks in the last), uneven, and all at once.
+    for task in ("names", "binary", "regress"):
+        fitted = _fitted(task)
+        for round_rows in (1, 97, 5000):
+            out = f"{directory}/{task}-{round_rows}.h5"
+            assert predict_to_file(fitted, f"{directory}/x.h5", "X", out, comm, round_rows=round_rows) == 1001
+            if comm.rank == 0:
+                _check(fitted, X, out)
+
+
+def test_predictions_match_the_models_serially(tmp_path_factory):
+    _predictions_match(Comm(MPI.COMM_SELF), tmp_path_factory)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_predictions_match_the_models_on_every_rank_count(world, tmp_path_factory):
+    _predictions_match(Comm(world), tmp_path_factory)
+
+
+def _peak(comm, fitted, data, out, round_rows):
+    tracemalloc.start()
+    try:
+        predict_to_file(fitted, data, "X", out, comm, round_rows=round_rows)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _memory_does_not_grow(comm, tmp_path_factory):
+    directory = _shared_dir(comm, tmp_path_factory)
+    fitted = _fitted("names", n_features=20)
+    peaks = []
+    for n in (4_000, 40_000):
+        _write_data(comm, f"{directory}/x{n}.h5", n, n_features=20)
+        peaks.append(_peak(comm, fitted, f"{directory}/x{n}.h5", f"{directory}/p{n}.h5", round_rows=1024))
+    # 36,000 more rows of 20 float64 features and 3 outputs: 5.8 MB if any of it were held.
+    assert peaks[1] < 1.1 * peaks[0], peaks
+
+
+def test_memory_does_not_grow_with_the_rows_serially(tmp_path_factory):
+    _memory_does_not_grow(Comm(MPI.COMM_SELF), tmp_path_factory)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_rank_zeros_memory_does_not_grow_with_the_rows(world, tmp_path_factory):
+    _memory_does_not_grow(Comm(world), tmp_path_factory)
