@@ -80,6 +80,11 @@ def from_checkpoint(attrs, arrays):
         est.validation_loss_curve_ = meta["validation_loss_curve"]
         est.best_validation_score_ = meta["best_validation_score"]
         est.best_loss_ = None
+    elif state.get("validation") is not None:  # `mpinn train --early-stopping`
+        est.validation_scores_ = state["validation"]["scores"]
+        est.validation_loss_curve_ = state["validation"]["loss_curve"]
+        est.best_validation_score_ = state["validation"]["best"]
+        est.best_loss_ = None
     else:
         est.validation_scores_ = est.best_validation_score_ = est.validation_loss_curve_ = None
         est.best_loss_ = np.inf if state["best_loss"] is None else state["best_loss"]

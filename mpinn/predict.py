@@ -64,6 +64,7 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
                 scores = comm.gather_rows(np.ascontiguousarray(scores, dtype=np.float64))
                 if comm.rank == 0:
                     outputs.write(lo, scores)
+                del scores  # before the next round's: one round's outputs at a time
     except BaseException:
         if comm.rank == 0:
             target.discard()
@@ -105,10 +106,10 @@ class _Outputs:
             k = fitted.n_outputs_
             f.create_dataset("y_pred", (n,) if k == 1 else (n, k), dtype=np.float64)
         f.attrs["mpinn_format"] = "mpinn-predictions"
-        self.file = f
+        self.datasets = {name: f[name] for name in f}  # (looking one up costs a millisecond)
 
     def write(self, lo, scores):
-        f, hi = self.file, lo + len(scores)
+        f, hi = self.datasets, lo + len(scores)
         if not self.classify:
             f["y_pred"][lo:hi] = scores[:, 0] if scores.shape[1] == 1 else scores
             return

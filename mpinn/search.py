@@ -66,10 +66,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         if n_tasks < 1:
             raise ValueError("No fits were performed. Was the CV iterator empty? Were there no candidates?")
         fit_params = {k: v for k, v in fit_params.items() if v is not None}
-        fp = search_tasks.fingerprint([search_tasks.describe(c) for c in candidates]
-                                      + [a for s in splits for a in s]
-                                      + [search_tasks.describe(self.scoring), repr(base), self.return_train_score,
-                                         np.asarray(X), np.asarray(y) if y is not None else None])
+        fp = self._fingerprint(base, candidates, splits, X, y)
         log = TaskLog(self.checkpoint, fp) if self.checkpoint is not None else None
         previous = self._previous_records(world, log, candidates)
         pending = [t for t in range(n_tasks) if t not in previous]
@@ -85,7 +82,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                   f"allocation {self.allocation}", flush=True)
         team = Groups(world, self.group_size)
         try:
-            writer = log.writer(world.bcast_json(new_run_id()), team.index) if log and team.leader else None
+            run_id = world.bcast_json(new_run_id()) if log else None  # collective: before any branch
+            writer = log.writer(run_id, team.index) if log and team.leader else None
             execute = self._executor(team, base, candidates, splits, X, y, fit_params, scorers, writer)
             records = run_tasks(team, pending, costs, self.allocation, execute, progress=self._progress)
             if writer:
@@ -107,6 +105,13 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         self.scorer_ = scorers
         self.cv_results_ = results
         return self
+
+    def _fingerprint(self, base, candidates, splits, X, y):
+        """What must not change for a checkpoint's records to be reused (not comm or checkpoint)."""
+        return search_tasks.fingerprint(
+            [search_tasks.describe(c) for c in candidates] + [a for split in splits for a in split]
+            + [search_tasks.describe(self.scoring), repr(search_tasks.for_task(clone(base), None)),
+               self.return_train_score, np.asarray(X), None if y is None else np.asarray(y)])
 
     def _executor(self, team, base, candidates, splits, X, y, fit_params, scorers, writer):
         def execute(t):

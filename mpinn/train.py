@@ -143,8 +143,9 @@ class Trainer:
         # CPU seconds of this thread: what a slower core costs, not the time other processes
         # took the core away (noise that would move rows back and forth on a busy machine).
         busy = time.thread_time() - self._compute_start
-        if self._slow > 1:  # MPINN_SLOW: a slower node, stood in for by sleeping
-            time.sleep((self._slow - 1) * busy)
+        if self._slow > 1:  # MPINN_SLOW: a slower node, stood in for by sleeping; the sleep
+            # counts as compute (F x the CPU seconds) and lasts (F - 1) x the compute's wall time
+            time.sleep((self._slow - 1) * (time.perf_counter() - self._compute_wall))
             busy *= self._slow
         if self.balancer is not None:
             self._window_busy.append(busy)
@@ -186,7 +187,7 @@ class Trainer:
         if self.cfg.warmup_epochs:
             done = self.loop.epoch * self.schedule.n_steps + self.loop.step_in_epoch + 1
             self.optimizer.warmup_factor = min(1.0, done / (self.cfg.warmup_epochs * self.schedule.n_steps))
-        t1 = time.perf_counter()
+        t1 = self._compute_wall = time.perf_counter()
         self._compute_start = time.thread_time()
         if self.balancer is not None:
             self._window_rows.append(m)
@@ -375,7 +376,7 @@ class Trainer:
     def _init_balance(self, slow):
         """Straggler injection and, with --balance dynamic, rank 0's Balancer."""
         self._slow = float(slow.get(self.comm.rank, 1.0))
-        self._compute_start = time.thread_time()
+        self._compute_start, self._compute_wall = time.thread_time(), time.perf_counter()
         self._window_rows, self._window_busy = [], []  # per step since the window began
         self._busy_epoch = 0.0       # busy seconds this epoch (the per-rank times logged)
         self._moves, self._move_seconds = 0, 0.0

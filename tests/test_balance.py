@@ -117,9 +117,9 @@ def _assert_same_model(a, b, tol=1e-12):
         assert np.max(np.abs(x - y)) <= tol * np.max(np.abs(y)), np.max(np.abs(x - y))
 
 
-@pytest.mark.parametrize("n", [2, 3, 8])
-def test_random_shard_trains_the_one_rank_block_model(syn, tmp_path, n):
-    run(["train", "--data", syn / "syn.h5", *COMMON, "--shard", "random", "--checkpoint", tmp_path / "ck"], np_=n,
+def test_random_shard_on_8_ranks_trains_the_one_rank_block_model(syn, tmp_path):
+    """2 and 3 ranks: the dynamic, streaming and resume tests below train random shards too."""
+    run(["train", "--data", syn / "syn.h5", *COMMON, "--shard", "random", "--checkpoint", tmp_path / "ck"], np_=8,
         timeout=300)
     _assert_same_model(tmp_path / "ck", syn / "ref-global")
 
@@ -129,6 +129,7 @@ def _records(path):
 
 
 def test_dynamic_balance_moves_rows_off_a_slow_rank_and_keeps_the_model(syn, tmp_path):
+    """The model of the unbalanced one-rank run (within 1e-12), shares settled by epoch 3."""
     metrics = tmp_path / "m.jsonl"
     run(["train", "--data", syn / "syn.h5", *COMMON, "--balance", "dynamic", "--metrics", metrics,
          "--checkpoint", tmp_path / "ck"], np_=2, env=clean_env(MPINN_SLOW="1:3"))
@@ -140,9 +141,6 @@ def test_dynamic_balance_moves_rows_off_a_slow_rank_and_keeps_the_model(syn, tmp
     # settled within 3 epochs: from epoch 3 on the shares stay put, most rows on the fast rank
     assert np.ptp(shares[2:], axis=0).max() <= 0.1, shares
     assert (shares[2:, 1] < 0.4).all(), shares
-    # the unbalanced run on the same ranks: the same model
-    run(["train", "--data", syn / "syn.h5", *COMMON, "--checkpoint", tmp_path / "static"], np_=2)
-    _assert_same_model(tmp_path / "ck", tmp_path / "static")
 
 
 @pytest.mark.parametrize("shard,n,stream", [("strided", 2, False), ("random", 3, False), ("random:50", 2, True)])
@@ -175,7 +173,8 @@ def test_preempted_dynamic_random_run_resumes_on_the_same_and_another_rank_count
 @pytest.mark.parametrize("args,env,message", [
     (["--balance", "fast"], {}, "--balance: choose from static, dynamic, got 'fast'"),
     (["--shard", "random:0"], {}, "--shard: random's chunk size must be an integer number of rows >= 1, got '0'"),
-    (["--shard", "random:3000"], {}, "--shard random:3000: 4000 rows make 2 chunk(s) of 3000 rows, fewer than the 3"),
+    (["--shard", "random:3000"], {}, "--shard random:3000: 4000 rows make 2 chunk(s) of 3000 rows, fewer than the 3 ranks; "
+                                      "use a chunk of at most 1333 rows"),
     ([], {"MPINN_SLOW": "1:fast"}, "MPINN_SLOW: expected RANK:FACTOR (an integer rank, a factor >= 1), got '1:fast'"),
 ])
 def test_bad_values_are_one_line_errors(syn, tmp_path, args, env, message):

@@ -60,12 +60,13 @@ def test_checkpoint_round_trip_predictions(iris, tmp_path):
         X, y = f["X"][()], f["y"][()]
     run(["predict", "--model", tmp_path / "ck", "--data", iris, "--out", tmp_path / "pred.h5"], np_=3)
     with h5py.File(tmp_path / "pred.h5", "r") as f:
-        np.testing.assert_array_equal(f["y_pred_code"][()], model.predict(X))
         names = np.array(["setosa", "versicolor", "virginica"])
-        np.testing.assert_array_equal(f["y_pred"].asstr()[()], names[model.predict(X)])
+        assert model.classes_.tolist() == names.tolist()  # the file's class names, not its codes
+        np.testing.assert_array_equal(names[f["y_pred_code"][()]], model.predict(X))
+        np.testing.assert_array_equal(f["y_pred"].asstr()[()], model.predict(X))
         np.testing.assert_array_equal(f["proba"][()], model.predict_proba(X))
     report = json.loads(run(["eval", "--model", tmp_path / "ck", "--data", iris, "--json"], np_=2).stdout)
-    assert report["accuracy"] == pytest.approx(np.mean(model.predict(X) == y))
+    assert report["accuracy"] == pytest.approx(np.mean(model.predict(X) == names[y]))
     assert sum(map(sum, report["confusion"])) == 150
 
 

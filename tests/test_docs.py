@@ -65,7 +65,8 @@ LINKED = [".venv", "run", "bench", "examples"]  # made available in each page's 
 BIN = Path(sys.executable).parent
 TIMEOUT = 120
 # `mpinn train` options that are not TrainConfig fields, and their defaults (cli_train.cmd_train).
-TRAIN_CLI_DEFAULTS = {"config": None, "print_config": False, "json": False, "quiet": False, "log_every": 1}
+TRAIN_CLI_DEFAULTS = {"config": None, "print_config": False, "json": False, "quiet": False, "log_every": 1,
+                      "progress": "auto"}
 
 
 def read(rel):

@@ -43,6 +43,7 @@ def _assert_same(cli, est, metrics=None):
     assert int(np.argmax(est.validation_scores_)) < est.n_iter_ - 1  # so ending on the best weights matters
     diff = max(np.abs(a - b).max() for a, b in zip(cli.coefs_ + cli.intercepts_, est.coefs_ + est.intercepts_))
     assert diff <= 1e-12
+    np.testing.assert_allclose(cli.validation_scores_, est.validation_scores_, rtol=0, atol=1e-12)
     if metrics is not None:
         scores = [json.loads(line)["validation_score"] for line in open(metrics)]
         np.testing.assert_allclose(scores, est.validation_scores_, rtol=0, atol=1e-12)

@@ -117,7 +117,7 @@ def test_without_a_split_or_on_another_file(trained, tmp_path):
     run(["train", "--data", d / "iris.h5", "--hidden", "4", "--epochs", "2", "--checkpoint", tmp_path / "ck",
          "--quiet"])
     assert eval_json("--model", tmp_path / "ck", "--data", d / "iris.h5")["n_rows"] == 150
-    proc = run(["eval", "--model", tmp_path / "ck", "--data", d / "iris.h5", "--rows", "train"], np_=2, check=False)
+    proc = run(["eval", "--model", tmp_path / "ck", "--data", d / "iris.h5", "--rows", "train"], check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "--rows train: the model was trained without --test-fraction" in proc.stderr
 
@@ -125,8 +125,8 @@ def test_without_a_split_or_on_another_file(trained, tmp_path):
 def test_regression_eval_repeats_the_test_metrics(tmp_path):
     run(["data", "synthetic", tmp_path / "r.h5", "--samples", "200", "--features", "4", "--task", "regress"])
     summary = json.loads(run(["train", "--data", tmp_path / "r.h5", "--test-fraction", "0.25", "--hidden", "6",
-                              "--epochs", "5", "--checkpoint", tmp_path / "ck", "--quiet", "--json"],
-                             np_=2).stdout.splitlines()[-1])
+                              "--epochs", "5", "--checkpoint", tmp_path / "ck", "--quiet", "--json"]
+                             ).stdout.splitlines()[-1])
     report = eval_json("--model", tmp_path / "ck", "--data", tmp_path / "r.h5")
     assert report["rows"] == "test" and report["n_rows"] == 50
     for m in ("r2", "mse", "mae"):  # sums in another order: equal to rounding

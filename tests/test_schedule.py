@@ -3,6 +3,7 @@ process (both are pure functions of the seed, the data size and the shard): the 
 batches, in the same order, on any rank count and shard; exact mid-epoch resume on another
 rank count; the keyed permutation's per-rank memory bounded by the rank's share."""
 
+import json
 import math
 import tracemalloc
 
@@ -275,7 +276,7 @@ def test_cli_refuses_a_local_shuffle_resume_on_another_rank_count(iris, tmp_path
 
 def test_cli_keyed_permutation_resumes_mid_epoch_on_another_rank_count(iris, tmp_path):
     """--permutation keyed with a --test-fraction split: preempted mid-epoch on 2 ranks,
-    resumed on 3, the uninterrupted 1-rank model (to rounding)."""
+    resumed on 3, the uninterrupted 1-rank model (to rounding); `mpinn eval` scores its test rows."""
     import mpinn
 
     args = ["train", "--data", iris, "--permutation", "keyed", "--test-fraction", "0.2", *SHORT]
@@ -283,8 +284,11 @@ def test_cli_keyed_permutation_resumes_mid_epoch_on_another_rank_count(iris, tmp
     ck = tmp_path / "ck"
     proc = run(args + ["--checkpoint", ck], np_=2, check=False, env=clean_env(MPINN_FAULT="1:17:term"))
     assert proc.returncode == 75, proc.stderr
-    run(args + ["--checkpoint", ck, "--resume"], np_=3)
+    resumed = json.loads(run(args + ["--checkpoint", ck, "--resume", "--json"], np_=3).stdout.splitlines()[-1])
     a, b = mpinn.load(tmp_path / "ref"), mpinn.load(ck)
     assert len(b.loss_curve_) == 6
+    # `mpinn eval` redraws the keyed split from the checkpoint: the run's own test rows and metrics.
+    scored = json.loads(run(["eval", "--model", ck, "--data", iris, "--json"], np_=2).stdout.splitlines()[-1])
+    assert (scored["rows"], scored["n_rows"]) == ("test", 30) and scored["accuracy"] == resumed["test_accuracy"]
     for x, y in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
         assert np.max(np.abs(x - y)) <= 1e-10 * np.max(np.abs(x))

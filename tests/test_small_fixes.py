@@ -49,14 +49,13 @@ def test_float_labels_classify_under_auto(labels):
     assert json.loads(proc.stdout.splitlines()[-1])["task"] == "classify"
 
 
-@pytest.mark.parametrize("np_", [1, 2])
-def test_a_non_integral_value_regresses_and_says_so(labels, np_):
+def test_a_non_integral_value_regresses_and_says_so(labels):
     """At 2 ranks only rank 1 holds the 0.5: the decision is agreed, not rank 0's alone."""
     from sklearn.utils.multiclass import type_of_target
 
     with h5py.File(labels / "real.h5", "r") as f:
         assert type_of_target(f["y"][()]) == "continuous"
-    proc = run(["train", "--data", labels / "real.h5", *TRAIN, "--json"], np_=np_)
+    proc = run(["train", "--data", labels / "real.h5", *TRAIN, "--json"], np_=2)
     assert "rank(s), regress (auto: float targets, row 149 holds 0.5 (not an integer)), layers [4, 4, 1]" \
         in start_line(proc.stdout)
     assert json.loads(proc.stdout.splitlines()[-1])["task"] == "regress"
@@ -93,7 +92,7 @@ def test_eval_prints_four_decimals_and_json_keeps_all(labels):
 def test_train_without_checkpoint_says_the_model_is_not_saved(labels, tmp_path):
     note = ("mpinn: note: no --checkpoint: the trained model will not be saved "
             "(add --checkpoint DIR to keep it)\n")
-    assert run(["train", "--data", labels / "codes.h5", *TRAIN], np_=2).stderr == note
+    assert run(["train", "--data", labels / "codes.h5", *TRAIN]).stderr == note
     assert run(["train", "--data", labels / "codes.h5", *TRAIN, "--checkpoint", tmp_path / "ck"]).stderr == ""
     assert run(["train", "--data", labels / "codes.h5", *TRAIN, "--quiet"]).stderr == ""
 
@@ -109,11 +108,10 @@ def test_export_default_file_and_unwritable_directory(labels, tmp_path):
     if os.geteuid() != 0:
         target.mkdir()
         target.chmod(0o555)
-    for fmt in ("npz", "onnx"):
-        proc = run(["export", labels / "ck", "--format", fmt, "-o", target / f"m.{fmt}"], check=False)
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith(f"mpinn: error: export: cannot write {target / f'm.{fmt}'} (")
-        assert proc.stderr.count("\n") == 1 and not (target / f"m.{fmt}").exists()
+    proc = run(["export", labels / "ck", "--format", "npz", "-o", target / "m.npz"], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"mpinn: error: export: cannot write {target / 'm.npz'} (")
+    assert proc.stderr.count("\n") == 1 and not (target / "m.npz").exists()
 
 
 def test_package_builds_without_setuptools_warnings(tmp_path):
