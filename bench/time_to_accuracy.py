@@ -67,7 +67,8 @@ def recipe_flags(recipe, n, batch, lr, warmup):
 
 def run_train(a, n, flags, metrics):
     cmd = (["timeout", str(a.timeout), a.mpiexec, "-n", str(n), a.mpinn, "train", "--data", a.data]
-           + flags + ["--metrics", str(metrics), "--json", "--quiet"])
+           + flags + ["--metrics", str(metrics), "--json", "--quiet",
+                      "--scale", "none"])  # raw features: the runs docs/performance.md reports
     if Path(metrics).exists():
         Path(metrics).unlink()
     t0 = time.perf_counter()

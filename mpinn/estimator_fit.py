@@ -79,10 +79,10 @@ class _FitMLP(_BaseMLP):
                              f"rank {comm.rank} passed X of shape {Xa.shape}, rank 0 {tuple(root)}: every rank "
                              "must pass the same global arrays (or an HDF5 path)")
         shard = make_shard(len(Xa), comm.rank, comm.size, self.shard)
-        Xl = np.ascontiguousarray(Xa[shard.as_slice()], dtype=dtype)
+        Xl = np.ascontiguousarray(shard.take(Xa), dtype=dtype)
         collective_check(comm, inputs.finite_problem(Xl, "X"))
-        wl = None if sw is None else sw[shard.as_slice()]
-        return Xl, ya[shard.as_slice()], wl, shard, len(Xa), ya
+        wl = None if sw is None else shard.take(sw)
+        return Xl, shard.take(ya), wl, shard, len(Xa), ya
 
     # ---- fit ------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_", "HYDRA_"))}
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
     env.pop("MPINN_FAULT", None)
+    env.pop("MPINN_SLOW", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

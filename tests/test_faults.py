@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import mpinn
-from launch import clean_env, command, run
+from launch import TIMEOUT, clean_env, command, run
 from mpinn.checkpoint import read_checkpoint
 
 # A run far longer than any test: only a fault can end it early.
@@ -116,7 +116,16 @@ def _latest_epoch(directory):
     return int(name.split("-")[1])
 
 
-def _wait_for_epoch(proc, directory, epoch, timeout=60):
+def _kill_group(proc):
+    """SIGKILL the launcher and its ranks (a session of their own), and reap the launcher."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def _wait_for_epoch(proc, directory, epoch, timeout=TIMEOUT):
     """Wait until the running job has checkpointed ``epoch``; the time it did, or None if
     the job ended first."""
     deadline = time.monotonic() + timeout
@@ -142,9 +151,12 @@ def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
     # The reference run, watched: how long an epoch takes on this machine now.
     ref = tmp_path / "ref"
     proc = subprocess.Popen(command(["train", "--checkpoint", ref, *args], 2), env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seen = [_wait_for_epoch(proc, ref, e) for e in (2, 7)]
-    assert proc.wait(timeout=120) == 0 and None not in seen
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        seen = [_wait_for_epoch(proc, ref, e) for e in (2, 7)]
+        assert proc.wait(timeout=TIMEOUT) == 0 and None not in seen
+    finally:
+        _kill_group(proc)
     epoch_seconds = (seen[1] - seen[0]) / 5
     want = mpinn.load(ref)
     rng = random.Random(0)
@@ -155,11 +167,12 @@ def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
                                 env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         after = rng.randint(1, epochs - 6)
-        assert _wait_for_epoch(proc, ck, after) is not None, "the job ended before the kill"
-        time.sleep(rng.uniform(0, 2 * epoch_seconds))
-        running = proc.poll() is None
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        try:
+            assert _wait_for_epoch(proc, ck, after) is not None, "the job ended before the kill"
+            time.sleep(rng.uniform(0, 2 * epoch_seconds))
+            running = proc.poll() is None
+        finally:
+            _kill_group(proc)
         attrs = _assert_loads(ck)
         # The kill landed mid-run: the job was running, its last checkpoint is not the final one.
         assert running, f"run {i}: the job had ended before the kill"

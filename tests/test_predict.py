@@ -104,7 +104,7 @@ def _memory_does_not_grow(comm, tmp_path_factory):
         _write_data(comm, f"{directory}/x{n}.h5", n, n_features=20)
     # A first run imports h5py's and numpy's lazily loaded parts and fills Python's free lists
     # (a few KB that stay allocated): not part of either measurement.
-    _peak(comm, fitted, f"{directory}/x80000.h5", f"{directory}/p.h5", round_rows=4096)
+    _peak(comm, fitted, f"{directory}/x8000.h5", f"{directory}/p.h5", round_rows=4096)
     peaks = [_peak(comm, fitted, f"{directory}/x{n}.h5", f"{directory}/p{n}.h5", round_rows=4096)
              for n in (8_000, 80_000)]
     # 72,000 more rows of 20 float64 features and 3 outputs: 13 MB if any of it were held;

@@ -99,8 +99,8 @@ def test_bad_grid_on_every_rank(iris, tmp_path):
     assert err[0].startswith(f"mpinn: error: --grid {tmp_path / 'grid.toml'}: group: not a searchable")
 
 
-# Fold 0 trains on one class only, so its fit raises at once; folds 1 and 2 are long fits (about
-# 200,000 steps) that the other groups are in the middle of when the job must end.
+# Row 0 holds a NaN, so fold 0's fit raises at once; folds 1 and 2 are long fits (about 190,000
+# steps each) that the other groups are in the middle of when the job must end.
 RAISING = textwrap.dedent("""
     import sys, time, warnings
     warnings.simplefilter("ignore")
@@ -108,8 +108,9 @@ RAISING = textwrap.dedent("""
     import mpinn
     from sklearn.datasets import load_iris
     X, y = load_iris(return_X_y=True)
+    X[0, 0] = np.nan
     rows = np.arange(150)
-    cv = [(rows[:50], rows[50:]), (rows[::2], rows[1::2]), (rows[1::2], rows[::2])]
+    cv = [(rows[:75], rows[75:]), (rows[75:], rows[:75]), (rows[1::2], rows[::2])]
     est = mpinn.MLPClassifier(hidden_layer_sizes=(8,), max_iter=25000, batch_size=10, tol=0, n_iter_no_change=10**6,
                               random_state=0)
     search = mpinn.GridSearchCV(est, {"alpha": [1e-4]}, cv=cv, error_score="raise", group_size=int(sys.argv[1]),
