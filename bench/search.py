@@ -1,0 +1,172 @@
+"""mpinn.GridSearchCV across rank groups: 2 ranks vs 1, and dynamic vs round-robin allocation.
+
+    python bench/search.py                 # ~2 minutes on 2 cores; tables + BENCH_JSON
+    python bench/search.py --repeat 1 --epochs 8
+
+On the digits data (1797 x 64, 10 classes; 3 stratified folds, adam, batch 64, --epochs
+epochs, no early stop) it runs `mpiexec -n N python bench/search.py --worker CASE ...`, each
+timing GridSearchCV.fit with refit=False on rank 0 between two barriers (start-up, data
+loading and the refit excluded; the refit time is reported separately):
+
+  even     8 candidates of one size (hidden 32; lr x alpha), 24 tasks: 1 rank vs 2 ranks in
+           groups of 1 (dynamic). Target: 2 ranks >= 1.8x faster.
+  skewed   4 candidates, alpha x hidden [16] or [128] (the expensive parameter varies
+           fastest, as ParameterGrid orders sorted keys), 12 tasks whose costs differ ~5x; on
+           2 ranks in groups of 1, dynamic vs round-robin (task i on group i mod 2 takes
+           4 small + 2 large, the other 2 small + 4 large). Target: dynamic <= 0.85x.
+  balanced alpha x hidden [16], [64], [256]: round-robin happens to give each group the same
+           work here; dynamic vs round-robin shows what the coordinator thread costs.
+
+Each figure is the best of --repeat runs (this machine is shared). Nothing here is asserted by
+a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, bench_env, emit, parse  # noqa: E402
+
+CASES = {
+    "even": {"hidden_layer_sizes": [(32,)], "learning_rate_init": [0.001, 0.002, 0.005, 0.01],
+             "alpha": [1e-4, 1e-2]},
+    "skewed": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (128,)]},
+    "balanced": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (64,), (256,)]},
+}
+
+
+def worker(a):
+    import warnings
+
+    import numpy as np
+    from mpi4py import MPI
+    from sklearn.model_selection import StratifiedKFold
+
+    import mpinn
+    from mpinn.datasets import load_digits
+
+    warnings.simplefilter("ignore")
+    X, y, _ = load_digits()
+    X = X / 16.0
+    est = mpinn.MLPClassifier(max_iter=a.epochs, batch_size=64, tol=0, n_iter_no_change=10**6, random_state=0)
+    search = mpinn.GridSearchCV(est, CASES[a.worker], cv=StratifiedKFold(3), refit=False,
+                                group_size=a.group_size, allocation=a.allocation)
+    comm = MPI.COMM_WORLD
+    comm.Barrier()
+    start = time.perf_counter()
+    search.fit(X, y)
+    comm.Barrier()
+    seconds = time.perf_counter() - start
+    res = search.cv_results_
+    refit = None
+    if a.refit:
+        best = mpinn.MLPClassifier(**{**est.get_params(), **search.best_params_})
+        comm.Barrier()
+        t0 = time.perf_counter()
+        best.fit(X, y)
+        comm.Barrier()
+        refit = time.perf_counter() - t0
+    if comm.rank == 0:
+        emit({"case": a.worker, "ranks": comm.size, "allocation": a.allocation, "seconds": seconds,
+              "tasks": int(len(res["params"]) * search.n_splits_), "refit_seconds": refit,
+              "task_seconds": float(np.sum(res["mean_fit_time"] + res["mean_score_time"]) * search.n_splits_),
+              "mean_test_score": res["mean_test_score"].tolist()})
+
+
+def measure(a, case, ranks, allocation, refit=False):
+    """Best of --repeat runs of one configuration (wall seconds of the search on rank 0)."""
+    mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
+    cmd = [*mpiexec.split(), "-n", str(ranks), sys.executable, __file__, "--worker", case, "--allocation",
+           allocation, "--epochs", str(a.epochs)] + (["--refit"] if refit else [])
+    best = None
+    for _ in range(a.repeat):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=1800)
+        out = parse(proc.stdout) if proc.returncode == 0 else None
+        if out is None:
+            print(f"  ! failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return None
+        if best is None or out["seconds"] < best["seconds"]:
+            best = out
+    return best
+
+
+def run_all(a):
+    res = {"epochs": a.epochs, "repeat": a.repeat, "load_average_start": os.getloadavg()}
+    res["even_1"] = measure(a, "even", 1, "dynamic", refit=True)
+    res["even_2"] = measure(a, "even", 2, "dynamic", refit=True)
+    for case in ("skewed", "balanced"):
+        for allocation in ("dynamic", "round-robin"):
+            res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
+    res["load_average_end"] = os.getloadavg()
+    return res
+
+
+def ratio(x, y):
+    return x["seconds"] / y["seconds"] if x and y else None
+
+
+def table(res):
+    """Markdown lines: the runs, then the two targets."""
+    lines = ["| case | ranks | allocation | tasks | search s | refit s |", "|---|---|---|---|---|---|"]
+    for key in ("even_1", "even_2", "skewed_dynamic", "skewed_round-robin", "balanced_dynamic",
+                "balanced_round-robin"):
+        r = res.get(key)
+        if r:
+            refit = f"{r['refit_seconds']:.2f}" if r.get("refit_seconds") else "-"
+            lines.append(f"| {r['case']} | {r['ranks']} | {r['allocation']} | {r['tasks']} | {r['seconds']:.2f} | "
+                         f"{refit} |")
+    speedup = ratio(res.get("even_1"), res.get("even_2"))
+    skew = ratio(res.get("skewed_dynamic"), res.get("skewed_round-robin"))
+    even = ratio(res.get("balanced_dynamic"), res.get("balanced_round-robin"))
+    same = all(res.get(k) and res[k]["mean_test_score"] == res[f"{k.split('_')[0]}_dynamic"]["mean_test_score"]
+               for k in ("skewed_round-robin", "balanced_round-robin"))
+    lines += ["", "| target | needs | measured | met |", "|---|---|---|---|"]
+    lines.append(f"| even grid, 2 ranks (groups of 1) / 1 rank, speedup | >= 1.8 | {_f(speedup)} | "
+                 f"{_met(speedup, 1.8)} |")
+    lines.append(f"| skewed grid, dynamic / round-robin wall time | <= 0.85 | {_f(skew)} | {_met(skew, 0.85, le=True)} |")
+    lines.append(f"| balanced grid, dynamic / round-robin (coordinator cost) | - | {_f(even)} | - |")
+    lines.append(f"| same cv_results_ scores with both allocations | yes | {'yes' if same else 'no'} | - |")
+    res["speedup"], res["dynamic_over_round_robin"], res["balanced_ratio"] = speedup, skew, even
+    return lines
+
+
+def _f(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _met(v, need, le=False):
+    if v is None:
+        return "-"
+    return "yes" if (v <= need if le else v >= need) else "NO"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)
+    p.add_argument("--allocation", default="dynamic", help=argparse.SUPPRESS)
+    p.add_argument("--group-size", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--refit", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=int, default=15, help="epochs per fit (default 15)")
+    p.add_argument("--repeat", type=int, default=2, help="runs per figure, best kept (default 2)")
+    p.add_argument("--out", default=str(ROOT / "out" / "bench" / "search.json"))
+    a = p.parse_args(argv)
+    if a.worker:
+        return worker(a)
+    res = run_all(a)
+    lines = table(res)
+    print("\n".join(lines), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    emit(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
