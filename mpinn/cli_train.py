@@ -183,7 +183,10 @@ def cmd_train(args):
         if not cfg.checkpoint:  # said before training, while there is time to add it
             print("mpinn: note: no --checkpoint: the trained model will not be saved "
                   "(add --checkpoint DIR to keep it)", file=sys.stderr, flush=True)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        problem.close()
     if trainer.stop_reason == "preempted":
         if comm.rank == 0:
             if bar:

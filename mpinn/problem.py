@@ -50,6 +50,11 @@ class Problem:
         if not isinstance(self.train_rows, TrainRows):  # global row ids, the same on every rank
             self.train_rows = TrainRows.from_array(self.train_rows, self.shard)
 
+    def close(self):
+        """Release a streamed X (its open file and read-ahead thread); in-memory data needs nothing."""
+        if self.stream is not None:
+            self.stream.close()
+
 
 def decide_on_root(comm, fn):
     """Run ``fn`` on rank 0 only; every rank gets its JSON result or raises its InputError."""

@@ -185,11 +185,19 @@ class StreamingRows:
         return None
 
     def close(self):
+        """Stop the read-ahead thread and close the file (idempotent)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+            self._pool = None
         self._loaded.clear()
         self._free.clear()
         self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class EncodedRows:

@@ -39,8 +39,12 @@ def test_make_run_from_a_path_with_a_space_evaluates_the_test_rows(tmp_path):
     (work / ".venv").symlink_to(VENV)
     env = {k: v for k, v in clean_env().items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MPIEXEC", "MPINN_MPIEXEC", "MPIEXEC_FLAGS", "NP", "OUT")}
-    flags = shlex.split(os.environ.get("MPINN_MPIEXEC", ""))[1:]  # e.g. --oversubscribe under Open MPI
-    proc = subprocess.run(["make", "-o", ".venv/.installed", "run", f"MPIEXEC_FLAGS={shlex.join(flags)}"],
+    # The launcher this suite runs with: its flags (e.g. --oversubscribe under Open MPI), and a
+    # site MPI's mpiexec when it is not the venv's (then the Makefile's own path is not used).
+    launcher, *flags = shlex.split(os.environ.get("MPINN_MPIEXEC", "")) or [str(VENV / "bin" / "mpiexec")]
+    site = [] if Path(shutil.which(launcher) or launcher).resolve() == (VENV / "bin" / "mpiexec").resolve() \
+        else ["MPI=site", f"MPIEXEC={launcher}"]
+    proc = subprocess.run(["make", "-o", ".venv/.installed", "run", f"MPIEXEC_FLAGS={shlex.join(flags)}", *site],
                           cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.splitlines()

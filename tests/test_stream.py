@@ -135,3 +135,28 @@ def test_streaming_a_shard_of_many_hyperslabs(data, spec, shares):
         assert np.array_equal(out[: len(rows)], mine[rows])
     assert np.array_equal(s[[0, 5, len(mine) - 1]], mine[[0, 5, len(mine) - 1]])
     s.close()
+
+
+def test_train_stream_closes_its_file_and_reader_thread(data):
+    """`mpinn train --stream` leaves no open HDF5 file and no read-ahead thread behind."""
+    import threading
+
+    import h5py
+
+    from mpinn.cli import main
+
+    path, _, _ = data
+    before = set(threading.enumerate())
+    assert main(["train", "--data", str(path), "--stream", "--shuffle", "none", "--hidden", "4",
+                 "--epochs", "2", "--quiet"]) == 0
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE) == []
+
+
+def test_streaming_rows_close_is_idempotent_and_a_context_manager(data):
+    path, _, _ = data
+    shard = make_shard(1000, 0, 1)
+    with StreamingRows(path, "X", shard, 6, np.float64, chunk_rows=100) as rows:
+        assert rows[np.arange(5)].shape == (5, 6)
+    assert not rows._file.id.valid
+    rows.close()
