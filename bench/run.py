@@ -17,6 +17,8 @@ Sections (each run in fresh processes, one BLAS thread per process):
            fitted to a cost model (bench/scaling_model.py) that predicts N = 1 .. 1,024 ranks,
            strong and weak, replicated vs sharded update; checked against measured 1 and 2
            ranks; plot in docs/scaling.png
+  search   GridSearchCV on digits: 2 ranks vs 1 (groups of 1), dynamic vs round-robin allocation
+           (bench/search.py)
 
 Optional comparisons: PyTorch from --torch-python (default: .venv-bench/bin/python when it
 exists; torch is never a dependency of mpinn), Open MPI from --ompi-venv (a venv with the
@@ -503,6 +505,19 @@ class Bench:
         except Exception as exc:  # noqa: BLE001 (the numbers above stand without the plot)
             self.say(f"\n(no plot: {exc})")
 
+    def search(self):
+        """bench/search.py: its own runs (each best of --repeat), its tables and targets."""
+        import search as search_bench
+
+        epochs = 5 if self.a.quick else 15
+        r = self.run([sys.executable, BENCH / "search.py", "--repeat", self.a.repeat, "--epochs", epochs,
+                      "--out", self.out / "search.json"], timeout=3600)
+        self.results["search"] = r
+        if r:
+            self.say("\n### Model selection: GridSearchCV on digits, tasks on groups of ranks\n")
+            for line in search_bench.table(r):
+                self.say(line)
+
     def targets(self):
         """Issue 9's 'must show' items that are timings, as measured in this run."""
         r, g = getattr(self, "mlp_res", {}), getattr(self, "gemm_res", {})
@@ -671,7 +686,8 @@ def _cpu_model():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi,scaling (default all)")
+    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi,scaling,search "
+                   "(default all)")
     p.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat, shorter GEMM rounds")
     p.add_argument("--repeat", type=int, default=2,
                    help="runs of each throughput figure (best kept; this machine's runs differ by ~10 %%)")
@@ -702,7 +718,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.quick:
         a.epochs_big, a.epochs_small, a.repeat, a.gemm_seconds = 2, 2, 1, 0.5
-    sections = (a.only or "gemm,mlp,rss,io,startup,mpi,scaling").split(",")
+    sections = (a.only or "gemm,mlp,rss,io,startup,mpi,scaling,search").split(",")
     b = Bench(a)
     b.say(f"# mpinn benchmark, {b.results['started']}\n")
     b.say("command: " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]))
@@ -710,7 +726,7 @@ def main(argv=None):
     b.files = b.data()
     if shutil.which(b.mpiexec[0]) is None and not Path(b.mpiexec[0]).exists():
         raise SystemExit(f"no mpiexec at {b.mpiexec[0]}")
-    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi", "scaling"):
+    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi", "scaling", "search"):
         if name in sections:
             getattr(b, {"mpi": "mpi_runtimes"}.get(name, name))()
     if "mlp" in sections:

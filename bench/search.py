@@ -17,6 +17,11 @@ loading and the refit excluded; the refit time is reported separately):
   balanced alpha x hidden [16], [64], [256]: round-robin happens to give each group the same
            work here; dynamic vs round-robin shows what the coordinator thread costs.
 
+  coordinator  what serving requests costs: on 2 ranks both ranks run the same fixed numpy
+           work (an MLP's forward and backward matmuls) while rank 0 has no thread, a thread
+           that polls with Iprobe and sleeps 1 ms (what mpinn uses), or a thread blocked in a
+           receive (MPICH spins while it waits); seconds of the work on each rank.
+
 Each figure is the best of --repeat runs (this machine is shared). Nothing here is asserted by
 a test.
 """
@@ -80,6 +85,53 @@ def worker(a):
               "mean_test_score": res["mean_test_score"].tolist()})
 
 
+def coordinator_worker(a):
+    """Rank 0's work with each kind of coordinator thread beside it (see the module docstring)."""
+    import threading
+
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD.Dup()
+    rng = np.random.default_rng(0)
+    X, W1, W2 = rng.standard_normal((64, 64)), rng.standard_normal((64, 128)), rng.standard_normal((128, 10))
+
+    def work():
+        for _ in range(a.work):
+            H = np.maximum(X @ W1, 0)
+            G = (H @ W2) @ W2.T
+            G.T @ X  # noqa: B018 - the backward matmuls' shapes, result unused
+
+    out = {}
+    for kind in ("none", "poll", "blocking"):
+        stop = threading.Event()
+
+        def serve():
+            if kind == "poll":
+                while not stop.is_set():
+                    if comm.Iprobe(source=MPI.ANY_SOURCE, tag=5):
+                        break
+                    time.sleep(0.001)
+            else:
+                comm.Recv(np.empty(1), source=MPI.ANY_SOURCE, tag=5)
+
+        thread = threading.Thread(target=serve, daemon=True) if comm.rank == 0 and kind != "none" else None
+        comm.Barrier()
+        if thread:
+            thread.start()
+        start = time.perf_counter()
+        work()
+        seconds = time.perf_counter() - start
+        if kind == "blocking" and comm.rank == 0:
+            comm.Send(np.zeros(1), dest=0, tag=5)  # release the blocked receive
+        stop.set()
+        if thread:
+            thread.join()
+        out[kind] = comm.gather(seconds, root=0)
+    if comm.rank == 0:
+        emit({"case": "coordinator", "seconds": out})
+
+
 def measure(a, case, ranks, allocation, refit=False):
     """Best of --repeat runs of one configuration (wall seconds of the search on rank 0)."""
     mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
@@ -104,8 +156,26 @@ def run_all(a):
     for case in ("skewed", "balanced"):
         for allocation in ("dynamic", "round-robin"):
             res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
+    res["coordinator"] = measure_coordinator(a)
     res["load_average_end"] = os.getloadavg()
     return res
+
+
+def measure_coordinator(a):
+    mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
+    cmd = [*mpiexec.split(), "-n", "2", sys.executable, __file__, "--worker", "coordinator", "--work", str(a.work)]
+    best = None
+    for _ in range(a.repeat):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=1800)
+        out = parse(proc.stdout) if proc.returncode == 0 else None
+        if out is None:
+            print(f"  ! failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return None
+        if best is None:
+            best = out["seconds"]
+        else:
+            best = {k: [min(x, y) for x, y in zip(best[k], v)] for k, v in out["seconds"].items()}
+    return best
 
 
 def ratio(x, y):
@@ -133,6 +203,13 @@ def table(res):
     lines.append(f"| skewed grid, dynamic / round-robin wall time | <= 0.85 | {_f(skew)} | {_met(skew, 0.85, le=True)} |")
     lines.append(f"| balanced grid, dynamic / round-robin (coordinator cost) | - | {_f(even)} | - |")
     lines.append(f"| same cv_results_ scores with both allocations | yes | {'yes' if same else 'no'} | - |")
+    co = res.get("coordinator")
+    if co:
+        lines += ["", "| rank 0's coordinator thread | rank 0 work s | rank 1 work s | rank 0 / no thread |",
+                  "|---|---|---|---|"]
+        for kind, label in (("none", "none"), ("poll", "Iprobe + 1 ms sleep (mpinn)"),
+                            ("blocking", "blocking receive")):
+            lines.append(f"| {label} | {co[kind][0]:.2f} | {co[kind][1]:.2f} | {co[kind][0] / co['none'][0]:.2f} |")
     res["speedup"], res["dynamic_over_round_robin"], res["balanced_ratio"] = speedup, skew, even
     return lines
 
@@ -149,7 +226,8 @@ def _met(v, need, le=False):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[*sorted(CASES), "coordinator"], help=argparse.SUPPRESS)
+    p.add_argument("--work", type=int, default=20000, help="coordinator case: matmul rounds per rank (default 20000)")
     p.add_argument("--allocation", default="dynamic", help=argparse.SUPPRESS)
     p.add_argument("--group-size", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--refit", action="store_true", help=argparse.SUPPRESS)
@@ -157,6 +235,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=2, help="runs per figure, best kept (default 2)")
     p.add_argument("--out", default=str(ROOT / "out" / "bench" / "search.json"))
     a = p.parse_args(argv)
+    if a.worker == "coordinator":
+        return coordinator_worker(a)
     if a.worker:
         return worker(a)
     res = run_all(a)

@@ -127,8 +127,8 @@ def _distribution(where, field, spec):
         raise InputError(f"{where}: {kind} needs two numbers [low, high] with low < high, got {bounds!r}")
     if kind == "randint" and not all(isinstance(b, int) for b in bounds):
         raise InputError(f"{where}: randint needs integer bounds, got {bounds!r}")
-    for b in bounds:
-        _checked(where, field, b)
+    for b in bounds:  # the values it draws: floats, or integers for randint
+        _checked(where, field, b if kind == "randint" else float(b))
     return {kind: bounds}
 
 
@@ -250,8 +250,8 @@ def cmd_search(args):
                   for field, values in varied.items()}
         _refit(args, {**data, **fixed, **chosen}, best_dir)
         say(f"best: candidate {best} ({_describe(chosen)}), mean_test_{metric} "
-            f"{results[f'mean_test_{metric}'][best]:.6g}; search {seconds:.1f}s; trained on all rows as "
-            f"`mpinn train` would: checkpoint {best_dir}")
+            f"{results[f'mean_test_{metric}'][best]:.6g}; trained on all rows as `mpinn train` would: "
+            f"checkpoint {best_dir}")
     return 0
 
 
@@ -332,7 +332,7 @@ def _report(args, search, comm, metric, seconds):
     n_cand = len(search.cv_results_["params"])
     print(f"mpinn search: {n_cand} candidates x {search.n_splits_} folds = {n_cand * search.n_splits_} tasks on "
           f"{comm.size} rank(s) in groups of {args.group_size}, allocation {args.allocation}")
-    print(f"tasks run: {search.tasks_run_} (done before: {search.tasks_resumed_})")
+    print(f"tasks run: {search.tasks_run_} (done before: {search.tasks_resumed_}) in {seconds:.1f}s")
     for line in search_results.table_lines(table, metric):
         print(line)
     failed = sum(row["error"] is not None for row in table)

@@ -121,7 +121,7 @@ def cmd_train(args):
     from .checkpoint import Checkpointer
     from .comm import world
     from .balance import SLOW_ENV, parse_slow
-    from .faults import FAULT_ENV, Preemption, parse_faults
+    from .faults import FAULT_ENV, SIGNALS, Preemption, parse_faults
     from .logs import PROGRESS, EpochLines, ProgressBar
     from .problem import decide_on_root, load_problem
     from .train import Trainer
@@ -129,7 +129,7 @@ def cmd_train(args):
     # From here on SIGTERM/SIGUSR1/SIGINT only set a flag: every rank stops at the same step,
     # checkpoints and exits 75 (130 for SIGINT alone), one line from rank 0, no traceback.
     Preemption.reset()
-    Preemption.install()
+    Preemption.install(SIGNALS)
     cfg, options = config_from_args(args)
     log_every, quiet, as_json = options.get("log_every", 1), options.get("quiet", False), options.get("json", False)
     if not isinstance(log_every, int) or log_every < 1:

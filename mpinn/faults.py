@@ -52,7 +52,8 @@ class Preemption:
     names = frozenset()  # every signal it received since the reset
 
     @classmethod
-    def install(cls, signals=SIGNALS):
+    def install(cls, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        """For the rest of the process (`mpinn train` passes SIGNALS: SIGINT too)."""
         for sig in signals:
             signal.signal(sig, cls._handler)
 

@@ -54,7 +54,6 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         world = _comm_of(search_tasks.search_comm_value(saved_comms))
         scorers, refit_metric = self._scorers()
         X, y, groups = indexable(X, y, groups)
-        n = len(X) if hasattr(X, "__len__") else X.shape[0]
         cv = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
         self.n_splits_ = cv.get_n_splits(X, y, groups)
         splits = _splits_from_root(world, cv, X, y, groups)
@@ -85,9 +84,16 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             run_id = world.bcast_json(new_run_id()) if log else None  # collective: before any branch
             writer = log.writer(run_id, team.index) if log and team.leader else None
             execute = self._executor(team, base, candidates, splits, X, y, fit_params, scorers, writer)
-            records = run_tasks(team, pending, costs, self.allocation, execute, progress=self._progress)
-            if writer:
-                writer.close()
+            try:
+                records = run_tasks(team, pending, costs, self.allocation, execute, progress=self._progress)
+                if writer:
+                    writer.close()
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk on one leader: the others would wait
+                if world.size == 1:
+                    raise
+                print(f"mpinn: rank {world.rank}: search failed: {type(exc).__name__}: {exc}", file=sys.stderr,
+                      flush=True)
+                world.abort(1)
             records = collect(team, records, previous)
         finally:
             team.close()

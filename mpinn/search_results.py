@@ -173,6 +173,12 @@ def _csv_cell(value):
     return value
 
 
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(_csv_cell(value))
+
+
 def table_lines(table, metric, limit=20):
     """The ranked table `mpinn search` prints: rank, mean and std of the metric that picks the
     best, the parameters (and the error column when a fit failed). No times: the same search
@@ -185,7 +191,7 @@ def table_lines(table, metric, limit=20):
     body = []
     for row in table[:limit]:
         cells = [str(row["rank"]), f"{row[f'mean_test_{metric}']:.6g}", f"{row[f'std_test_{metric}']:.3g}"]
-        cells += [_csv_cell(row.get(p)) if isinstance(row.get(p), list) else str(row.get(p, "")) for p in params]
+        cells += [_cell(row.get(p)) for p in params]
         if failed:
             cells.append((row["error"] or "")[:70])
         body.append(cells)

@@ -11,7 +11,6 @@ runs it for real; the launcher-free tests give mpinn a pseudo-terminal and Open 
 import os
 import pty
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

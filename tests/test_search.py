@@ -156,6 +156,11 @@ def test_grid_file_rules(tmp_path):
     path.write_text('hidden = [64, 32]\nalpha = {loguniform = [1e-5, 1e-1]}\nscale = ["standard", "none"]\n')
     fixed, varied = parse_grid(str(path), randomized=True)
     assert fixed == {"hidden": [64, 32]} and varied["alpha"] == {"loguniform": [1e-5, 1e-1]}
+    for text, match in [("epochs = {uniform = [10, 20]}", "epochs: expected int"),
+                        ("lr = {normal = [0, 1]}", "one of"), ("lr = {uniform = [0.1]}", "two numbers")]:
+        path.write_text(text + "\n")
+        with pytest.raises(InputError, match=match):
+            parse_grid(str(path), randomized=True)
     name, steps = _estimator_values("scale", varied["scale"])
     assert name == "scale" and type(steps[0]).__name__ == "StandardScaler" and steps[1] == "passthrough"
     for text, match in [("lr = []", "empty list"), ("learning-rate = [0.1]", "not a searchable"),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -19,9 +20,9 @@ GRID = "hidden = [[4], [8]]\nlr = [0.01, 0.05, 0.2]\nepochs = 8\nbatch-size = 10
 SCORES = ("mean_test_neg_log_loss", "split0_test_neg_log_loss", "split2_test_neg_log_loss", "mean_test_accuracy")
 
 
-def search_args(iris, grid, results, *extra):
+def search_args(iris, grid, *extra):
     return ["search", "--data", iris, "--grid", grid, "--cv", 3, "--stratified", "--scoring",
-            "neg_log_loss,accuracy", "--results", results, *extra]
+            "neg_log_loss,accuracy", *extra]
 
 
 def read_csv(path):
@@ -30,14 +31,20 @@ def read_csv(path):
 
 
 def test_search_end_to_end_then_killed_and_resumed_on_another_rank_count(iris, tmp_path):
-    """2 ranks end to end; 2 ranks killed; resumed on 1 rank with the other allocation."""
+    """2 ranks end to end through run/search.sbatch (Slurm's variables faked, MPIEXEC for srun);
+    2 ranks killed; resumed on 1 rank with the other allocation."""
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
-    a = run(search_args(iris, grid, tmp_path / "a.csv", "--checkpoint", tmp_path / "ckA"), np_=2)
-    assert "tasks run: 18 (done before: 0)" in a.stdout
+    script = Path(__file__).resolve().parents[1] / "run" / "search.sbatch"
+    env = clean_env(SLURM_NTASKS=2, SLURM_SUBMIT_DIR=tmp_path, SLURM_JOB_ID=42, MPIEXEC=" ".join(mpiexec()))
+    a = subprocess.run([str(script), *map(str, search_args(iris, grid)[1:])], capture_output=True, text=True,
+                       timeout=180, env=env, cwd=tmp_path)
+    assert a.returncode == 0, a.stderr
+    assert "tasks run: 18 (done before: 0) in " in a.stdout
+    results = tmp_path / "search" / "42" / "results.csv"
     table = a.stdout.split("tasks run:")[1].splitlines()
     assert table[1].split()[:3] == ["rank", "mean_test_neg_log_loss", "std"] and table[2].startswith("1 ")
-    rows = read_csv(tmp_path / "a.csv")
+    rows = read_csv(results)
     assert len(rows) == 6 and [int(r["rank"]) for r in rows] == sorted(int(r["rank"]) for r in rows)
     assert {"hidden", "lr", "error", "mean_fit_time", "split2_test_accuracy"} <= set(rows[0])
 
@@ -62,19 +69,21 @@ def test_search_end_to_end_then_killed_and_resumed_on_another_rank_count(iris, t
     best = ref.best_params_
     assert f"best: candidate {ref.best_index_} (--hidden {best['mlpclassifier__hidden_layer_sizes'][0]}, --lr " \
            f"{best['mlpclassifier__learning_rate_init']})" in a.stdout
-    assert mpinn.load(tmp_path / "a-best").hidden_layer_sizes == best["mlpclassifier__hidden_layer_sizes"]
-    assert "accuracy:" in run(["eval", "--model", tmp_path / "a-best", "--data", iris]).stdout
+    best_dir = tmp_path / "search" / "42" / "results-best"
+    assert mpinn.load(best_dir).hidden_layer_sizes == best["mlpclassifier__hidden_layer_sizes"]
+    assert "accuracy:" in run(["eval", "--model", best_dir, "--data", iris]).stdout
 
     # Rank 1 SIGKILLs itself as it starts its 3rd task; the job dies with some tasks recorded.
-    killed = run(search_args(iris, grid, tmp_path / "b.csv", "--checkpoint", tmp_path / "ckB", "--no-refit"),
+    killed = run(search_args(iris, grid, "--results", tmp_path / "b.csv", "--checkpoint", tmp_path / "ckB",
+                             "--no-refit"),
                  np_=2, check=False, env=clean_env(MPINN_FAULT="1:3:kill"))
     assert killed.returncode != 0 and not (tmp_path / "b.csv").exists()
     done = sum(1 for f in (tmp_path / "ckB").glob("tasks-*.jsonl") for line in f.read_text().splitlines()
                if line.endswith("}") and json.loads(line))
     assert 2 <= done < 18
-    resumed = run(search_args(iris, grid, tmp_path / "b.csv", "--checkpoint", tmp_path / "ckB", "--resume",
-                              "--allocation", "round-robin", "--no-refit"), np_=1)
-    assert f"tasks run: {18 - done} (done before: {done})" in resumed.stdout
+    resumed = run(search_args(iris, grid, "--results", tmp_path / "b.csv", "--checkpoint", tmp_path / "ckB",
+                              "--resume", "--allocation", "round-robin", "--no-refit"), np_=1)
+    assert f"tasks run: {18 - done} (done before: {done}) in " in resumed.stdout
     again = {r["candidate"]: r for r in read_csv(tmp_path / "b.csv")}
     for row in rows:
         for key in SCORES:
@@ -92,7 +101,7 @@ def test_bad_grid_is_one_line_exit_2_before_training(iris, tmp_path, capsys, tex
     from mpinn.cli import main
 
     (tmp_path / "grid.toml").write_text(text)
-    code = main([str(a) for a in search_args(iris, tmp_path / "grid.toml", tmp_path / "r.csv",
+    code = main([str(a) for a in search_args(iris, tmp_path / "grid.toml", "--results", tmp_path / "r.csv",
                                              "--checkpoint", tmp_path / "ck", *args)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("mpinn: error: ") and match in err[0]
@@ -101,7 +110,7 @@ def test_bad_grid_is_one_line_exit_2_before_training(iris, tmp_path, capsys, tex
 
 def test_bad_grid_on_every_rank(iris, tmp_path):
     (tmp_path / "grid.toml").write_text("lr = [0.1]\ngroup = [2]\n")
-    proc = run(search_args(iris, tmp_path / "grid.toml", tmp_path / "r.csv"), np_=2, check=False)
+    proc = run(search_args(iris, tmp_path / "grid.toml", "--results", tmp_path / "r.csv"), np_=2, check=False)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert err[0].startswith(f"mpinn: error: --grid {tmp_path / 'grid.toml'}: group: not a searchable")

@@ -97,7 +97,7 @@ def test_a_signal_to_one_fit_does_not_stop_the_next(iris_xy, fallback_handlers):
     reference = _quiet_fit(_estimator(), X, y)
     from mpinn.faults import Preemption
 
-    Preemption.install()
+    Preemption.install((signal.SIGTERM,))
     os.kill(os.getpid(), signal.SIGTERM)  # handled: sets the flag, as during some earlier fit
     signal.signal(signal.SIGTERM, fallback_handlers)
     signal.signal(signal.SIGINT, fallback_handlers)
