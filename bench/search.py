@@ -132,6 +132,37 @@ def coordinator_worker(a):
         emit({"case": "coordinator", "seconds": out})
 
 
+IDLE = []  # CPU idle fraction seen before each run
+
+
+def wait_idle(seconds):
+    """Wait (up to ``seconds``) until the CPUs are >= 90 % idle twice in a row: the machine is shared."""
+    def idle(interval=0.5):
+        def read():
+            with open("/proc/stat") as fh:
+                v = [int(x) for x in fh.readline().split()[1:]]
+            return v[3] + v[4], sum(v)
+        i0, t0 = read()
+        time.sleep(interval)
+        i1, t1 = read()
+        return (i1 - i0) / max(t1 - t0, 1)
+
+    deadline, quiet = time.monotonic() + seconds, 0
+    while True:
+        value = idle()
+        quiet = quiet + 1 if value >= 0.9 else 0
+        if quiet >= 2 or time.monotonic() > deadline:
+            IDLE.append(round(value, 2))
+            return
+        time.sleep(1.0)
+
+
+def launch(a, cmd):
+    if a.wait_idle:
+        wait_idle(a.wait_idle)
+    return subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=1800)
+
+
 def measure(a, case, ranks, allocation, refit=False):
     """Best of --repeat runs of one configuration (wall seconds of the search on rank 0)."""
     mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
@@ -139,7 +170,7 @@ def measure(a, case, ranks, allocation, refit=False):
            allocation, "--epochs", str(a.epochs)] + (["--refit"] if refit else [])
     best = None
     for _ in range(a.repeat):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=1800)
+        proc = launch(a, cmd)
         out = parse(proc.stdout) if proc.returncode == 0 else None
         if out is None:
             print(f"  ! failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -158,6 +189,7 @@ def run_all(a):
             res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
     res["coordinator"] = measure_coordinator(a)
     res["load_average_end"] = os.getloadavg()
+    res["idle_before_each_run"] = IDLE
     return res
 
 
@@ -166,7 +198,7 @@ def measure_coordinator(a):
     cmd = [*mpiexec.split(), "-n", "2", sys.executable, __file__, "--worker", "coordinator", "--work", str(a.work)]
     best = None
     for _ in range(a.repeat):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=1800)
+        proc = launch(a, cmd)
         out = parse(proc.stdout) if proc.returncode == 0 else None
         if out is None:
             print(f"  ! failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -197,6 +229,10 @@ def table(res):
     even = ratio(res.get("balanced_dynamic"), res.get("balanced_round-robin"))
     same = all(res.get(k) and res[k]["mean_test_score"] == res[f"{k.split('_')[0]}_dynamic"]["mean_test_score"]
                for k in ("skewed_round-robin", "balanced_round-robin"))
+    idle = res.get("idle_before_each_run") or []
+    if idle:
+        lines += ["", f"CPU idle before each of the {len(idle)} runs: min {min(idle):.2f}, "
+                      f"{sum(1 for x in idle if x < 0.9)} started with the machine < 90 % idle"]
     lines += ["", "| target | needs | measured | met |", "|---|---|---|---|"]
     lines.append(f"| even grid, 2 ranks (groups of 1) / 1 rank, speedup | >= 1.8 | {_f(speedup)} | "
                  f"{_met(speedup, 1.8)} |")
@@ -233,6 +269,8 @@ def main(argv=None):
     p.add_argument("--refit", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--epochs", type=int, default=15, help="epochs per fit (default 15)")
     p.add_argument("--repeat", type=int, default=2, help="runs per figure, best kept (default 2)")
+    p.add_argument("--wait-idle", type=float, default=120,
+                   help="before each run wait up to this many seconds for the CPUs to be idle (0: don't)")
     p.add_argument("--out", default=str(ROOT / "out" / "bench" / "search.json"))
     a = p.parse_args(argv)
     if a.worker == "coordinator":

@@ -1,5 +1,5 @@
-"""`mpinn train|eval|predict|data|info|plot|export`: the command line (the `train` and `data`
-subcommands are cli_train.py and cli_data.py).
+"""`mpinn train|search|eval|predict|data|info|plot|export`: the command line (the `train`,
+`search` and `data` subcommands are cli_train.py, cli_search.py and cli_data.py).
 
 Bad input ends every rank with one line on stderr (printed by rank 0) and exit code 2, before
 anything is written. Any other exception on any rank aborts the whole job, so a failure

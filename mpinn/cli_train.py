@@ -152,6 +152,9 @@ def cmd_train(args):
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
+    # Before the Trainer: the statistics cover every training row (--early-stopping's
+    # validation rows too, as scikit-learn's Pipeline(scaler, MLP) does).
+    scale = _scale(problem, cfg, comm, _checkpoint_scaler(cfg, comm) if cfg.resume else None)
     bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted(progress_mode) else None
 
     def log(line):
@@ -165,8 +168,8 @@ def cmd_train(args):
                       log=(lambda line: None) if quiet else log, progress=progress,
                       format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping,
                       faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow)
-    resumed = _resume(trainer, cfg, comm) if cfg.resume else None
-    scale = _scale(problem, cfg, comm, resumed)
+    if cfg.resume:
+        _resume(trainer, cfg, comm)
     if comm.rank == 0:
         if cfg.metrics:  # the resolved configuration next to the metrics it produced
             with open(os.path.splitext(cfg.metrics)[0] + ".config.toml", "w") as fh:
@@ -249,18 +252,39 @@ def _resume(trainer, cfg, comm):
     if comm.rank == 0:
         print(f"resumed from {path} at epoch {trainer.epoch} step {trainer.step_in_epoch} "
               f"on {comm.size} rank(s)", flush=True)
-    return arrays
 
 
-def _scale(problem, cfg, comm, resumed_arrays):
+def _checkpoint_scaler(cfg, comm):
+    """The feature scaling arrays of the checkpoint --resume continues ({} if it has none), or
+    None when there is no checkpoint yet. Rank 0 reads them and broadcasts; _resume verifies the
+    whole file before training (a damaged one ends the run there)."""
+    from .checkpoint import resolve
+    from .problem import decide_on_root
+
+    def pick():
+        if not os.path.exists(os.path.join(cfg.checkpoint, "latest")):
+            return None
+        import h5py
+
+        try:
+            with h5py.File(resolve(cfg.checkpoint), "r") as f:
+                group = f.get("state/scaler", {})
+                return {f"scaler/{kind}/{name}": ds[()].tolist() for kind in group for name, ds in group[kind].items()}
+        except (OSError, KeyError, ValueError):
+            return {}
+
+    return decide_on_root(comm, pick)
+
+
+def _scale(problem, cfg, comm, stored):
     """Scale the features as --scale says (statistics of the training rows, collective), or as
-    the resumed checkpoint did (its stored statistics; none for one written before --scale)."""
+    the resumed checkpoint did (``stored``: its statistics; none for one written before --scale)."""
     from .preprocessing import scale_problem, scaler_from_arrays
 
-    if resumed_arrays is None:
+    if stored is None:
         scale_problem(problem, cfg.scale, comm)
         return cfg.scale
-    fitted = scaler_from_arrays(resumed_arrays)
+    fitted = scaler_from_arrays(stored)
     scale_problem(problem, "none", comm, fitted)
     if fitted is None:
         cfg.scale = "none"  # what the resumed model was trained with

@@ -289,10 +289,6 @@ class _Scaler:
         for name in ("n_samples_seen_", "n_features_in_", "feature_names_in_", *self._fitted):
             self.__dict__.pop(name, None)
 
-    def _fit_blocks(self, blocks, weights, n_features, comm):
-        """Collective: add the rows of ``blocks`` (this rank's) to the fitted statistics."""
-        raise NotImplementedError
-
     def to_sklearn(self):
         """scikit-learn's own scaler carrying these statistics (needs scikit-learn)."""
         from sklearn import preprocessing

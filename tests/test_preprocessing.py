@@ -79,6 +79,7 @@ def test_streamed_and_in_memory_statistics_are_bitwise_equal(tmp_path):
 # ---- the transformers, one rank ------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in sqrt")  # sklearn's var_ -1e-43
 def test_standard_scaler_equals_sklearn():
     X = DATA.copy()
     X[::9, 3] = np.nan  # missing values are ignored by the fit and kept by transform, as sklearn's
@@ -266,3 +267,22 @@ def test_predict_load_sklearn_and_onnx_agree(scaled_runs, tmp_path, name, onnx_t
     proba, labels = session.run(["output", "label"], {"input": X.astype(dtype)})
     np.testing.assert_allclose(proba, cli_proba, rtol=0, atol=onnx_tol)
     assert (labels == cli_labels).all()
+
+
+def test_early_stopping_rows_count_and_a_resumed_run_keeps_its_statistics(scaled_runs, tmp_path):
+    """--early-stopping's validation rows are training rows of the scaler (as in scikit-learn's
+    Pipeline(StandardScaler(), MLPClassifier(early_stopping=True))); --resume applies the
+    checkpoint's statistics, even to another --data file."""
+    from launch import run
+
+    d, X, _ = scaled_runs
+    common = ["train", "--hidden", "4", "--quiet", "--checkpoint"]
+    run(common + [tmp_path / "es", "--data", d / "iris_um.h5", "--epochs", "2", "--early-stopping"], np_=2)
+    ref = sk_pre.StandardScaler().fit(X)
+    for name, value in _stored(tmp_path / "es").items():
+        np.testing.assert_allclose(value, getattr(ref, name), rtol=1e-14)
+    write_hdf5(tmp_path / "doubled.h5", 2 * X, load_iris()[1])
+    run(common + [tmp_path / "es", "--data", tmp_path / "doubled.h5", "--epochs", "3", "--early-stopping", "--resume"],
+        np_=3)
+    for name, value in _stored(tmp_path / "es").items():
+        np.testing.assert_allclose(value, getattr(ref, name), rtol=1e-14)

@@ -85,6 +85,19 @@ def test_randomized_search_samples_sklearns_candidates():
     assert_same_results(ours, ref)
 
 
+def test_callable_scoring_returning_several_metrics():
+    from sklearn.metrics import accuracy_score, log_loss
+
+    def scores(est, X, y):
+        return {"acc": accuracy_score(y, est.predict(X)), "nll": -log_loss(y, est.predict_proba(X))}
+
+    grid = {"learning_rate_init": [0.01, 0.2]}
+    ref = sklearn_reference(grid, scoring=scores, refit="nll")
+    ours = quiet_fit(mpinn.GridSearchCV(mpinn.MLPClassifier(**FIXED), grid, cv=3, scoring=scores, refit="nll"))
+    assert_same_results(ours, ref)
+    assert ours.multimetric_ and "rank_test_acc" in ours.cv_results_
+
+
 def test_a_raising_candidate_is_recorded_and_the_rest_complete():
     grid = {"activation": ["relu", "no-such-activation"], "learning_rate_init": [0.01, 0.1]}
     with pytest.warns(FitFailedWarning, match="6 fits failed out of a total of 12"):
