@@ -236,7 +236,8 @@ def table(res):
     lines += ["", "| target | needs | measured | met |", "|---|---|---|---|"]
     lines.append(f"| even grid, 2 ranks (groups of 1) / 1 rank, speedup | >= 1.8 | {_f(speedup)} | "
                  f"{_met(speedup, 1.8)} |")
-    lines.append(f"| skewed grid, dynamic / round-robin wall time | <= 0.85 | {_f(skew)} | {_met(skew, 0.85, le=True)} |")
+    lines.append(f"| skewed grid, dynamic / round-robin wall time | <= 0.85 | {_f(skew)} | "
+                 f"{_met(skew, 0.85, le=True)} |")
     lines.append(f"| balanced grid, dynamic / round-robin (coordinator cost) | - | {_f(even)} | - |")
     lines.append(f"| same cv_results_ scores with both allocations | yes | {'yes' if same else 'no'} | - |")
     co = res.get("coordinator")

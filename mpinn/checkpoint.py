@@ -85,7 +85,7 @@ def recorded_split(attrs):
 def save_trainer(path, trainer, state):
     """Write everything needed to predict with, and to resume, a training run (rank 0).
     ``state`` is trainer.checkpoint_state(), which every rank computed together."""
-    from .preprocessing import scaler_arrays
+    from .scaler_train import scaler_arrays
 
     model, problem = trainer.model, trainer.problem
     scalars, arrays = state
@@ -241,7 +241,7 @@ def read_checkpoint(path):
 def load_model(path) -> FittedMLP:
     """A fitted model (sklearn-layout coefs_/intercepts_, predict) from a checkpoint."""
     from .model import MLP
-    from .preprocessing import scaler_from_arrays
+    from .scaler_train import scaler_from_arrays
 
     attrs, arrays = read_checkpoint(path)
     meta = attrs["model"]

@@ -34,7 +34,8 @@ def add_search_command(sub):
     p.add_argument("--stratified", action="store_true", help="stratified folds (classification)")
     p.add_argument("--scoring", help="scikit-learn scorer name(s), comma-separated; the first picks the best "
                    "(default: accuracy for classification, r2 for regression)")
-    p.add_argument("--group-size", type=int, default=1, help="ranks per fit; must divide the number of ranks (default 1)")
+    p.add_argument("--group-size", type=int, default=1,
+                   help="ranks per fit; must divide the number of ranks (default 1)")
     p.add_argument("--allocation", choices=["dynamic", "round-robin"], default="dynamic",
                    help="dynamic (default): free groups take the next task, longest first; round-robin: "
                         "task i on group i mod G")

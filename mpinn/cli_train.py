@@ -279,7 +279,7 @@ def _checkpoint_scaler(cfg, comm):
 def _scale(problem, cfg, comm, stored):
     """Scale the features as --scale says (statistics of the training rows, collective), or as
     the resumed checkpoint did (``stored``: its statistics; none for one written before --scale)."""
-    from .preprocessing import scale_problem, scaler_from_arrays
+    from .scaler_train import scale_problem, scaler_from_arrays
 
     if stored is None:
         scale_problem(problem, cfg.scale, comm)

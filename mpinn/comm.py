@@ -252,6 +252,27 @@ def world() -> Comm:
     return _world
 
 
+class SerialComm:
+    """Stands in for an mpi4py communicator when mpi4py is missing: one process, no MPI."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+
+def as_comm(value=None) -> Comm:
+    """The Comm of a ``comm=`` parameter (estimators, scalers): None for COMM_WORLD (one
+    process without MPI when mpi4py is missing), an mpi4py communicator, or a Comm."""
+    if value is None:
+        try:
+            return world()
+        except ImportError:
+            return Comm(SerialComm())
+    return value if isinstance(value, Comm) else Comm(value)
+
+
 def abort_on_exception():
     """Make an uncaught exception on any rank end the whole job with one clear line.
 

@@ -17,7 +17,7 @@ from .model import HIDDEN_ACTIVATIONS
 from .optim import SCHEDULES, SOLVERS, make_optimizer
 from .balance import BALANCES
 from .partition import parse_shard
-from .preprocessing import SCALES
+from .scaler_train import SCALES
 from .schedule import PERMUTATIONS
 from .sync import parse_sync
 
@@ -34,7 +34,7 @@ class TrainConfig:
     x_name: str = "X"
     y_name: str = "y"
     task: str = "auto"
-    scale: str = "standard"   # feature scaling fitted on the training rows (preprocessing.py)
+    scale: str = "standard"   # feature scaling fitted on the training rows (scaler_train.py)
     hidden: tuple = (100,)
     activation: str = "relu"
     solver: str = "adam"

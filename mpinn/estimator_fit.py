@@ -15,18 +15,9 @@ import warnings
 import numpy as np
 
 from . import inputs
+from .comm import SerialComm as _SerialComm  # noqa: F401 (imported from here by search.py and tests)
 from .estimator_base import STOCHASTIC, _BaseMLP
 from .model import MLP
-
-
-class _SerialComm:
-    """Stands in for an mpi4py communicator when mpi4py is missing: one process, no MPI."""
-
-    def Get_rank(self):
-        return 0
-
-    def Get_size(self):
-        return 1
 
 
 class _FitMLP(_BaseMLP):
@@ -35,14 +26,9 @@ class _FitMLP(_BaseMLP):
     # ---- the communicator and the data --------------------------------------------------
 
     def _get_comm(self):
-        from .comm import Comm, world
+        from .comm import as_comm
 
-        if self.comm is None:
-            try:
-                return world()
-            except ImportError:
-                return Comm(_SerialComm())
-        return self.comm if isinstance(self.comm, Comm) else Comm(self.comm)
+        return as_comm(self.comm)
 
     def _read(self, X, y, sample_weight, comm):
         """This rank's rows: (X, y, weights, shard, n_rows, y_all or None).

@@ -33,7 +33,7 @@ def to_npz(model, out):
         arrays["classes"] = np.asarray(model.classes_)
     scaler = getattr(model, "scaler_", None)
     if scaler is not None:  # x -> (x - scaler_mean) / scaler_scale, or x * scaler_scale + scaler_min
-        from .preprocessing import scaler_kind
+        from .scaler_train import scaler_kind
 
         arrays["scaler"] = np.array(scaler_kind(scaler))
         if scaler_kind(scaler) == "standard":
@@ -49,7 +49,7 @@ def _scaling_nodes(scaler, dtype, x):
 
     if scaler is None:
         return [], [], x
-    from .preprocessing import scaler_kind
+    from .scaler_train import scaler_kind
 
     if scaler_kind(scaler) == "standard":  # (x - mean) / scale
         consts, ops = (scaler.mean_, scaler.scale_), ("Sub", "Div")

@@ -21,7 +21,7 @@ from .config import config_from_estimator, estimator_params_from_config, optimiz
 from .estimators import MLPClassifier, MLPRegressor
 from .fitted import class_labels
 from .model import MLP
-from .preprocessing import scaler_from_arrays
+from .scaler_train import scaler_from_arrays
 
 # Optimizer arrays that change sign with the output units they belong to (first moments);
 # the others (adam's second moment v) only move with them.

@@ -1,16 +1,10 @@
 """Feature scaling with statistics reduced across ranks: StandardScaler, MinMaxScaler. No MPI here.
 
-Each rank summarises its own rows; the summaries are combined with reductions through a
-``comm.Comm``, so no rank ever holds all the rows. Standardisation uses per-feature moments
-(count, mean, sum of squared deviations M2): within a block of rows two passes (mean first),
-blocks and ranks combined with the pooled formula of Chan, Golub & LeVeque,
-M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2, which never subtracts two large sums. The
-result differs between rank counts only by rounding (about 1e-16 relative).
-
 The two transformers follow scikit-learn's StandardScaler and MinMaxScaler (parameters,
 fitted attributes, transform arithmetic) and work inside sklearn.pipeline.Pipeline under
-mpiexec. `mpinn train --scale` uses the same classes (``fit_scaler``, ``scale_problem``), and
-checkpoints store their fitted attributes (``scaler_arrays``, ``scaler_from_arrays``).
+mpiexec. Each rank summarises its own rows and the summaries are reduced through a
+``comm.Comm`` (the statistics: scaler_stats.py), so no rank ever holds all the rows.
+`mpinn train --scale` and checkpoints use the same classes (scaler_train.py).
 """
 
 from __future__ import annotations
@@ -20,119 +14,24 @@ import os
 
 import numpy as np
 
-from .stream import DEFAULT_CHUNK_BYTES
+from .comm import as_comm
+# All of scaler_stats' public names, block_moments and local_minmax too, stay importable from here.
+from .scaler_stats import (block_moments, blocks_moments, closing_blocks, combine_moments,  # noqa: F401
+                           is_constant, local_minmax, nonzero_scale, reduce_moments, reduce_range, row_blocks)
 
-SCALES = ("standard", "minmax", "none")
 ROWS = ("global", "local")
+# `mpinn train --scale`'s names, defined in scaler_train.py (which imports this module), importable
+# from here too (mpinn.preprocessing.fit_scaler, as docs/api.md names it), loaded when first asked for.
+_TRAIN_NAMES = ("SCALES", "fit_scaler", "scale_problem", "apply_scaler", "scaler_kind", "scaler_arrays",
+                "scaler_from_arrays")
 
 
-# ---- statistics: pure functions of arrays --------------------------------------------------
+def __getattr__(name):
+    if name in _TRAIN_NAMES:
+        from . import scaler_train
 
-
-def block_moments(X, weights=None):
-    """(3, n_features) float64: per feature the count (or weight) of non-NaN values, their mean
-    and the sum of (weighted) squared deviations from that mean, in two passes over ``X``."""
-    X = np.asarray(X)
-    out = np.zeros((3, X.shape[1]))
-    if len(X) == 0:
-        return out
-    X = X.astype(np.float64, copy=False)
-    valid = ~np.isnan(X)
-    # The corrected two-pass algorithm (Chan, Golub & LeVeque, eq. 1.7, as scikit-learn's):
-    # the sum of deviations from the first mean corrects both the mean and M2.
-    if weights is None and valid.all():  # the training data's case: no masks, no weights
-        n = out[0] = len(X)
-        d = X - X.sum(axis=0) / n
-        correction = d.sum(axis=0)
-        out[1] = X.sum(axis=0) / n + correction / n
-        out[2] = np.einsum("ij,ij->j", d, d) - correction * correction / n
-        return out
-    W = valid * (1.0 if weights is None else np.asarray(weights, dtype=np.float64)[:, None])
-    X0 = np.where(valid, X, 0.0)
-    n = out[0] = W.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, (W * X0).sum(axis=0) / n, 0.0)
-        d = np.where(valid, X0 - mean, 0.0)
-        correction = (W * d).sum(axis=0)
-        out[1] = np.where(n > 0, mean + correction / n, 0.0)
-        out[2] = np.where(n > 0, (W * d * d).sum(axis=0) - correction * correction / n, 0.0)
-    return out
-
-
-def combine_moments(a, b):
-    """Moments of the union of two disjoint sets of rows (Chan et al.'s pairwise update)."""
-    na, ma, sa = a
-    nb, mb, sb = b
-    n = na + nb
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f = np.where(n > 0, nb / n, 0.0)
-    delta = mb - ma
-    return np.stack([n, np.where(nb > 0, ma + delta * f, ma), sa + sb + delta * delta * na * f])
-
-
-def reduce_moments(local, comm):
-    """Moments over every rank's rows from each rank's own (two small Allreduces, O(features))."""
-    n, mean, m2 = local
-    first = comm.allreduce(np.concatenate([n, n * mean]), "sum")
-    total = first[: len(n)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pooled = np.where(total > 0, first[len(n):] / total, 0.0)
-    spread = comm.allreduce(m2 + n * (mean - pooled) ** 2, "sum")
-    return np.stack([total, pooled, spread])
-
-
-def local_minmax(blocks, n_features):
-    """(2, n_features): NaN-ignoring minimum and maximum over blocks of rows (+inf/-inf if none)."""
-    low, high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
-    for rows in blocks:
-        if len(rows):
-            with np.errstate(invalid="ignore"):
-                np.fmin(low, np.nanmin(np.where(np.isnan(rows), np.inf, rows), axis=0), out=low)
-                np.fmax(high, np.nanmax(np.where(np.isnan(rows), -np.inf, rows), axis=0), out=high)
-    return np.stack([low, high])
-
-
-def row_blocks(X, rows=None):
-    """This rank's rows in blocks: the chunks a StreamingRows reads (one streamed pass), or
-    blocks of an array of the same size, so streamed and in-memory statistics agree bitwise.
-    ``rows``: local positions to use (sorted here), or None for all rows."""
-    if hasattr(X, "iter_chunks") and rows is None:
-        yield from (chunk for _, chunk in X.iter_chunks())
-        return
-    n_features = X.shape[1]
-    step = max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * np.dtype(X.dtype).itemsize))
-    if rows is None:
-        for lo in range(0, len(X), step):
-            yield X[lo:lo + step]
-        return
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
-    for lo in range(0, len(rows), step):
-        yield X[rows[lo:lo + step]]
-
-
-def _is_constant(var, mean, n):
-    """scikit-learn's test for a feature indistinguishable from a constant (its scale becomes 1)."""
-    eps = np.finfo(np.float64).eps
-    return var <= n * eps * var + (n * mean * eps) ** 2
-
-
-def _nonzero(scale):
-    scale = np.array(scale, copy=True)
-    scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0
-    return scale
-
-
-def _serial_or_world(comm):
-    from .comm import Comm, world
-
-    if comm is None:
-        try:
-            return world()
-        except ImportError:  # no mpi4py: one process
-            from .estimator_fit import _SerialComm
-
-            return Comm(_SerialComm())
-    return comm if isinstance(comm, Comm) else Comm(comm)
+        return getattr(scaler_train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- the transformers -------------------------------------------------------------------------
@@ -257,7 +156,7 @@ class _Scaler:
             self.n_features_in_ = info.n_features
             shard = make_shard(info.n_rows, comm.rank, comm.size, self.shard)
             stream = StreamingRows(path, x_name, shard, info.n_features, np.float64, read_ahead=0)
-            return _closing(stream), None, info.n_features, np.dtype(np.float64)
+            return closing_blocks(stream), None, info.n_features, np.dtype(np.float64)
         X = self._array(X, reset=first, copy=False)
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
         if w is not None and len(w) != len(X):
@@ -319,15 +218,9 @@ class StandardScaler(_Scaler):
         self.with_mean, self.with_std = with_mean, with_std
 
     def partial_fit(self, X, y=None, sample_weight=None, *, x_name="X"):
-        comm = _serial_or_world(self.comm)
+        comm = as_comm(self.comm)
         blocks, w, n_features, _ = self._local_blocks(X, sample_weight, comm, x_name)
-        local = np.zeros((3, n_features))
-        pos = 0
-        for rows in blocks:
-            part = None if w is None else w[pos:pos + len(rows)]
-            local = combine_moments(local, block_moments(rows, part))
-            pos += len(rows)
-        batch = reduce_moments(local, comm)
+        batch = reduce_moments(blocks_moments(blocks, n_features, w), comm)
         if hasattr(self, "n_samples_seen_"):  # sklearn's partial_fit: add to the statistics so far
             seen = np.broadcast_to(np.asarray(self.n_samples_seen_, dtype=np.float64), (n_features,))
             mean = np.zeros(n_features) if self.mean_ is None else self.mean_
@@ -351,7 +244,7 @@ class StandardScaler(_Scaler):
         self.scale_ = None
         if self.with_std:
             scale = np.sqrt(var)
-            scale[_is_constant(var, mean, n)] = 1.0
+            scale[is_constant(var, mean, n)] = 1.0
             self.scale_ = scale
 
     def transform(self, X, copy=None):
@@ -398,9 +291,9 @@ class MinMaxScaler(_Scaler):
         low, high = self.feature_range
         if low >= high:
             raise ValueError(f"Minimum of desired feature range must be smaller than maximum. Got {self.feature_range!r}.")
-        comm = _serial_or_world(self.comm)
+        comm = as_comm(self.comm)
         blocks, _, n_features, dtype = self._local_blocks(X, None, comm, x_name)
-        data_min, data_max, n = _reduce_range(blocks, n_features, comm)
+        data_min, data_max, n = reduce_range(blocks, n_features, comm)
         # As sklearn: the statistics in the data's float type; a feature with no value is NaN.
         data_min = np.where(np.isinf(data_min), np.nan, data_min)
         data_max = np.where(np.isinf(data_max), np.nan, data_max)
@@ -415,7 +308,7 @@ class MinMaxScaler(_Scaler):
         self.n_samples_seen_ = n
         self.data_min_, self.data_max_ = data_min, data_max
         self.data_range_ = data_max - data_min
-        self.scale_ = (data_max.dtype.type(high) - data_max.dtype.type(low)) / _nonzero(self.data_range_)
+        self.scale_ = (data_max.dtype.type(high) - data_max.dtype.type(low)) / nonzero_scale(self.data_range_)
         self.min_ = data_max.dtype.type(low) - data_min * self.scale_
 
     def transform(self, X):
@@ -438,112 +331,8 @@ class MinMaxScaler(_Scaler):
         return X
 
 
-def _reduce_range(blocks, n_features, comm):
-    """Collective: (minimum, maximum, rows) over every rank's blocks of rows."""
-    count = [0]
-
-    def counted():
-        for rows in blocks:
-            count[0] += len(rows)
-            yield rows
-
-    low, high = local_minmax(counted(), n_features)
-    buf = comm.allreduce(np.concatenate([low, -high]), "min")
-    n = int(comm.allreduce(np.array([count[0]], dtype=np.int64), "sum")[0])
-    return buf[:n_features], -buf[n_features:], n
-
-
 def _equal(a, b):
     try:
         return bool(a is b or (type(a) is type(b) and a == b))
     except (TypeError, ValueError):
         return False
-
-
-def _closing(stream):
-    try:
-        yield from row_blocks(stream)
-    finally:
-        stream.close()
-
-
-# ---- `mpinn train --scale`, the checkpoint, the search ------------------------------------------
-
-_KINDS = {"standard": StandardScaler, "minmax": MinMaxScaler}
-# What a checkpoint stores of each kind (under state/scaler/<kind>/), everything predict needs.
-_STORED = {"standard": ("mean_", "var_", "scale_", "n_samples_seen_"),
-           "minmax": ("data_min_", "data_max_", "data_range_", "scale_", "min_", "n_samples_seen_")}
-
-
-def fit_scaler(kind, X, comm, rows=None):
-    """A fitted scaler of ``kind`` ('standard' or 'minmax'; None for 'none') from this rank's rows
-    ``X`` (an array or a StreamingRows, read in one streamed pass) at local positions ``rows``
-    (None: all). Collective: every rank gets the same statistics of all ranks' rows."""
-    if kind == "none":
-        return None
-    scaler = _KINDS[kind](rows="local", comm=comm)
-    scaler.n_features_in_ = X.shape[1]
-    blocks = row_blocks(X, rows)
-    if kind == "standard":
-        local = np.zeros((3, X.shape[1]))
-        for part in blocks:
-            local = combine_moments(local, block_moments(part))
-        scaler._set_moments(reduce_moments(local, comm))
-    else:
-        scaler._set_range(*_reduce_range(blocks, X.shape[1], comm))
-    scaler.comm = None
-    return scaler
-
-
-def scale_problem(problem, kind, comm, fitted=None):
-    """Scale a Problem's features in place with ``fitted``, or with a scaler of ``kind`` fitted on
-    its training rows (collective); the test and validation rows use the same statistics. A
-    streamed X is scaled chunk by chunk as it is read. Returns the scaler (None for 'none')."""
-    if fitted is None:
-        rows = None
-        if len(problem.train_rows) != problem.shard.n_rows:  # held-out rows do not count
-            rows = problem.train_rows.local
-        fitted = fit_scaler(kind, problem.X, comm, rows)
-    if fitted is None:
-        return None
-    for name in ("X", "test_X", "val_X"):
-        apply_scaler(fitted, getattr(problem, name, None))
-    problem.scaler = fitted
-    return fitted
-
-
-def apply_scaler(scaler, X):
-    """Scale a rank's rows in place: an array now, a StreamingRows as its chunks are read."""
-    if scaler is None or X is None:
-        return X
-    if hasattr(X, "set_transform"):
-        X.set_transform(scaler.transform_inplace)
-    elif len(X):
-        scaler.transform_inplace(X)
-    return X
-
-
-def scaler_kind(scaler):
-    return None if scaler is None else next(k for k, cls in _KINDS.items() if isinstance(scaler, cls))
-
-
-def scaler_arrays(scaler):
-    """{name: array} of a fitted scaler, for a checkpoint (names 'scaler/<kind>/<attribute>')."""
-    if scaler is None:
-        return {}
-    kind = scaler_kind(scaler)
-    return {f"scaler/{kind}/{name}": np.asarray(getattr(scaler, name)) for name in _STORED[kind]}
-
-
-def scaler_from_arrays(arrays):
-    """The fitted scaler stored by ``scaler_arrays`` (keys relative to /state), or None."""
-    for kind, cls in _KINDS.items():
-        prefix = f"scaler/{kind}/"
-        if any(k.startswith(prefix) for k in arrays):
-            scaler = cls()
-            for name in _STORED[kind]:
-                value = np.asarray(arrays[prefix + name])
-                setattr(scaler, name, value[()] if value.ndim == 0 else value)
-            scaler.n_features_in_ = len(scaler.scale_)
-            return scaler
-    return None

@@ -44,7 +44,7 @@ class Problem:
     val_Y: np.ndarray | None = None          # ... their targets in output space
     val_weight: np.ndarray | None = None     # ... their weights
     stream: object | None = None             # X as mpinn.stream.StreamingRows (load_problem(stream=True))
-    scaler: object | None = None             # the feature scaling applied to X (preprocessing.scale_problem)
+    scaler: object | None = None             # the feature scaling applied to X (scaler_train.scale_problem)
 
     def __post_init__(self):
         if not isinstance(self.train_rows, TrainRows):  # global row ids, the same on every rank
@@ -261,7 +261,7 @@ def reshard(problem, cfg, comm, shares):
                                            chunk_rows=stream.chunk_rows, read_ahead=stream.read_ahead)
     problem.X, problem.y, problem.shard = X, y, shard
     if problem.scaler is not None:  # the rows were re-read raw: scale them as the others
-        from .preprocessing import apply_scaler
+        from .scaler_train import apply_scaler
 
         apply_scaler(problem.scaler, X)
     return problem

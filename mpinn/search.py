@@ -136,7 +136,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             if writer:
                 writer.append(t, {"candidate": c, "split": k, **record})
             if self.verbose > 1 and team.leader:
-                score = "failed" if record["test"] is None else ", ".join(f"{n}={v:.4g}" for n, v in record["test"].items())
+                test = record["test"]
+                score = "failed" if test is None else ", ".join(f"{n}={v:.4g}" for n, v in test.items())
                 print(f"[CV {k + 1}/{self.n_splits_}; {c + 1}/{len(candidates)}] group {team.index}: "
                       f"{candidates[c]} {score} ({record['fit_time']:.2f}s)", flush=True)
             return record
@@ -195,7 +196,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         if not (self.error_score == "raise" or isinstance(self.error_score, numbers.Real)):
             raise ValueError("error_score must be the string 'raise' or a numeric value. (Hint: if using 'raise', "
                              "please make sure that it has been spelled correctly.)")
-        if not isinstance(self.group_size, numbers.Integral) or isinstance(self.group_size, bool) or self.group_size < 1:
+        size = self.group_size
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"group_size must be an integer >= 1, got {self.group_size!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
@@ -214,7 +216,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 raise ValueError(f"The list/tuple elements must be unique strings of predefined scorers. Got {names}")
             scorers = {name: get_scorer(name) for name in names}
         else:
-            raise ValueError(f"scoring must be a str, a callable, a list, a tuple, a dict or None; got {self.scoring!r}")
+            raise ValueError(f"scoring must be a str, a callable, a list, a tuple, a dict or None; "
+                             f"got {self.scoring!r}")
         if not scorers:
             raise ValueError(f"An empty {type(self.scoring).__name__} was passed: {self.scoring!r}")
         self._check_refit_for_multimetric(scorers)

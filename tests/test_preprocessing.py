@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import mpinn
-from mpinn import preprocessing as P
+from mpinn import scaler_stats as S
+from mpinn.comm import Comm, SerialComm
 from mpinn.datasets import load_iris, write_hdf5
 
 sk_pre = pytest.importorskip("sklearn.preprocessing")
@@ -26,6 +27,7 @@ DATA = RNG.normal(size=(301, 5)) * [1.0, 1e4, 1e-3, 5.0, 0.0] + [0.0, 3e4, 2.0, 
 WEIGHTS = RNG.uniform(0.1, 2.0, size=len(DATA))
 STANDARD = ("mean_", "var_", "scale_", "n_samples_seen_")
 MINMAX = ("data_min_", "data_max_", "data_range_", "scale_", "min_", "n_samples_seen_")
+IRIS_MLP = dict(hidden_layer_sizes=(8,), max_iter=30, random_state=0, learning_rate_init=0.01)
 
 
 def assert_same_attributes(ours, ref, names, rtol=1e-12):
@@ -37,41 +39,55 @@ def assert_same_attributes(ours, ref, names, rtol=1e-12):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-20 if name == "var_" else 0, err_msg=name)
 
 
+def iris_um():
+    """Iris with petal length and width in micrometres (features on scales ~1 and ~1e4)."""
+    X, y, _, _ = load_iris()
+    return X * [1, 1, 1e4, 1e4], y
+
+
+def fit_quietly(pipeline, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        return pipeline.fit(X, y)
+
+
 # ---- the statistics (pure functions) -------------------------------------------------------------
 
 
 def test_pooled_moments_equal_the_whole_data_for_any_split():
-    whole = P.block_moments(DATA)
+    whole = S.block_moments(DATA)
     for cuts in ([150], [1, 2, 300], [100, 100, 200, 300]):
-        parts = [P.block_moments(p) for p in np.split(DATA, cuts)]
+        parts = [S.block_moments(p) for p in np.split(DATA, cuts)]
         acc = np.zeros_like(whole)
         for p in parts:
-            acc = P.combine_moments(acc, p)
+            acc = S.combine_moments(acc, p)
         np.testing.assert_allclose(acc, whole, rtol=1e-13, atol=1e-9)
+        # The same through blocks_moments, with weights sliced per block.
+        np.testing.assert_allclose(S.blocks_moments(np.split(DATA, cuts), 5), whole, rtol=1e-13, atol=1e-9)
+        np.testing.assert_allclose(S.blocks_moments(np.split(DATA, cuts), 5, WEIGHTS),
+                                   S.block_moments(DATA, WEIGHTS), rtol=1e-13, atol=1e-9)
     # An empty part changes nothing, bit for bit.
-    assert np.array_equal(P.combine_moments(P.block_moments(DATA[:0]), whole), whole)
+    assert np.array_equal(S.combine_moments(S.block_moments(DATA[:0]), whole), whole)
 
 
 def test_streamed_and_in_memory_statistics_are_bitwise_equal(tmp_path):
-    from mpinn.comm import Comm
-    from mpinn.estimator_fit import _SerialComm
     from mpinn.partition import make_shard
     from mpinn.stream import StreamingRows
 
     write_hdf5(tmp_path / "d.h5", DATA, np.zeros(len(DATA), dtype=np.int64))
-    comm = Comm(_SerialComm())
+    comm = Comm(SerialComm())
     shard = make_shard(len(DATA), 0, 1, "block")
     # Chunks of 64 rows in both: what a StreamingRows of 8 MB chunks and the in-memory blocks share.
     rows = StreamingRows(tmp_path / "d.h5", "X", shard, DATA.shape[1], np.float64, chunk_rows=64, read_ahead=0)
     streamed = np.zeros((3, 5))
-    for chunk in P.row_blocks(rows):
-        streamed = P.combine_moments(streamed, P.block_moments(chunk))
+    for chunk in S.row_blocks(rows):
+        streamed = S.combine_moments(streamed, S.block_moments(chunk))
     in_memory = np.zeros((3, 5))
     for lo in range(0, len(DATA), 64):
-        in_memory = P.combine_moments(in_memory, P.block_moments(DATA[lo:lo + 64]))
+        in_memory = S.combine_moments(in_memory, S.block_moments(DATA[lo:lo + 64]))
     rows.close()
     assert np.array_equal(streamed, in_memory)
-    n, mean, m2 = P.reduce_moments(in_memory, comm)  # one rank: the same numbers
+    n, mean, m2 = S.reduce_moments(in_memory, comm)  # one rank: the same numbers
     np.testing.assert_allclose(mean, DATA.mean(axis=0), rtol=1e-14)
     np.testing.assert_allclose(m2 / n, DATA.var(axis=0), rtol=1e-13)
 
@@ -135,13 +151,9 @@ def test_pipeline_equals_sklearns_pipeline():
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
 
-    X, y, _, _ = load_iris()
-    X = X * [1, 1, 1e4, 1e4]
-    kw = dict(hidden_layer_sizes=(8,), max_iter=30, random_state=0, learning_rate_init=0.01)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = make_pipeline(mpinn.StandardScaler(), mpinn.MLPClassifier(**kw)).fit(X, y)
-        ref = make_pipeline(sk_pre.StandardScaler(), MLPClassifier(**kw)).fit(X, y)
+    X, y = iris_um()
+    ours = fit_quietly(make_pipeline(mpinn.StandardScaler(), mpinn.MLPClassifier(**IRIS_MLP)), X, y)
+    ref = fit_quietly(make_pipeline(sk_pre.StandardScaler(), MLPClassifier(**IRIS_MLP)), X, y)
     np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=1e-10, atol=1e-12)
 
 
@@ -177,14 +189,11 @@ def test_pipeline_on_n_ranks_equals_one_rank(world):
     from mpi4py import MPI
     from sklearn.pipeline import make_pipeline
 
-    X, y, _, _ = load_iris()
-    X = X * [1, 1, 1e4, 1e4]
-    kw = dict(hidden_layer_sizes=(8,), max_iter=30, random_state=0, learning_rate_init=0.01)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        many = make_pipeline(mpinn.StandardScaler(comm=world), mpinn.MLPClassifier(**kw, comm=world)).fit(X, y)
-        one = make_pipeline(mpinn.StandardScaler(comm=MPI.COMM_SELF),
-                            mpinn.MLPClassifier(**kw, comm=MPI.COMM_SELF)).fit(X, y)
+    X, y = iris_um()
+    many = fit_quietly(make_pipeline(mpinn.StandardScaler(comm=world), mpinn.MLPClassifier(**IRIS_MLP, comm=world)),
+                       X, y)
+    one = fit_quietly(make_pipeline(mpinn.StandardScaler(comm=MPI.COMM_SELF),
+                                    mpinn.MLPClassifier(**IRIS_MLP, comm=MPI.COMM_SELF)), X, y)
     np.testing.assert_allclose(many[0].mean_, one[0].mean_, rtol=1e-14)
     np.testing.assert_allclose(many[0].scale_, one[0].scale_, rtol=1e-14)
     for a, b in zip(many[-1].coefs_ + many[-1].intercepts_, one[-1].coefs_ + one[-1].intercepts_):
@@ -193,6 +202,35 @@ def test_pipeline_on_n_ranks_equals_one_rank(world):
 
 
 # ---- `mpinn train --scale` -----------------------------------------------------------------------
+
+
+def test_fit_scaler_on_some_rows_equals_sklearn_and_survives_a_checkpoint():
+    from mpinn.scaler_train import fit_scaler, scaler_arrays, scaler_from_arrays
+
+    comm = Comm(SerialComm())
+    rows = RNG.permutation(len(DATA))[:200]  # the training rows, unsorted as a split gives them
+    for kind, cls, names in (("standard", "StandardScaler", STANDARD), ("minmax", "MinMaxScaler", MINMAX)):
+        ours = fit_scaler(kind, DATA, comm, rows)
+        assert_same_attributes(ours, getattr(sk_pre, cls)().fit(DATA[rows]), names)
+        back = scaler_from_arrays(scaler_arrays(ours))  # as a checkpoint's /state stores them
+        assert type(back) is type(ours)
+        assert_same_attributes(back, ours, names, rtol=0)
+        np.testing.assert_array_equal(back.transform(DATA), ours.transform(DATA))
+    assert fit_scaler("none", DATA, comm) is None and scaler_arrays(None) == {} and scaler_from_arrays({}) is None
+
+
+def test_names_stay_importable_from_mpinn_preprocessing():
+    """The statistics and `mpinn train --scale`'s functions have their own modules;
+    mpinn.preprocessing still offers them (docs/api.md names mpinn.preprocessing.fit_scaler)."""
+    from mpinn import preprocessing, scaler_train
+
+    for name in ("block_moments", "combine_moments", "reduce_moments", "local_minmax", "row_blocks"):
+        assert getattr(preprocessing, name) is getattr(S, name)
+    for name in ("SCALES", "fit_scaler", "scale_problem", "apply_scaler", "scaler_kind", "scaler_arrays",
+                 "scaler_from_arrays"):
+        assert getattr(preprocessing, name) is getattr(scaler_train, name)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        preprocessing.no_such_name
 
 
 @pytest.fixture(scope="module")

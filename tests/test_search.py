@@ -3,7 +3,6 @@ sklearn's MLPClassifier, failure isolation, the task log and resume, the grid fi
 The same cases run on 2 and 3 ranks in test_search_mpi.py."""
 
 import json
-import os
 import warnings
 
 import numpy as np
