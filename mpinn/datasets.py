@@ -11,7 +11,6 @@ import json
 import math
 import os
 
-import h5py
 import numpy as np
 
 from .atomic import write_h5_atomic
@@ -117,33 +116,6 @@ def write_hdf5(path, X, y, *, x_name="X", y_name="y", class_names=None, feature_
             f.attrs["feature_names"] = json.dumps(list(feature_names))
         for key, value in attrs.items():
             f.attrs[key] = value
-
-    write_h5_atomic(path, fill)
-
-
-def write_predictions(path, fitted, scores):
-    """Predictions of a FittedMLP for all rows: y_pred (class names when the training data had
-    them), plus proba (columns in class order) for classifiers."""
-    from .fitted import class_index, class_proba
-
-    def fill(f):
-        if fitted.task == "classify":
-            labels = fitted.classes_[class_index(scores)]
-            names = fitted.class_names
-            if names and labels.dtype.kind in "iu" and labels.min() >= 0 and labels.max() < len(names):
-                # Codes written by `data convert` for string labels: give the strings back.
-                f["y_pred_code"] = labels
-                labels = np.asarray(names)[labels]
-            if labels.dtype.kind == "U":  # HDF5 has no numpy unicode type: store UTF-8 strings
-                f.create_dataset("y_pred", data=labels.astype(object), dtype=h5py.string_dtype())
-            else:
-                f["y_pred"] = labels
-            f["proba"] = class_proba(scores)
-            if fitted.class_names:
-                f.attrs["class_names"] = json.dumps(fitted.class_names)
-        else:
-            f["y_pred"] = scores[:, 0] if scores.shape[1] == 1 else scores
-        f.attrs["mpinn_format"] = "mpinn-predictions"
 
     write_h5_atomic(path, fill)
 

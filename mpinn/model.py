@@ -84,9 +84,8 @@ def _tanh_derivative(a, delta, scratch):
 
 
 def _relu_derivative(a, delta, scratch):
-    # relu output is 0 exactly where its input was <= 0, and never negative (maximum(-0., 0) is
-    # +0.), so sign(a) is the 0/1 of a > 0; np.greater would write bools and cast them through
-    # an allocated buffer.
+    # relu output is 0 where its input was <= 0 and never negative (maximum(-0., 0) is +0.), so
+    # sign(a) is a > 0 as 0/1, in a's dtype (np.greater's bools are cast through a buffer).
     np.sign(a, out=scratch)
     delta *= scratch
 
@@ -147,9 +146,10 @@ class MLP:
         return out
 
     def __getstate__(self):
-        # Cached views would be copied as separate arrays, no longer views of the copied buffer.
+        # Cached views would be copied as separate arrays, no longer views of the copied buffer;
+        # the workspace is a cache too.
         state = dict(self.__dict__)
-        state["_views"] = []
+        state["_views"], state["_ws"] = [], None
         return state
 
     def _make_views(self, flat):
@@ -344,10 +344,8 @@ class _LossBuffers:
 
 
 class _Workspace:
-    """A training step's arrays for up to ``rows`` rows, and their views for the current row
-    count m, rebuilt only when m changes: a step on as many rows as the last one makes no new
-    array object (a rank's share of a global batch is the same from step to step but for the
-    last batch, or with --shuffle global a few sizes)."""
+    """A training step's arrays for up to ``rows`` rows, and their views for m rows, rebuilt
+    only when m changes (a step on as many rows as the last makes no new array object)."""
 
     def __init__(self, sizes, rows, dtype):
         self.rows, self.sizes = rows, sizes

@@ -134,7 +134,7 @@ def test_a_broadcasting_ufunc_would_be_seen():
 
     def with_broadcast_add(params, X, Y, grad, sample_weight=None, on_grad=None):
         out = original(params, X, Y, grad, sample_weight, on_grad)
-        model.ws_probe = np.add(model._ws.acts[1], model.views(params)[0][1], out=model._ws.acts[1])
+        np.add(model._ws.acts[1], model.views(params)[0][1], out=model._ws.acts[1])
         return out
 
     model.loss_grad_sum = with_broadcast_add

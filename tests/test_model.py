@@ -5,7 +5,7 @@ import pytest
 
 from mpinn.model import HIDDEN_ACTIVATIONS, MLP, encode_targets
 
-OUTPUTS = {"softmax": 3, "logistic": 1, "identity": 2}
+OUTPUTS = {"softmax": 3, "logistic": 1, "identity": 2, "exp": 1}
 
 
 def _problem(activation, output, rows=7, seed=0):
@@ -16,6 +16,9 @@ def _problem(activation, output, rows=7, seed=0):
     X = rng.normal(size=(rows, 4))
     if output == "identity":
         Y = rng.normal(size=(rows, 2))
+    elif output == "exp":  # counts, zeros included (the Poisson loss's xlogy(0, .) = 0 branch)
+        Y = rng.poisson(1.0, size=(rows, 1)).astype(float)
+        Y[:2] = 0
     else:
         classes = np.arange(max(2, OUTPUTS[output]))
         Y = encode_targets(rng.randint(0, len(classes), rows), classes, output, np.float64)
@@ -51,6 +54,22 @@ def test_gradient_matches_central_differences(activation, output, weighted):
     scale = np.abs(numeric).max()
     assert scale > 1e-3
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("output", sorted(OUTPUTS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_matches_sklearn(output, weighted):
+    """The summed loss of the training step (reused work arrays) against scikit-learn's own
+    loss functions (weighted mean), and output_loss_sum (fresh arrays) bit for bit with it."""
+    base = pytest.importorskip("sklearn.neural_network._base")
+    model, params, X, Y = _problem("tanh", output, rows=23)
+    weights = np.random.RandomState(2).uniform(0.5, 2.0, len(X)) if weighted else None
+    total = model.loss_grad_sum(params, X, Y, model.new_buffer(), sample_weight=weights)
+    out = model.forward(params, X)
+    ref = base.LOSS_FUNCTIONS[model.loss](Y, out, weights)  # (squared error: mean over outputs too)
+    wsum = len(X) if weights is None else weights.sum()
+    assert total / wsum == pytest.approx(ref, rel=1e-12)
+    assert model.output_loss_sum(out, Y, weights) == total
 
 
 def test_zero_rows_give_zero_gradient_and_loss():
