@@ -509,7 +509,7 @@ class Bench:
         """bench/search.py: its own runs (each best of --repeat), its tables and targets."""
         import search as search_bench
 
-        epochs = 5 if self.a.quick else 15
+        epochs = 10 if self.a.quick else 40
         r = self.run([sys.executable, BENCH / "search.py", "--repeat", self.a.repeat, "--epochs", epochs,
                       "--out", self.out / "search.json"], timeout=3600)
         self.results["search"] = r
