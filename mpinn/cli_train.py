@@ -154,7 +154,8 @@ def cmd_train(args):
     problem = load_problem(cfg, comm)
     # Before the Trainer: the statistics cover every training row (--early-stopping's
     # validation rows too, as scikit-learn's Pipeline(scaler, MLP) does).
-    scale = _scale(problem, cfg, comm, _checkpoint_scaler(cfg, comm) if cfg.resume else None)
+    resumed = _read_resume_checkpoint(cfg, comm) if cfg.resume else None
+    scale = _scale(problem, cfg, comm, resumed)
     bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted(progress_mode) else None
 
     def log(line):
@@ -169,7 +170,7 @@ def cmd_train(args):
                       format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping,
                       faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow)
     if cfg.resume:
-        _resume(trainer, cfg, comm)
+        _resume(trainer, cfg, comm, resumed)
     if comm.rank == 0:
         if cfg.metrics:  # the resolved configuration next to the metrics it produced
             with open(os.path.splitext(cfg.metrics)[0] + ".config.toml", "w") as fh:
@@ -213,10 +214,12 @@ def cmd_train(args):
     return 0
 
 
-def _resume(trainer, cfg, comm):
-    """Load the latest checkpoint of cfg.checkpoint into ``trainer`` (rank 0 picks the file)."""
+def _read_resume_checkpoint(cfg, comm):
+    """(attrs, arrays) of the latest checkpoint in cfg.checkpoint, or None when there is none yet.
+
+    Rank 0 reads and verifies the file once and broadcasts it: other ranks may not see the
+    directory at all (node-local storage), and 1,000 ranks re-reading it would load the file system."""
     from .checkpoint import read_checkpoint, resolve
-    from .config import resume_conflicts
     from .problem import decide_on_root
 
     read = {}
@@ -227,14 +230,19 @@ def _resume(trainer, cfg, comm):
         attrs, read["arrays"] = read_checkpoint(resolve(cfg.checkpoint))
         return attrs
 
-    # Rank 0 reads and verifies the file once and broadcasts it: other ranks may not see the
-    # directory at all (node-local storage), and 1,000 ranks re-reading it would hammer the file system.
     attrs = decide_on_root(comm, pick)
-    if attrs is None:
+    return None if attrs is None else (attrs, comm.bcast_arrays(read.get("arrays")))
+
+
+def _resume(trainer, cfg, comm, resumed):
+    """Continue ``trainer`` from ``resumed`` (_read_resume_checkpoint's), after checking it fits."""
+    from .config import resume_conflicts
+
+    if resumed is None:
         if comm.rank == 0:
             print(f"--resume: no checkpoint in {cfg.checkpoint} yet, starting fresh", flush=True)
         return
-    arrays = comm.bcast_arrays(read.get("arrays"))
+    attrs, arrays = resumed
     path = attrs["path"]
     conflicts = resume_conflicts(attrs["config"], cfg)
     if conflicts:
@@ -254,37 +262,20 @@ def _resume(trainer, cfg, comm):
               f"on {comm.size} rank(s)", flush=True)
 
 
-def _checkpoint_scaler(cfg, comm):
-    """The feature scaling arrays of the checkpoint --resume continues ({} if it has none), or
-    None when there is no checkpoint yet. Rank 0 reads them and broadcasts; _resume verifies the
-    whole file before training (a damaged one ends the run there)."""
-    from .checkpoint import resolve
-    from .problem import decide_on_root
-
-    def pick():
-        if not os.path.exists(os.path.join(cfg.checkpoint, "latest")):
-            return None
-        import h5py
-
-        try:
-            with h5py.File(resolve(cfg.checkpoint), "r") as f:
-                group = f.get("state/scaler", {})
-                return {f"scaler/{kind}/{name}": ds[()].tolist() for kind in group for name, ds in group[kind].items()}
-        except (OSError, KeyError, ValueError):
-            return {}
-
-    return decide_on_root(comm, pick)
-
-
-def _scale(problem, cfg, comm, stored):
+def _scale(problem, cfg, comm, resumed):
     """Scale the features as --scale says (statistics of the training rows, collective), or as
-    the resumed checkpoint did (``stored``: its statistics; none for one written before --scale)."""
+    the ``resumed`` checkpoint did (its statistics; none for one written before --scale)."""
     from .scaler_train import scale_problem, scaler_from_arrays
 
-    if stored is None:
+    if resumed is None:
         scale_problem(problem, cfg.scale, comm)
         return cfg.scale
-    fitted = scaler_from_arrays(stored)
+    attrs, arrays = resumed
+    n_inputs = attrs["model"]["layer_sizes"][0]
+    if n_inputs != problem.n_features:  # before its statistics are applied to these rows
+        raise InputError(f"--resume: {attrs['path']} has layers {attrs['model']['layer_sizes']}, trained on "
+                         f"{n_inputs} features; this data has {problem.n_features}")
+    fitted = scaler_from_arrays(arrays)
     scale_problem(problem, "none", comm, fitted)
     if fitted is None:
         cfg.scale = "none"  # what the resumed model was trained with
