@@ -10,13 +10,15 @@ loading and the refit excluded; the refit time is reported separately):
 
   even     8 candidates of one size (hidden 32; lr x alpha), 24 tasks: 1 rank vs 2 ranks in
            groups of 1 (dynamic). Target: 2 ranks >= 1.8x faster.
-  skewed   4 candidates, alpha x hidden [16] or [256] (the expensive parameter varies
+  skewed   4 candidates, alpha x hidden [16] or [512] (the expensive parameter varies
            fastest, as ParameterGrid orders sorted keys), 12 tasks whose costs differ >= 4x; on
            2 ranks in groups of 1, dynamic vs round-robin (task i on group i mod 2 takes
            4 small + 2 large, the other 2 small + 4 large). Target: dynamic <= 0.85x.
   balanced alpha x hidden [16], [64], [256]: round-robin happens to give each group the same
            work here; dynamic vs round-robin shows what the coordinator thread costs.
 
+  pair     two independent 1-rank searches of the even grid at once: the most any 2-rank run of
+           these tasks could gain on this machine (2 x alone / side by side).
   coordinator  what serving requests costs: on 2 ranks both ranks run the same fixed numpy
            work (an MLP's forward and backward matmuls) while rank 0 has no thread, a thread
            that polls with Iprobe and sleeps 1 ms (what mpinn uses), or a thread blocked in a
@@ -42,7 +44,7 @@ from common import ROOT, bench_env, emit, parse  # noqa: E402
 CASES = {
     "even": {"hidden_layer_sizes": [(32,)], "learning_rate_init": [0.001, 0.002, 0.005, 0.01],
              "alpha": [1e-4, 1e-2]},
-    "skewed": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (256,)]},
+    "skewed": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (512,)]},
     "balanced": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (64,), (256,)]},
 }
 
@@ -184,6 +186,7 @@ def run_all(a):
     res = {"epochs": a.epochs, "repeat": a.repeat, "load_average_start": os.getloadavg()}
     res["even_1"] = measure(a, "even", 1, "dynamic", refit=True)
     res["even_2"] = measure(a, "even", 2, "dynamic", refit=True)
+    res["even_pair"] = measure_pair(a)
     for case in ("skewed", "balanced"):
         for allocation in ("dynamic", "round-robin"):
             res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
@@ -191,6 +194,25 @@ def run_all(a):
     res["load_average_end"] = os.getloadavg()
     res["idle_before_each_run"] = IDLE
     return res
+
+
+def measure_pair(a):
+    """Two independent 1-rank searches of the even grid at the same time: what two processes on
+    this machine can do side by side, the ceiling of any 2-rank speedup of these tasks."""
+    mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
+    cmd = [*mpiexec.split(), "-n", "1", sys.executable, __file__, "--worker", "even", "--epochs", str(a.epochs)]
+    best = None
+    for _ in range(a.repeat):
+        if a.wait_idle:
+            wait_idle(a.wait_idle)
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env(),
+                                  cwd=ROOT) for _ in range(2)]
+        outs = [parse(p.communicate(timeout=1800)[0]) for p in procs]
+        if any(o is None for o in outs):
+            return None
+        slowest = max(o["seconds"] for o in outs)
+        best = slowest if best is None else min(best, slowest)
+    return best
 
 
 def measure_coordinator(a):
@@ -236,6 +258,10 @@ def table(res):
     lines += ["", "| target | needs | measured | met |", "|---|---|---|---|"]
     lines.append(f"| even grid, 2 ranks (groups of 1) / 1 rank, speedup | >= 1.8 | {_f(speedup)} | "
                  f"{_met(speedup, 1.8)} |")
+    if res.get("even_pair") and res.get("even_1"):
+        ceiling = 2 * res["even_1"]["seconds"] / res["even_pair"]
+        res["pair_ceiling"] = ceiling
+        lines.append(f"| ceiling: 2 x one 1-rank search / two 1-rank searches run at once | - | {_f(ceiling)} | - |")
     fit = (res.get("skewed_round-robin") or {}).get("mean_fit_time")
     if fit:
         lines.append(f"| skewed grid: slowest / fastest candidate's mean fit time | >= 4 | {_f(max(fit) / min(fit))} | "

@@ -4,19 +4,18 @@ Every step, each rank computes the loss and gradient SUMS over the rows of the g
 owns (none is fine) and hands them to the step strategy (sync.py), which combines them across
 ranks and applies the optimizer update; every rank ends the step with the same parameters.
 The loop sequences steps, epochs, stopping (scikit-learn's rules; rank 0 decides and
-broadcasts), evaluation, logging and checkpoints. Its state is one LoopState, which the
-estimators pass in and read back.
+broadcasts), evaluation, logging and checkpoints. Its state is one LoopState (train_state.py),
+which the estimators pass in and read back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
 import numpy as np
 
-from .balance import Balancer, check_interval, window_speed
+from . import train_state
 from .data import global_batch, resolve_batch_size
 from .errors import InputError
 from .evaluation import evaluate, test_fields
@@ -25,8 +24,10 @@ from .logs import MetricsWriter, epoch_line
 from .model import MLP, encode_targets
 from .partition import parse_shard
 from .problem import labels_as_classes
+from .rebalancing import LoadBalancing
 from .schedule import BatchSchedule, resolve_permutation
 from .sync import make_sync
+from .train_state import LoopState
 
 __all__ = ["LoopState", "Trainer", "TrainingDiverged", "build_model", "evaluate"]
 
@@ -43,29 +44,6 @@ def build_model(problem, cfg):
         output, n_out = "identity", problem.n_outputs
     sizes = [problem.n_features, *cfg.hidden, n_out]
     return MLP(sizes, activation=cfg.activation, output=output, dtype=cfg.dtype)
-
-
-@dataclasses.dataclass
-class LoopState:
-    """Everything the loop advances; what a checkpoint or an estimator carries across runs."""
-
-    epoch: int = 0
-    t: int = 0                    # samples seen, as sklearn's t_
-    step_in_epoch: int = 0        # steps done in the current, unfinished epoch
-    accumulated: float = 0.0      # that epoch's loss so far (sklearn's accumulated_loss)
-    global_step: int = 0          # steps over the whole run, resumed parts included
-    loss_curve: list = dataclasses.field(default_factory=list)
-    history: list = dataclasses.field(default_factory=list)
-    best_loss: float = math.inf
-    no_improvement: int = 0
-    finished: str | None = None   # why training ended, once it has (kept across resume)
-    validation_scores: list = dataclasses.field(default_factory=list)
-    validation_loss_curve: list = dataclasses.field(default_factory=list)
-    best_validation_score: float = -math.inf
-    best_params: np.ndarray | None = None  # early stopping: restored at the end
-
-    SCALARS = ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "finished",
-               "history")
 
 
 class Trainer:
@@ -106,14 +84,7 @@ class Trainer:
                                   clock=lambda: self.loop.global_step)
             self.params, self.optimizer = self.sync.params, self.sync.optimizer
         self.schedule = self._make_schedule()
-        # Targets in output space, so a step only gathers rows. Class targets are kept as
-        # small integer codes and one-hot / 0-1 encoded per batch (EncodedRows).
-        if problem.Y is not None:
-            self.Y = problem.Y
-        elif self.model.output in ("softmax", "logistic"):
-            self.Y = _encoded_rows(problem, self.model)
-        else:
-            self.Y = encode_targets(problem.y, problem.classes, self.model.output, self.model.dtype)
+        self.Y = self._targets()
         self.faults = faults or {}
         self.early_stopping = problem.val_X is not None
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
@@ -127,7 +98,8 @@ class Trainer:
         # Set when a signal stopped the run (_preempt): what happened, the exit code, checkpoint written?
         self.stop_message = self.stop_exit_code = None
         self.stop_saved = False
-        self._init_balance(slow or {})
+        # Per-step compute timing, MPINN_SLOW and, with --balance dynamic, moving rows.
+        self.balancing = LoadBalancing(cfg, problem, comm, self.schedule.n_steps, slow or {}, self._take_shares)
 
     # Read-only views of the loop state (tests, summaries).
     epoch = property(lambda self: self.loop.epoch)
@@ -140,16 +112,7 @@ class Trainer:
 
     def _inject_and_flag(self, grad):
         """Called by the step strategy between this rank's compute and the reduction."""
-        # CPU seconds of this thread: what a slower core costs, not the time other processes
-        # took the core away (noise that would move rows back and forth on a busy machine).
-        busy = time.thread_time() - self._compute_start
-        if self._slow > 1:  # MPINN_SLOW: a slower node, stood in for by sleeping; the sleep
-            # counts as compute (F x the CPU seconds) and lasts (F - 1) x the compute's wall time
-            time.sleep((self._slow - 1) * (time.perf_counter() - self._compute_wall))
-            busy *= self._slow
-        if self.balancer is not None:
-            self._window_busy.append(busy)
-        self._busy_epoch += busy
+        self.balancing.compute_done()
         loop = self.loop
         loop.global_step += 1
         if loop.global_step in self.faults:
@@ -187,10 +150,8 @@ class Trainer:
         if self.cfg.warmup_epochs:
             done = self.loop.epoch * self.schedule.n_steps + self.loop.step_in_epoch + 1
             self.optimizer.warmup_factor = min(1.0, done / (self.cfg.warmup_epochs * self.schedule.n_steps))
-        t1 = self._compute_wall = time.perf_counter()
-        self._compute_start = time.thread_time()
-        if self.balancer is not None:
-            self._window_rows.append(m)
+        t1 = time.perf_counter()
+        self.balancing.compute_starts(m, t1)
         comm_before = self.sync.comm_seconds
         batch_rows = min(self.batch_size, self.n_train - self.loop.step_in_epoch * self.batch_size)
         loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._inject_and_flag, batch_rows)
@@ -229,7 +190,7 @@ class Trainer:
                 self.progress(loop.epoch + 1, loop.step_in_epoch, self.schedule.n_steps)
             if stop and loop.step_in_epoch < self.schedule.n_steps:
                 return None, True
-            if self._rebalance_due() and self._rebalance() and loop.step_in_epoch < self.schedule.n_steps:
+            if self.balancing.rebalance_if_due(loop, self.schedule.n_steps) and loop.step_in_epoch < self.schedule.n_steps:
                 # The rows changed owners: continue the epoch on the new schedule, as a resume would.
                 steps = self.schedule.epoch(loop.epoch, loop.step_in_epoch)
         loss = loop.accumulated / self.n_train
@@ -352,90 +313,41 @@ class Trainer:
 
     def _epoch_breakdown(self):
         """Collective: this epoch's seconds gathering rows, computing and in the step's
-        collectives (which includes waiting for the slowest rank), each the max over ranks."""
-        size, rank = self.comm.size, self.comm.rank
-        per_rank = np.zeros(3 + 2 * size if self._per_rank else 3)
+        collectives (which includes waiting for the slowest rank), each the max over ranks,
+        and the per-rank fields of load balancing (rebalancing.py)."""
+        per_rank = np.zeros(3 + self.balancing.n_slots)
         per_rank[:3] = self.timing
-        if self._per_rank:  # each rank fills its own slots; the max gathers them all
-            per_rank[3 + rank] = self._busy_epoch
-            per_rank[3 + size + rank] = self.problem.shard.count
+        self.balancing.fill_slots(per_rank[3:])
         t = self.comm.allreduce(per_rank, "max")
         self.timing[...] = 0
-        self._busy_epoch = 0.0
         out = {"data_seconds": float(t[0]), "compute_seconds": float(t[1]), "comm_seconds": float(t[2])}
-        if self._per_rank:
-            counts = t[3 + size:]
-            out.update({"rank_compute_seconds": t[3:3 + size].tolist(),
-                        "shares": (counts / counts.sum()).tolist(), "row_moves": self._moves,
-                        "move_seconds": self._move_seconds})
-            self._moves, self._move_seconds = 0, 0.0
+        out.update(self.balancing.epoch_fields(t[3:]))
         return out
 
-    # ---- dynamic load balancing (balance.py) ------------------------------------------------
+    # ---- the rows this rank owns ------------------------------------------------------------
 
-    def _init_balance(self, slow):
-        """Straggler injection and, with --balance dynamic, rank 0's Balancer."""
-        self._slow = float(slow.get(self.comm.rank, 1.0))
-        self._compute_start, self._compute_wall = time.thread_time(), time.perf_counter()
-        self._window_rows, self._window_busy = [], []  # per step since the window began
-        self._busy_epoch = 0.0       # busy seconds this epoch (the per-rank times logged)
-        self._moves, self._move_seconds = 0, 0.0
-        self.shares = None           # decided shares; None: the --shard strategy's own
-        self.balancer = None
-        dynamic = getattr(self.cfg, "balance", "static") == "dynamic"
-        self._per_rank = dynamic or bool(slow)
-        if dynamic:
-            if self.problem.sample_weight is not None or self.problem.Y is not None or not self.cfg.data:
-                raise InputError("--balance dynamic re-reads rows from the --data file; it needs `mpinn train`")
-            counts = np.zeros(self.comm.size)
-            counts[self.comm.rank] = self.problem.shard.count
-            self.comm.allreduce(counts, "sum")
-            self.balancer = Balancer(self.comm.size, (counts / counts.sum()).tolist())
-            self._interval = check_interval(self.schedule.n_steps)
+    def _targets(self):
+        """Targets of this rank's rows in output space, so a step only gathers rows. Class
+        targets are kept as small integer codes and one-hot / 0-1 encoded per batch (EncodedRows)."""
+        p, model = self.problem, self.model
+        if p.Y is not None:
+            return p.Y
+        if model.output in ("softmax", "logistic"):
+            return _encoded_rows(p, model)
+        return encode_targets(p.y, p.classes, model.output, model.dtype)
 
-    def _rebalance_due(self):
-        if self.balancer is None:
-            return False
-        if self.cfg.shuffle == "local":  # local batches come from the shard: change it between epochs only
-            return self.loop.step_in_epoch == self.schedule.n_steps
-        return self.loop.global_step % self._interval == 0
-
-    def _rebalance(self):
-        """Collective: rank 0 gathers every rank's window (rows, busy seconds), decides the
-        shares and broadcasts them; every rank then takes its rows under them. True if moved."""
-        comm, size = self.comm, self.comm.size
-        window = np.zeros(2 * size)
-        window[comm.rank] = window_speed(self._window_rows, self._window_busy)
-        window[size + comm.rank] = sum(self._window_busy)
-        comm.reduce_sum_to_root(window)
-        decision = self.balancer.observe(window[:size].tolist(), window[size:].tolist()) if comm.rank == 0 else None
-        shares, used = comm.bcast_json(decision)
-        if used:
-            self._window_rows, self._window_busy = [], []
-        if shares is None:
-            return False
-        self._apply_shares(shares)
-        return True
-
-    def _apply_shares(self, shares):
-        """Move the rows: each rank re-reads its shard under ``shares`` from the file (measured
-        against exchanging them in bench/balance.py), then the schedule is rebuilt at the same
-        place of the same epoch, so the global batches do not change."""
+    def _take_shares(self, shares):
+        """Move the rows (rebalancing.py): this rank re-reads its shard under ``shares`` from
+        the file (measured against exchanging them in bench/balance.py), then the schedule is
+        rebuilt at the same place of the same epoch, so the global batches do not change."""
         from .problem import reshard
 
-        t = time.perf_counter()
         state = self.schedule.state()
         scalars = self.schedule.scalars() if hasattr(self.schedule, "scalars") else None
         reshard(self.problem, self.cfg, self.comm, shares)
-        if self.problem.Y is None and self.model.output in ("softmax", "logistic"):
-            self.Y = _encoded_rows(self.problem, self.model)
-        elif self.problem.Y is None:
-            self.Y = encode_targets(self.problem.y, self.problem.classes, self.model.output, self.model.dtype)
+        self.Y = self._targets()
         self.schedule = self._make_schedule()
         self.schedule.load_state(state, *([] if scalars is None else [scalars]))
-        self.shares = list(shares)
-        self._moves += 1
-        self._move_seconds += time.perf_counter() - t
 
     def _make_schedule(self):
         """The batch schedule over this rank's current shard (rebuilt when the rows move)."""
@@ -508,67 +420,16 @@ class Trainer:
         loop.validation_loss_curve.append(float(buf[0] / buf[1]))
         return score
 
-    # ---- checkpoint state ---------------------------------------------------------------
+    # ---- checkpoint state (train_state.py) ---------------------------------------------
 
     def checkpoint_state(self):
         """Collective: (JSON scalars, arrays) that make a resumed run continue bit for bit, on
         any rank count and in either sync mode (optimizer state whole). Valid on rank 0."""
-        loop = self.loop
-        opt_scalars, opt_arrays = self.sync.optimizer_state() if self.sync else ({}, {})
-        kind, key, pos, has_gauss, gauss = self.random_state.get_state()
-        scalars = {name: getattr(loop, name) for name in LoopState.SCALARS}
-        scalars.update({"best_loss": None if math.isinf(loop.best_loss) else loop.best_loss,
-                        "optimizer": opt_scalars, "n_train": self.n_train, "batch_size": self.batch_size,
-                        "rng": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}})
-        scalars["schedule"] = self.schedule.scalars()
-        arrays = {"params": self.params, "rng/key": key,
-                  **{f"schedule/{k}": v for k, v in self.schedule.state().items()},
-                  "loss_curve": np.asarray(loop.loss_curve, dtype=np.float64),
-                  **{f"optimizer/{k}": v for k, v in opt_arrays.items()}}
-        if self.extra_state is not None:
-            scalars["estimator"] = self.extra_state()
-        if self.balancer is not None:  # the shares apply again on the same rank count
-            scalars["balance"] = {"ranks": self.comm.size, "shares": self.shares, "balancer": self.balancer.state()}
-        if self.early_stopping:  # so a resumed run stops, and ends on the weights, an uninterrupted one would
-            scalars["validation"] = {"scores": loop.validation_scores, "loss_curve": loop.validation_loss_curve,
-                                     "best": None if math.isinf(loop.best_validation_score) else loop.best_validation_score}
-            arrays["validation/best_params"] = loop.best_params
-        return scalars, arrays
+        return train_state.checkpoint_state(self)
 
     def restore(self, scalars, arrays):
         """Continue from ``checkpoint_state()`` as saved by any number of ranks."""
-        if scalars["n_train"] != self.n_train:
-            raise InputError(f"checkpoint was trained on {scalars['n_train']} rows, this data has {self.n_train}")
-        saved_batch = scalars.get("batch_size", self.batch_size)
-        if scalars["step_in_epoch"] and saved_batch != self.batch_size:
-            raise InputError(f"--resume: the checkpoint stopped part-way through an epoch of batches of {saved_batch}"
-                             f" rows; with {self.comm.size} rank(s) the batch is {self.batch_size} (--batch-per-rank):"
-                             " resume on the same rank count, or from an end-of-epoch checkpoint")
-        self.schedule.check_resume(scalars.get("schedule"), mid_epoch=bool(scalars["step_in_epoch"]))
-        self.params[...] = arrays["params"]
-        if self.sync:
-            self.sync.load_optimizer_state(scalars["optimizer"], {k.split("/", 1)[1]: v for k, v in arrays.items()
-                                                                  if k.startswith("optimizer/")})
-        rng = scalars["rng"]
-        self.random_state.set_state((rng["kind"], arrays["rng/key"], rng["pos"], rng["has_gauss"], rng["gauss"]))
-        self.schedule.load_state({k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("schedule/")},
-                                 scalars.get("schedule"))
-        for name in LoopState.SCALARS:
-            setattr(self.loop, name, scalars[name])
-        self.loop.best_loss = math.inf if scalars["best_loss"] is None else scalars["best_loss"]
-        self.loop.loss_curve = arrays["loss_curve"].tolist()
-        validation = scalars.get("validation")
-        if validation is not None and self.early_stopping:
-            self.loop.validation_scores = list(validation["scores"])
-            self.loop.validation_loss_curve = list(validation["loss_curve"])
-            self.loop.best_validation_score = -math.inf if validation["best"] is None else validation["best"]
-            self.loop.best_params = np.array(arrays["validation/best_params"], dtype=self.params.dtype)
-        saved = scalars.get("balance")
-        if self.balancer is not None and saved and saved["ranks"] == self.comm.size:
-            self.balancer.load_state(saved["balancer"])
-            if saved["shares"] is not None:
-                self._apply_shares(saved["shares"])  # every rank read the same checkpoint
-                self._moves, self._move_seconds = 0, 0.0
+        train_state.restore(self, scalars, arrays)
 
     def summary(self):
         """The end-of-run record rank 0 prints with --json."""

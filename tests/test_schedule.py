@@ -170,7 +170,7 @@ def test_mid_epoch_resume_on_another_rank_count_continues_exactly(permutation):
 @pytest.mark.parametrize("permutation", ["sklearn", "keyed"])
 def test_rows_moving_between_ranks_mid_epoch_keep_the_batches(permutation):
     """Dynamic load balancing rebuilds each schedule over a new shard at the same place of the
-    same epoch (Trainer._apply_shares): the batches do not change."""
+    same epoch (Trainer._take_shares): the batches do not change."""
     n, size, stop = 150, 3, 4
     want = _epoch(_schedules(n, 1, "block", permutation), 0)
     ranks = _schedules(n, size, "block", permutation)
