@@ -61,7 +61,7 @@ def load_latest(directory):
     import mpinn
 
     model = mpinn.load(str(directory))
-    assert model.coefs_[0].shape[0] == 4 and list(model.classes_) == [0, 1, 2]
+    assert model.coefs_[0].shape[0] == 4 and list(model.classes_) == ["setosa", "versicolor", "virginica"]
     return model
 
 
