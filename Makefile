@@ -51,7 +51,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 run: install
 	mkdir -p $(OUT)
 	$(BIN)/mpinn data iris $(OUT)/iris.h5
-	timeout $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $(NP) $(BIN)/mpinn train \
+	timeout --kill-after=30 $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $(NP) $(BIN)/mpinn train \
 	    --data $(OUT)/iris.h5 --test-fraction 0.2 --seed 42 --hidden 10 --solver sgd --epochs 1000 \
 	    --checkpoint $(OUT)/iris-checkpoints --metrics $(OUT)/iris-metrics.jsonl --log-every 100
 	$(BIN)/mpinn eval --model $(OUT)/iris-checkpoints --data $(OUT)/iris.h5
@@ -61,10 +61,10 @@ run: install
 test: test-serial test-2 test-3
 
 test-serial: install
-	timeout $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider
+	timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-%: install
-	timeout $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $* $(BIN)/python -m pytest -q -p no:cacheprovider --with-mpi -m mpi
+	timeout --kill-after=30 $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $* $(BIN)/python -m pytest -q -p no:cacheprovider --with-mpi -m mpi
 
 # Benchmarks, not part of `make test`: tables of ratios (docs/performance.md), a few minutes.
 # BENCH_FLAGS e.g. --quick, --ompi-venv DIR (Open MPI wheel venv), --torch-python PY.

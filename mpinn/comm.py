@@ -217,6 +217,16 @@ class Comm:
         self.mpi.Recv(buf, source=source, tag=tag)
         return buf
 
+    def start_recv_ints(self, count: int, source: int, tag: int):
+        """Post a receive of ``count`` int64 values: (request, buffer); wait_all([request]) ends it."""
+        buf = np.empty(count, dtype=np.int64)
+        return self.mpi.Irecv(buf, source=source, tag=tag), buf
+
+    def start_send_ints(self, values, dest: int, tag: int):
+        """Start sending a few int64 values: (request, buffer); the buffer must live until it ends."""
+        buf = np.ascontiguousarray(values, dtype=np.int64)
+        return self.mpi.Isend(buf, dest=dest, tag=tag), buf
+
     def waiting_sender(self, tag: int):
         """The rank of a message with ``tag`` that has arrived, or None; never blocks."""
         status = _mpi().Status()

@@ -73,6 +73,7 @@ class Preemption:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            cls.reset()  # acted on by this run (or too late for it): never carried into the next
 
     @classmethod
     def _handler(cls, signum, frame):

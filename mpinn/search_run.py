@@ -8,9 +8,11 @@ and talks to the coordinator.
 - round-robin: pending task i goes to group i mod G, fixed in advance; no messages at all.
 - dynamic: a coordinator hands the next task, longest expected first, to whichever group asks.
   It is a thread of rank 0 (whose main thread works in group 0 like every other rank) that
-  polls for requests with a non-blocking probe and sleeps between polls: a blocking receive
-  would spin a core at 100% in MPICH. Needs MPI_THREAD_MULTIPLE (mpi4py asks for it); without
-  it the tasks are assigned in advance, longest first to the least loaded group (LPT).
+  polls for requests with a non-blocking probe and sleeps between polls (1 ms, backing off to
+  16 ms): a blocking receive would spin a core at 100% in MPICH. Leaders ask for their next
+  task when they start one, so the answer waits for them and the sleeps cost no latency.
+  Needs MPI_THREAD_MULTIPLE (mpi4py asks for it); without it the tasks are assigned in advance,
+  longest first to the least loaded group (LPT).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from .errors import InputError
 
 REQUEST, REPLY = 11, 12  # message tags on the coordinator's own channel
-POLL_SECONDS = 0.001
+POLL_SECONDS, POLL_MAX_SECONDS = 0.001, 0.016
 ALLOCATIONS = ("dynamic", "round-robin")
 
 
@@ -53,15 +55,19 @@ class _Queue:
 
     def __init__(self, order):
         self.order, self.next, self.lock = list(order), 0, threading.Lock()
-        self.finished = 0
+        self.done = {}  # leader -> tasks it has finished (as last reported)
 
-    def take(self, finished_one):
+    def take(self, leader, finished):
         with self.lock:
-            self.finished += finished_one
+            self.done[leader] = finished
             if self.next >= len(self.order):
                 return -1
             self.next += 1
             return self.order[self.next - 1]
+
+    @property
+    def finished(self):
+        return sum(self.done.values())
 
 
 def lpt_assignment(order, costs, groups):
@@ -97,42 +103,69 @@ def run_tasks(groups, pending, costs, allocation, execute, progress=None):
         coordinator = threading.Thread(target=_serve, args=(groups, queue, progress, len(pending)),
                                        name="mpinn-search-coordinator", daemon=True)
         coordinator.start()
-    finished_one = 0
+    ask = _Asker(groups, queue)
+    t = ask.first() if groups.leader else -1
     while True:
-        if not groups.leader:
-            t = -1
-        elif queue is not None:
-            t = queue.take(finished_one)
-            if progress:
-                progress(queue.finished, len(pending))
-        else:
-            groups.channel.send_ints([finished_one], 0, REQUEST)
-            t = int(groups.channel.recv_ints(1, 0, REPLY)[0])
         if groups.size > 1:
             t = int(groups.comm.bcast_array(np.array([t], dtype=np.int64))[0])
         if t < 0:
             break
+        if groups.leader:
+            ask.start()  # the next task is fetched while this one runs
         record = execute(t)
         if groups.leader:
             records[t] = record
-        finished_one = 1
+            t = ask.finish()
+            if progress and queue is not None:
+                progress(queue.finished, len(pending))
     if coordinator is not None:
         coordinator.join()
     return records
 
 
+class _Asker:
+    """A leader's requests for tasks: rank 0 takes from its queue, the others ask the coordinator
+    and keep one request ahead, so its answer is waiting when a task ends."""
+
+    def __init__(self, groups, queue):
+        self.channel, self.queue = groups.channel, queue
+        self.finished, self.pending = 0, None
+
+    def first(self):
+        if self.queue is not None:
+            return self.queue.take(0, 0)
+        self.channel.send_ints([0], 0, REQUEST)
+        return int(self.channel.recv_ints(1, 0, REPLY)[0])
+
+    def start(self):
+        if self.queue is None:
+            self.pending = (self.channel.start_send_ints([self.finished], 0, REQUEST),
+                            self.channel.start_recv_ints(1, 0, REPLY))
+
+    def finish(self):
+        self.finished += 1
+        if self.queue is not None:
+            return self.queue.take(0, self.finished)
+        (send, _), (recv, buf) = self.pending
+        self.channel.wait_all([send, recv])
+        return int(buf[0])
+
+
 def _serve(groups, queue, progress, total):
     """Coordinator thread on rank 0: answer each other leader's request with its next task
-    (-1: none left) until every leader has been told to stop."""
+    (-1: none left) until every leader has been told to stop. Polls every 1 ms after a request,
+    backing off to 16 ms while none comes (leaders ask one task ahead, so latency is hidden)."""
     try:
-        channel, active = groups.channel, groups.count - 1
+        channel, active, pause = groups.channel, groups.count - 1, POLL_SECONDS
         while active:
             source = channel.waiting_sender(REQUEST)
             if source is None:
-                time.sleep(POLL_SECONDS)
+                time.sleep(pause)
+                pause = min(2 * pause, POLL_MAX_SECONDS)
                 continue
-            finished_one = int(channel.recv_ints(1, source, REQUEST)[0])
-            t = queue.take(finished_one)
+            pause = POLL_SECONDS
+            finished = int(channel.recv_ints(1, source, REQUEST)[0])
+            t = queue.take(source, finished)
             channel.send_ints([t], source, REPLY)
             if progress:
                 progress(queue.finished, total)
