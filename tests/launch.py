@@ -1,6 +1,7 @@
 """Launch `mpinn` the way users do (`mpiexec -n N mpinn ...`), always under a timeout."""
 
 import os
+import pty
 import shlex
 import shutil
 import subprocess
@@ -45,3 +46,22 @@ def run(args, np_=1, cwd=None, check=True, timeout=TIMEOUT, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def on_terminal(args, env=None, timeout=120):
+    """Run `mpinn ARGS` with stdout and stderr on a pseudo-terminal; returns everything written."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([MPINN, *map(str, args)], stdout=slave, stderr=slave, env=env or clean_env())
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=timeout)
+    os.close(master)
+    return out.decode()

@@ -2,11 +2,8 @@
 
 import csv
 import json
-import os
-import pty
-import subprocess
 
-from launch import MPINN, clean_env, run
+from launch import on_terminal, run
 
 
 def test_csv_and_jsonl_metrics_hold_the_same_records(tmp_path):
@@ -24,29 +21,10 @@ def test_csv_and_jsonl_metrics_hold_the_same_records(tmp_path):
         assert float(row["test_accuracy"]) == rec["test_accuracy"]
 
 
-def _on_terminal(args):
-    """Run with stdout and stderr on a pseudo-terminal; returns everything written."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([MPINN, *map(str, args)], stdout=slave, stderr=slave, env=clean_env())
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    proc.wait(timeout=60)
-    os.close(master)
-    return out.decode()
-
-
 def test_progress_bar_only_on_a_terminal(tmp_path):
     run(["data", "synthetic", tmp_path / "s.h5", "--samples", "3000", "--features", "5"])
     args = ["train", "--data", tmp_path / "s.h5", "--hidden", "8", "--epochs", "2", "--batch-size", "50"]
-    shown = _on_terminal(args)
+    shown = on_terminal(args)
     assert "[####" in shown and "\r" in shown
     piped = run(args)
     assert "[#" not in piped.stdout and "\r" not in piped.stdout

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import MPINN, clean_env, run
+from launch import clean_env, on_terminal, run
 from mpinn.logs import EpochLines, ProgressBar, duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,25 +28,6 @@ def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("progress") / "s.h5"
     run(["data", "synthetic", path, "--samples", "3000", "--features", "5"])
     return path
-
-
-def _on_terminal(args, env):
-    """Run `mpinn ARGS` with stdout and stderr on a pseudo-terminal; everything written."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([MPINN, *map(str, args)], stdout=slave, stderr=slave, env=env)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    proc.wait(timeout=120)
-    os.close(master)
-    return out.decode()
 
 
 def test_the_decision_per_launcher():
@@ -66,7 +47,7 @@ def test_the_decision_per_launcher():
 
 def test_no_bar_on_open_mpi_s_pseudo_terminal(data):
     """What a rank sees under `mpirun ... > log`: stdout a terminal, Open MPI's variables."""
-    shown = _on_terminal(["train", "--data", data, *TRAIN], clean_env(**OPEN_MPI_ENV))
+    shown = on_terminal(["train", "--data", data, *TRAIN], clean_env(**OPEN_MPI_ENV))
     assert "\r  epoch" not in shown and "[#" not in shown
     assert shown.count("epoch ") == 2
 
