@@ -14,6 +14,7 @@ loading and the refit excluded; the refit time is reported separately):
            fastest, as ParameterGrid orders sorted keys), 12 tasks whose costs differ >= 4x; on
            2 ranks in groups of 1, dynamic vs round-robin (task i on group i mod 2 takes
            4 small + 2 large, the other 2 small + 4 large). Target: dynamic <= 0.85x.
+  skewed-more  the same with hidden [16] or [1024] (costs differ ~20x).
   balanced alpha x hidden [16], [64], [256]: round-robin happens to give each group the same
            work here; dynamic vs round-robin shows what the coordinator thread costs.
 
@@ -47,6 +48,7 @@ CASES = {
              "alpha": [1e-4, 1e-2]},
     "skewed": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (512,)]},
     "balanced": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (64,), (256,)]},
+    "skewed-more": {"alpha": [1e-4, 1e-2], "hidden_layer_sizes": [(16,), (1024,)]},
 }
 
 
@@ -191,7 +193,7 @@ def run_all(a):
     res["even_1"] = measure(a, "even", 1, "dynamic", refit=True)
     res["even_2"] = measure(a, "even", 2, "dynamic", refit=True)
     res["even_pair"] = measure_pair(a)
-    for case in ("skewed", "balanced"):
+    for case in ("skewed", "skewed-more", "balanced"):
         for allocation in ("dynamic", "round-robin"):
             res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
     res["coordinator"] = measure_coordinator(a)
@@ -243,8 +245,8 @@ def ratio(x, y):
 def table(res):
     """Markdown lines: the runs, then the two targets."""
     lines = ["| case | ranks | allocation | tasks | search s | refit s |", "|---|---|---|---|---|---|"]
-    for key in ("even_1", "even_2", "skewed_dynamic", "skewed_round-robin", "balanced_dynamic",
-                "balanced_round-robin"):
+    for key in ("even_1", "even_2", "skewed_dynamic", "skewed_round-robin", "skewed-more_dynamic",
+                "skewed-more_round-robin", "balanced_dynamic", "balanced_round-robin"):
         r = res.get(key)
         if r:
             refit = f"{r['refit_seconds']:.2f}" if r.get("refit_seconds") else "-"
@@ -272,6 +274,15 @@ def table(res):
                      f"{_met(max(fit) / min(fit), 4)} |")
     lines.append(f"| skewed grid, dynamic / round-robin wall time | <= 0.85 | {_f(skew)} | "
                  f"{_met(skew, 0.85, le=True)} |")
+    if fit:
+        ideal = assignment_ratio(fit, 3, 2)
+        lines.append(f"| skewed grid, the same from its measured task times (LPT / i mod 2, no contention) | - | "
+                     f"{_f(ideal)} | - |")
+    more = ratio(res.get("skewed-more_dynamic"), res.get("skewed-more_round-robin"))
+    fit = (res.get("skewed-more_round-robin") or {}).get("mean_fit_time")
+    if fit:
+        lines.append(f"| skewed-more grid (hidden 1024): cost ratio; dynamic / round-robin | - | "
+                     f"{_f(max(fit) / min(fit))}; {_f(more)} | - |")
     lines.append(f"| balanced grid, dynamic / round-robin (coordinator cost) | - | {_f(even)} | - |")
     lines.append(f"| same cv_results_ scores with both allocations | yes | {'yes' if same else 'no'} | - |")
     co = res.get("coordinator")
@@ -283,6 +294,17 @@ def table(res):
             lines.append(f"| {label} | {co[kind][0]:.2f} | {co[kind][1]:.2f} | {co[kind][0] / co['none'][0]:.2f} |")
     res["speedup"], res["dynamic_over_round_robin"], res["balanced_ratio"] = speedup, skew, even
     return lines
+
+
+def assignment_ratio(mean_fit_time, n_splits, groups):
+    """Makespan of longest-first to the least loaded group over that of task i on group i mod G,
+    for tasks lasting their candidate's measured mean fit time: what allocation alone can gain."""
+    times = [t for t in mean_fit_time for _ in range(n_splits)]
+    rr = [sum(times[g::groups]) for g in range(groups)]
+    load = [0.0] * groups
+    for t in sorted(times, reverse=True):
+        load[load.index(min(load))] += t
+    return max(load) / max(rr)
 
 
 def _f(v):

@@ -236,7 +236,7 @@ class Comm:
 
     def quiet_barrier(self, poll: float = 0.002):
         """A barrier that sleeps while it waits: a rank done early leaves its core to the ranks
-        still working (MPICH's blocking calls spin at 100% CPU while they wait)."""
+        still working (MPICH's blocking calls keep a core busy while they wait)."""
         if self.size > 1:
             request = self.mpi.Ibarrier()
             while not request.Test():

@@ -9,7 +9,7 @@ and talks to the coordinator.
 - dynamic: a coordinator hands the next task, longest expected first, to whichever group asks.
   It is a thread of rank 0 (whose main thread works in group 0 like every other rank) that
   polls for requests with a non-blocking probe and sleeps between polls (1 ms, backing off to
-  16 ms): a blocking receive would spin a core at 100% in MPICH. Leaders ask for their next
+  16 ms): a blocking receive keeps a core busy while it waits (MPICH: 3 s of CPU per 3 s). Leaders ask for their next
   task when they start one, so the answer waits for them and the sleeps cost no latency.
   Needs MPI_THREAD_MULTIPLE (mpi4py asks for it); without it the tasks are assigned in advance,
   longest first to the least loaded group (LPT).
