@@ -23,6 +23,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import search_results, search_tasks
+from .comm import as_comm
 from .search_log import TaskLog, new_run_id
 from .search_run import ALLOCATIONS, Groups, collect, run_tasks
 
@@ -51,7 +52,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         all ranks. Every rank passes the same X, y (as for mpinn's estimators)."""
         self._check_params()
         base, saved_comms = search_tasks.clone_without_comm(self.estimator)
-        world = _comm_of(search_tasks.search_comm_value(saved_comms))
+        world = as_comm(search_tasks.search_comm_value(saved_comms))
         scorers, refit_metric = self._scorers()
         X, y, groups = indexable(X, y, groups)
         cv = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
@@ -343,19 +344,6 @@ class RandomizedSearchCV(_BaseSearch):
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-def _comm_of(value):
-    from .comm import Comm, world
-
-    if value is None:
-        try:
-            return world()
-        except ImportError:
-            from .estimator_fit import _SerialComm
-
-            return Comm(_SerialComm())
-    return value if isinstance(value, Comm) else Comm(value)
 
 
 def _n_features(X):
