@@ -171,21 +171,30 @@ def launch(a, cmd):
     return subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=1800)
 
 
-def measure(a, case, ranks, allocation, refit=False):
-    """Best of --repeat runs of one configuration (wall seconds of the search on rank 0)."""
+def worker_command(ranks, *args):
+    """`mpiexec -n RANKS python bench/search.py --worker ...`."""
     mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
-    cmd = [*mpiexec.split(), "-n", str(ranks), sys.executable, __file__, "--worker", case, "--allocation",
-           allocation, "--epochs", str(a.epochs)] + (["--refit"] if refit else [])
-    best = None
+    return [*mpiexec.split(), "-n", str(ranks), sys.executable, __file__, "--worker", *map(str, args)]
+
+
+def repeated(a, cmd):
+    """The parsed outputs of --repeat runs of ``cmd``; None if a run failed (reported)."""
+    outs = []
     for _ in range(a.repeat):
         proc = launch(a, cmd)
         out = parse(proc.stdout) if proc.returncode == 0 else None
         if out is None:
             print(f"  ! failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
             return None
-        if best is None or out["seconds"] < best["seconds"]:
-            best = out
-    return best
+        outs.append(out)
+    return outs
+
+
+def measure(a, case, ranks, allocation, refit=False):
+    """Best of --repeat runs of one configuration (wall seconds of the search on rank 0)."""
+    outs = repeated(a, worker_command(ranks, case, "--allocation", allocation, "--epochs", a.epochs,
+                                      *(["--refit"] if refit else [])))
+    return min(outs, key=lambda out: out["seconds"]) if outs else None
 
 
 def run_all(a):
@@ -205,8 +214,7 @@ def run_all(a):
 def measure_pair(a):
     """Two independent 1-rank searches of the even grid at the same time: what two processes on
     this machine can do side by side, the ceiling of any 2-rank speedup of these tasks."""
-    mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
-    cmd = [*mpiexec.split(), "-n", "1", sys.executable, __file__, "--worker", "even", "--epochs", str(a.epochs)]
+    cmd = worker_command(1, "even", "--epochs", a.epochs)
     best = None
     for _ in range(a.repeat):
         if a.wait_idle:
@@ -222,20 +230,11 @@ def measure_pair(a):
 
 
 def measure_coordinator(a):
-    mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
-    cmd = [*mpiexec.split(), "-n", "2", sys.executable, __file__, "--worker", "coordinator", "--work", str(a.work)]
-    best = None
-    for _ in range(a.repeat):
-        proc = launch(a, cmd)
-        out = parse(proc.stdout) if proc.returncode == 0 else None
-        if out is None:
-            print(f"  ! failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
-            return None
-        if best is None:
-            best = out["seconds"]
-        else:
-            best = {k: [min(x, y) for x, y in zip(best[k], v)] for k, v in out["seconds"].items()}
-    return best
+    """Per-slot best of --repeat runs of the coordinator-cost worker."""
+    outs = repeated(a, worker_command(2, "coordinator", "--work", a.work))
+    if not outs:
+        return None
+    return {k: [min(values) for values in zip(*(out["seconds"][k] for out in outs))] for k in outs[0]["seconds"]}
 
 
 def ratio(x, y):
