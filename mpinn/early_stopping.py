@@ -45,3 +45,26 @@ def hold_out(train_rows, fraction, random_state, shard, comm, binary_labels=None
     rows = train_rows.rows
     return TrainRows.from_array(rows[np.asarray(train, dtype=np.int64)], shard), \
         shard.local_positions(rows[np.asarray(val, dtype=np.int64)])[1]
+
+
+def validation_score(model, params, problem, comm):
+    """(score, mean loss) of the validation rows as scikit-learn's early stopping computes them:
+    accuracy for classifiers, R2 for regressors. Collective: the same values on every rank."""
+    from . import metrics
+
+    p = problem
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged model: NaN, reported once
+        out = model.forward(params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
+        w = p.val_weight
+        head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
+        if p.task == "classify":
+            buf = np.concatenate((head, metrics.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
+            comm.allreduce(buf, "sum")
+            score = metrics.accuracy(buf[2:])
+        else:
+            buf = comm.allreduce(np.concatenate((head, metrics.regression_first_pass(p.val_Y, w))), "sum")
+            mean = buf[3:] / buf[2]
+            second = comm.allreduce(metrics.r2_partial(p.val_Y, out, mean, w), "sum")
+            # scikit-learn scores non-finite predictions as NaN
+            score = metrics.r2(second) if np.isfinite(second).all() else float("nan")
+    return score, float(buf[0] / buf[1])

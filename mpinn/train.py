@@ -397,27 +397,12 @@ class Trainer:
     # ---- validation (early stopping) ------------------------------------------------------
 
     def validate(self):
-        """Validation score as sklearn's early stopping computes it (accuracy for classifiers,
-        R2 for regressors) and the mean validation loss; collective, same value on every rank."""
-        from . import metrics
+        """Validation score (early_stopping.validation_score; collective), recorded in the loop."""
+        from .early_stopping import validation_score
 
-        p, model, loop = self.problem, self.model, self.loop
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverged model: NaN, reported once
-            out = model.forward(self.params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
-            w = p.val_weight
-            head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
-            if p.task == "classify":
-                buf = np.concatenate((head, metrics.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
-                self.comm.allreduce(buf, "sum")
-                score = metrics.accuracy(buf[2:])
-            else:
-                buf = self.comm.allreduce(np.concatenate((head, metrics.regression_first_pass(p.val_Y, w))), "sum")
-                mean = buf[3:] / buf[2]
-                second = self.comm.allreduce(metrics.r2_partial(p.val_Y, out, mean, w), "sum")
-                # scikit-learn scores non-finite predictions as NaN
-                score = metrics.r2(second) if np.isfinite(second).all() else float("nan")
-        loop.validation_scores.append(score)
-        loop.validation_loss_curve.append(float(buf[0] / buf[1]))
+        score, loss = validation_score(self.model, self.params, self.problem, self.comm)
+        self.loop.validation_scores.append(score)
+        self.loop.validation_loss_curve.append(loss)
         return score
 
     # ---- checkpoint state (train_state.py) ---------------------------------------------
