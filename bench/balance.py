@@ -47,8 +47,8 @@ def move_worker(data, shares):
     import numpy as np
     from mpi4py import MPI
 
-    from mpinn import data as datamod
-    from mpinn.partition import make_shard
+    from mpinn.data import hdf5 as datamod
+    from mpinn.data.partition import make_shard
 
     comm = MPI.COMM_WORLD
     info = datamod.inspect(data)

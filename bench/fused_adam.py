@@ -22,10 +22,10 @@ SIZES = [784, 512, 512, 10]
 
 
 def timed(solver, dtype, compiled, reps=40):
-    from mpinn import fused
-    from mpinn.model import MLP
-    from mpinn.optim import make_optimizer
-    from mpinn.model import weight_ranges
+    from mpinn.nn import fused
+    from mpinn.nn.model import MLP
+    from mpinn.nn.optim import make_optimizer
+    from mpinn.nn.model import weight_ranges
 
     fused._kernels = None if compiled else False
     model = MLP(SIZES, dtype=dtype)

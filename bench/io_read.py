@@ -1,4 +1,4 @@
-"""HDF5 shard read throughput (mpinn.data.read_shard) vs numpy reading the same bytes.
+"""HDF5 shard read throughput (mpinn.data.hdf5.read_shard) vs numpy reading the same bytes.
 
     python bench/io_read.py --data out/bench/big.h5 --ranks 2
 
@@ -38,8 +38,8 @@ def main(argv=None):
     import h5py
     import numpy as np
 
-    from mpinn import data as datamod
-    from mpinn.partition import make_shard
+    from mpinn.data import hdf5 as datamod
+    from mpinn.data.partition import make_shard
 
     info = datamod.inspect(a.data)
     shard = make_shard(info.n_rows, 0, a.ranks, "block")

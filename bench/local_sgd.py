@@ -43,7 +43,7 @@ def keep_moments_class():
     """local:K that averages only the parameters: each rank keeps its own optimizer state."""
     import numpy as np
 
-    from mpinn.sync_local import LocalAveraging
+    from mpinn.parallel.local_averaging import LocalAveraging
 
     class KeepMoments(LocalAveraging):
         def __init__(self, *args, **kw):
@@ -58,11 +58,11 @@ def worker(a):
     """One training run in this (MPI) process; rank 0 prints the per-epoch records."""
     import numpy as np
 
-    from mpinn import sync_local
-    from mpinn.comm import world
-    from mpinn.config import TrainConfig, optimizer_from_config
-    from mpinn.problem import load_problem
-    from mpinn.train import Trainer
+    from mpinn.parallel import local_averaging as sync_local
+    from mpinn.parallel.comm import world
+    from mpinn.train.config import TrainConfig, optimizer_from_config
+    from mpinn.train.problem import load_problem
+    from mpinn.train.loop import Trainer
 
     comm = world()
     if a.keep_moments:

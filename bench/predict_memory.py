@@ -6,7 +6,7 @@ and a checkpoint trained for one epoch on the smaller one, then runs, for each f
 
     mpiexec -n RANKS python bench/predict_memory.py --worker --model CK --data FILE --out OUT
 
-whose ranks run `mpinn predict` in-process (mpinn.cli.main) and report their peak RSS
+whose ranks run `mpinn predict` in-process (mpinn.cli.app.main) and report their peak RSS
 (getrusage). Prints one line per file and the ratio of rank 0's peaks; writes nothing to the
 repository but the files under --workdir (default out/bench/predict).
 
@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 def worker(args):
     from mpi4py import MPI
 
-    from mpinn.cli import main
+    from mpinn.cli.app import main
 
     start = time.perf_counter()
     code = main(["predict", "--model", args.model, "--data", args.data, "--out", args.out])

@@ -141,7 +141,7 @@ class Bench:
         import h5py
         import numpy as np
 
-        from mpinn.datasets import make_synthetic, write_hdf5
+        from mpinn.data.builtin import make_synthetic, write_hdf5
 
         made = {}
         for cfg in (BIG, SMALL):
@@ -289,8 +289,8 @@ class Bench:
     def rss(self):
         rows, res = [], {}
         base = self.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'bench');"
-                         "import numpy, h5py; from mpinn.comm import world; world();"
-                         "import mpinn.train, mpinn.problem;"
+                         "import numpy, h5py; from mpinn.parallel.comm import world; world();"
+                         "import mpinn.train.loop, mpinn.train.problem;"
                          "from common import emit, peak_rss_bytes; emit({'rss': peak_rss_bytes()})"])
         res["imports"] = base
         variants = [("in memory", "big", []), ("in memory", "big4x", []),

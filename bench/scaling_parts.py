@@ -14,12 +14,12 @@ slowest rank sets a step's pace), min over rounds (a burst of someone else's loa
 1. compute(r), r = 1, 2, 4, ... 256 rows on this rank (784-512-512-10, float32, softmax):
    "compute" the batch gathered as Trainer.step does (np.take of r random rows of this rank's
              shard of 60,000 x 784 and of the int16 class codes, one-hot per batch), then
-             mpinn.model.MLP.loss_grad_sum on them; before each call, an Adam update of all P
+             mpinn.nn.model.MLP.loss_grad_sum on them; before each call, an Adam update of all P
              parameters (the ones forward reads next), as a replicated step does. "spread":
              the calls' (84th - 16th percentile) / 2, a normal's sigma (the step-to-step jitter).
    "matmul"  the step's matmuls alone, exactly as bench/gemm_limit.py's step() (for reference).
 2. update(n), n = ceil(P / N), N = 1, 2, 4, ... 1024 (P = 669,706 parameters):
-   mpinn.optim.make_optimizer(solver, n, float32).step, "adam" and "sgd"; when step takes
+   mpinn.nn.optim.make_optimizer(solver, n, float32).step, "adam" and "sgd"; when step takes
    (params, grad, weight, alpha, decay) the L2 term and the division by the batch weight are
    fused into it ("fused": true), else timed apart ("finish": MLP.finish_gradient's passes over
    n elements). Before each call: a forward/backward of 128 rows and a fresh gradient (the
@@ -103,8 +103,8 @@ class Step:
     """The state of an emulated training step on this rank: shard, model, full-size Adam."""
 
     def __init__(self, shard_rows, rank, P):
-        from mpinn.model import MLP
-        from mpinn.optim import make_optimizer
+        from mpinn.nn.model import MLP
+        from mpinn.nn.optim import make_optimizer
 
         self.rng = rng = np.random.default_rng(rank)
         self.model = MLP(SIZES, output="softmax", dtype=np.float32)
@@ -116,7 +116,7 @@ class Step:
         self.X, self.shard_rows = X, shard_rows
         codes = rng.integers(0, SIZES[-1], shard_rows)
         try:
-            from mpinn.stream import EncodedRows
+            from mpinn.data.stream import EncodedRows
 
             self.Y = EncodedRows(codes, np.arange(SIZES[-1]), "softmax", np.float32)
         except Exception:  # noqa: BLE001 (another layout: one-hot floats, as encode_targets makes)
@@ -129,7 +129,7 @@ class Step:
 
     def batch(self, r):
         """(gather, forward/backward, model, X rows, Y rows) for r rows, own workspace."""
-        from mpinn.model import MLP
+        from mpinn.nn.model import MLP
 
         m = MLP(SIZES, output="softmax", dtype=np.float32)
         xb, yb = m.input_buffer(r), np.zeros((r, SIZES[-1]), dtype=np.float32)
@@ -181,8 +181,8 @@ def compute_points(pts, step, rows_list):
 
 
 def update_points(pts, step, P, ranks_list):
-    from mpinn.model import MLP
-    from mpinn.optim import make_optimizer
+    from mpinn.nn.model import MLP
+    from mpinn.nn.optim import make_optimizer
 
     p0 = (step.rng.standard_normal(P) * 5e-2).astype(np.float32)
     alpha, weight = 1e-4, 256.0
@@ -285,7 +285,7 @@ def emulated_steps(comm, step, P, rows, reps, rounds):
     Per part: the median over steps of the max over ranks for the local work, and of the MIN
     over ranks for a collective (the last rank to arrive waits for nobody: its time is the
     collective's own), min over rounds."""
-    from mpinn.optim import make_optimizer
+    from mpinn.nn.optim import make_optimizer
 
     size, rank = comm.Get_size(), comm.Get_rank()
     gather, _, model, xb, yb = step.batch(rows)

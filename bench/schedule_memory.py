@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mpinn.partition import make_shard  # noqa: E402
-from mpinn.schedule import BatchSchedule, split_rows  # noqa: E402
+from mpinn.data.partition import make_shard  # noqa: E402
+from mpinn.data.schedule import BatchSchedule, split_rows  # noqa: E402
 
 
 def one_run(n, ranks, rank, permutation, fraction, batch):

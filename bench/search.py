@@ -60,7 +60,7 @@ def worker(a):
     from sklearn.model_selection import StratifiedKFold
 
     import mpinn
-    from mpinn.datasets import load_digits
+    from mpinn.data.builtin import load_digits
 
     warnings.simplefilter("ignore")
     X, y, _ = load_digits()

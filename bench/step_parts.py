@@ -28,10 +28,10 @@ def main(argv=None):
     p.add_argument("--sync", default="auto")
     p.add_argument("--solver", default="adam")
     a = p.parse_args(argv)
-    from mpinn.comm import world
-    from mpinn.config import TrainConfig
-    from mpinn.problem import load_problem
-    from mpinn.train import Trainer
+    from mpinn.parallel.comm import world
+    from mpinn.train.config import TrainConfig
+    from mpinn.train.problem import load_problem
+    from mpinn.train.loop import Trainer
 
     comm = world()
     cfg = TrainConfig(data=a.data, hidden=tuple(int(h) for h in a.hidden.split(",")), batch_size=a.batch,

@@ -38,10 +38,10 @@ def main(argv=None):
 
     import numpy as np
 
-    from mpinn.comm import world
-    from mpinn.config import TrainConfig
-    from mpinn.problem import load_problem
-    from mpinn.train import Trainer
+    from mpinn.parallel.comm import world
+    from mpinn.train.config import TrainConfig
+    from mpinn.train.problem import load_problem
+    from mpinn.train.loop import Trainer
 
     comm = world()
     base_rss = peak_rss_bytes()
@@ -93,7 +93,7 @@ def main(argv=None):
             out["samples_per_second_mean"] = n * len(timed) / sum(timed)
             best = history[1 + int(np.argmin(timed))] if len(secs) > 1 else history[0]
             out["best_epoch"] = best
-        from mpinn.comm import library_info
+        from mpinn.parallel.comm import library_info
 
         out["mpi"] = library_info()["mpi_library"]
         emit(out)

@@ -13,7 +13,7 @@ __all__ = ["__version__", "load", "abort_on_exception", "MLPClassifier", "MLPReg
 def load(path):
     """Load a checkpoint (file or directory) written by mpinn: the fitted MLPClassifier or
     MLPRegressor it holds, whether an estimator or `mpinn train` wrote it."""
-    from .loading import load as load_estimator
+    from mpinn.estimators.loading import load as load_estimator
 
     return load_estimator(path)
 
@@ -21,19 +21,19 @@ def load(path):
 def __getattr__(name):
     # The estimators are imported on first use, so `import mpinn` stays light.
     if name in ("MLPClassifier", "MLPRegressor"):
-        from . import estimators
+        from mpinn.estimators import classes as estimators
 
         return getattr(estimators, name)
     if name == "Preempted":  # an estimator's fit stopped by SIGTERM/SIGUSR1 (docs/api.md)
-        from .faults import Preempted
+        from mpinn.parallel.faults import Preempted
 
         return Preempted
     if name in ("GridSearchCV", "RandomizedSearchCV"):  # needs scikit-learn (docs/search.md)
-        from . import search
+        from mpinn.search import api as search
 
         return getattr(search, name)
     if name in ("StandardScaler", "MinMaxScaler"):  # statistics reduced across ranks (docs/api.md)
-        from . import preprocessing
+        from mpinn.preprocessing import scalers as preprocessing
 
         return getattr(preprocessing, name)
     raise AttributeError(f"module 'mpinn' has no attribute {name!r}")
@@ -41,6 +41,6 @@ def __getattr__(name):
 
 def abort_on_exception():
     """Install an excepthook that ends every rank when any rank raises (see comm.py)."""
-    from .comm import abort_on_exception as install
+    from mpinn.parallel.comm import abort_on_exception as install
 
     install()

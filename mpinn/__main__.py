@@ -1,3 +1,3 @@
-from .cli import main
+from mpinn.cli.app import main
 
 raise SystemExit(main())

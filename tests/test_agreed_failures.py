@@ -73,7 +73,7 @@ def _iris():
 @pytest.mark.mpi(min_size=2)
 def test_estimator_checkpoint_failure_on_rank_0_raises_on_every_rank(world, tmp_path_factory, monkeypatch):
     import mpinn
-    import mpinn.checkpoint as checkpoint
+    import mpinn.train.checkpoint as checkpoint
     from mpinn.errors import CheckpointError
 
     directory = world.bcast(str(tmp_path_factory.mktemp("ck")) if world.Get_rank() == 0 else None)
@@ -97,7 +97,7 @@ class SkewedComm:
     MPI library that does not promise bitwise-equal Allreduce results may."""
 
     def __new__(cls, mpi_comm):
-        from mpinn.comm import Comm
+        from mpinn.parallel.comm import Comm
 
         class Skewed(Comm):
             def allreduce_sum(self, buf):
@@ -112,7 +112,7 @@ class SkewedComm:
 @pytest.mark.mpi(min_size=2)
 def test_lbfgs_follows_rank_0_even_when_ranks_reduce_to_different_floats(world):
     import mpinn
-    from mpinn.comm import Comm
+    from mpinn.parallel.comm import Comm
 
     X, y = _iris()
     kw = dict(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=40, random_state=0)

@@ -24,11 +24,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.model import MLP
-from mpinn.problem import problem_from_arrays
-from mpinn.train import Trainer
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.nn.model import MLP
+from mpinn.train.problem import problem_from_arrays
+from mpinn.train.loop import Trainer
 
 STEP_PEAK_LIMIT = 4096
 BATCH_SLACK = 256

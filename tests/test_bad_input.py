@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from launch import run
-from mpinn.config import TrainConfig
+from mpinn.train.config import TrainConfig
 from mpinn.errors import InputError
 
 TRAIN = ["--hidden", "8", "--epochs", "3", "--quiet"]

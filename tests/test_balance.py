@@ -10,7 +10,7 @@ import pytest
 
 import mpinn
 from launch import clean_env, run
-from mpinn.balance import (MIN_WINDOW, Balancer, check_interval, parse_balance, parse_slow, proportional_shares,
+from mpinn.parallel.balance import (MIN_WINDOW, Balancer, check_interval, parse_balance, parse_slow, proportional_shares,
                            window_speed)
 from mpinn.errors import InputError
 
@@ -159,7 +159,7 @@ def test_preempted_dynamic_random_run_resumes_on_the_same_and_another_rank_count
     # step 75 = epoch 4, step 15 of 20: the shares have moved by then
     proc = run([*args, "--checkpoint", ck], np_=2, check=False, env=clean_env(MPINN_SLOW="1:3", MPINN_FAULT="1:75:term"))
     assert proc.returncode == 75, proc.stderr
-    attrs = mpinn.checkpoint.read_checkpoint(ck)[0]
+    attrs = mpinn.train.checkpoint.read_checkpoint(ck)[0]
     saved = attrs["state"]["balance"]
     assert (attrs["state"]["epoch"], attrs["state"]["step_in_epoch"]) == (3, 15)
     assert saved["ranks"] == 2 and saved["shares"] is not None and saved["shares"][1] < 0.4

@@ -4,13 +4,13 @@ import os
 
 import numpy as np
 
-from mpinn import checkpoint
-from mpinn.checkpoint import Checkpointer, checkpoint_order, prune, resolve
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.estimator_fit import _SerialComm
-from mpinn.problem import problem_from_arrays
-from mpinn.train import Trainer
+from mpinn.train import checkpoint
+from mpinn.train.checkpoint import Checkpointer, checkpoint_order, prune, resolve
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.estimators.fit import _SerialComm
+from mpinn.train.problem import problem_from_arrays
+from mpinn.train.loop import Trainer
 
 
 def test_more_than_a_million_steps_in_an_epoch(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 import mpinn
 from launch import run
-from mpinn.datasets import load_iris, write_hdf5
+from mpinn.data.builtin import load_iris, write_hdf5
 
 X_IRIS, Y_IRIS, FEATURES, NAMES = load_iris()
 
@@ -58,7 +58,7 @@ def test_to_sklearn_predicts_the_names(trained, name):
 @pytest.mark.parametrize("name", ["iris", "binary"])
 def test_onnx_export_has_a_label_output(trained, name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from mpinn.export import to_onnx
+    from mpinn.estimators.export import to_onnx
 
     ck, labels, _, _ = trained[name]
     model = mpinn.load(ck)
@@ -75,8 +75,8 @@ def test_optimizer_state_moves_with_the_output_units(trained, name):
     """Names whose codes are not in sorted order reorder (or, binary, negate) the output layer;
     adam's first moment moves with it (and changes sign), the second moment only moves, so
     partial_fit continues the same optimization."""
-    from mpinn.checkpoint import read_checkpoint
-    from mpinn.model import MLP
+    from mpinn.train.checkpoint import read_checkpoint
+    from mpinn.nn.model import MLP
 
     ck, _, _, names = trained[name]
     model = mpinn.load(ck)

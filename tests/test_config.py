@@ -7,8 +7,8 @@ import pytest
 
 import mpinn
 from launch import run
-from mpinn.checkpoint import read_checkpoint
-from mpinn.config import TrainConfig, load_toml
+from mpinn.train.checkpoint import read_checkpoint
+from mpinn.train.config import TrainConfig, load_toml
 from mpinn.errors import InputError
 
 if sys.version_info >= (3, 11):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from launch import run
-from mpinn.datafiles import convert
+from mpinn.data.convert import convert
 from mpinn.errors import InputError
 
 # The frames and the to_csv calls that produced the texts below.

@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from mpinn import data as datamod
-from mpinn.datasets import write_hdf5
+from mpinn.data import hdf5 as datamod
+from mpinn.data.builtin import write_hdf5
 from mpinn.errors import InputError
-from mpinn.partition import make_shard
+from mpinn.data.partition import make_shard
 
 
 class CountingFile(io.RawIOBase):
@@ -218,7 +218,7 @@ def test_int32_order_gives_the_int64_batches(spec):
 
 def test_non_finite_row_found_with_small_blocks():
     """The NaN/Inf check goes a block of at most 64 KiB of mask at a time: same row as one pass."""
-    from mpinn.problem import _first_non_finite_row
+    from mpinn.train.problem import _first_non_finite_row
 
     X = np.zeros((500, 300), np.float32)  # default block: 218 rows
     assert _first_non_finite_row(X) is None

@@ -1,4 +1,4 @@
-"""Serial tests of mpinn.datasets and mpinn.datafiles: bundled iris, HDF5 writing, synthetic data, conversion."""
+"""Serial tests of mpinn.data.builtin and mpinn.data.convert: bundled iris, HDF5 writing, synthetic data, conversion."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mpinn.datafiles import convert
-from mpinn.datasets import IRIS_CLASSES, load_iris, make_synthetic, write_hdf5
+from mpinn.data.convert import convert
+from mpinn.data.builtin import IRIS_CLASSES, load_iris, make_synthetic, write_hdf5
 from mpinn.errors import InputError
 
 

@@ -20,7 +20,7 @@
                   `make ...` must pass `make -n ...` in the checkout (and a `BENCH_FLAGS=` value
                   must be accepted by bench/run.py); `python bench/X.py ARGS` must pass
                   `--help` with every `--option` of ARGS named in that help; `mpinn ...` (also
-                  after `mpiexec ... `) must parse with `mpinn.cli.build_parser()`;
+                  after `mpiexec ... `) must parse with `mpinn.cli.app.build_parser()`;
                   `python3 -m venv DIR` is accepted; `pip install ...` must name valid
                   requirements, and `.[extras]` only extras that setup.cfg defines. Any other
                   command fails the test.
@@ -51,8 +51,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from mpinn.cli import build_parser
-from mpinn.config import TrainConfig
+from mpinn.cli.app import build_parser
+from mpinn.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -219,7 +219,7 @@ def test_cli_md_top_level_options():
 
 
 def test_cli_md_exit_codes():
-    from mpinn import cli
+    from mpinn.cli import app as cli
 
     text = read("docs/cli.md")
     for code in (0, 1, cli.EXIT_INPUT, cli.EXIT_DIVERGED, getattr(cli, "EXIT_PREEMPTED", 0)):

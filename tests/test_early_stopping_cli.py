@@ -1,7 +1,7 @@
 """`mpinn train --early-stopping`: scikit-learn's rule (validation score, --n-iter-no-change, the
 best weights restored), the same epochs and weights as the estimators with early_stopping=True,
 on 1 and 2 ranks, also across a preemption and a resume on another rank count. Both hold out
-their rows with mpinn.early_stopping.hold_out."""
+their rows with mpinn.train.early_stopping.hold_out."""
 
 import json
 
@@ -11,7 +11,7 @@ import pytest
 
 import mpinn
 from launch import clean_env, run
-from mpinn.config import TrainConfig
+from mpinn.train.config import TrainConfig
 from mpinn.errors import InputError
 
 ESTIMATOR = dict(hidden_layer_sizes=(8,), learning_rate_init=0.01, max_iter=300, batch_size=32, random_state=1,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import mpinn
-from mpinn import inputs
+from mpinn.data import inputs
 from parity import (BIN_X, BIN_Y, DATA, DIGITS_X, DIGITS_Y, IRIS_X, IRIS_Y, REG_X, REG_Y, SOLVERS,
                     assert_same_fit, fit_both, quiet, rel, sk_nn)
 
@@ -32,7 +32,7 @@ def frozen(monkeypatch):
     """Optimizers that do not move the weights: after one epoch coefs_ is the initial draw."""
     from sklearn.neural_network import _stochastic_optimizers as sko
 
-    from mpinn import optim
+    from mpinn.nn import optim
 
     monkeypatch.setattr(optim.SGD, "step", lambda self, params, grad, *finish: None)
     monkeypatch.setattr(sko.SGDOptimizer, "update_params", lambda self, params, grads: None)
@@ -296,7 +296,7 @@ def test_string_labels_and_predict_api():
 
 
 def _write_h5(path, X, y):
-    from mpinn.datasets import write_hdf5
+    from mpinn.data.builtin import write_hdf5
 
     write_hdf5(path, X, y)
     return path
@@ -357,7 +357,7 @@ def test_load_a_cli_checkpoint_gives_an_estimator(tmp_path):
     model = mpinn.load(tmp_path / "ck")
     assert type(model) is mpinn.MLPClassifier and model.n_iter_ == 5
     assert model.get_params()["hidden_layer_sizes"] == (5,)
-    legacy = __import__("mpinn.checkpoint", fromlist=["load_model"]).load_model(tmp_path / "ck")
+    legacy = __import__("mpinn.train.checkpoint", fromlist=["load_model"]).load_model(tmp_path / "ck")
     np.testing.assert_array_equal(model.predict_proba(IRIS_X), legacy.predict_proba(IRIS_X))
     np.testing.assert_array_equal(model.predict(IRIS_X), legacy.predict(IRIS_X))
 

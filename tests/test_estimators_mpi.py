@@ -41,7 +41,7 @@ def test_n_ranks_train_what_sklearn_trains(world, data, solver, shuffle):
 def test_initial_weights_are_sklearns_on_every_rank(world, monkeypatch, frozen_shard):
     from sklearn.neural_network import _stochastic_optimizers as sko
 
-    from mpinn import optim
+    from mpinn.nn import optim
 
     monkeypatch.setattr(optim.SGD, "step", lambda self, params, grad, *finish: None)
     monkeypatch.setattr(sko.SGDOptimizer, "update_params", lambda self, params, grads: None)
@@ -112,7 +112,7 @@ def test_random_state_none_or_an_instance_agrees_across_ranks(world):
 
 @pytest.mark.mpi(min_size=2)
 def test_fit_from_hdf5_reads_each_ranks_rows(world):
-    from mpinn.datasets import write_hdf5
+    from mpinn.data.builtin import write_hdf5
 
     directory = world.bcast(tempfile.mkdtemp() if world.Get_rank() == 0 else None, root=0)
     path = os.path.join(directory, "bin.h5")
@@ -128,7 +128,7 @@ def test_fit_from_hdf5_reads_each_ranks_rows(world):
 
 @pytest.mark.mpi(min_size=2)
 def test_one_gradient_allreduce_per_step(world):
-    from mpinn.comm import Comm
+    from mpinn.parallel.comm import Comm
 
     comm = Comm(world)
     est = quiet(mpinn.MLPClassifier(hidden_layer_sizes=(4,), batch_size=40, max_iter=3, random_state=0,

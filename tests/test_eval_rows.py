@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from launch import TIMEOUT, clean_env, run
-from mpinn.checkpoint import recorded_split
+from mpinn.train.checkpoint import recorded_split
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parents[1]

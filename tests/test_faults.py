@@ -16,7 +16,7 @@ import pytest
 
 import mpinn
 from launch import TIMEOUT, clean_env, command, run
-from mpinn.checkpoint import read_checkpoint
+from mpinn.train.checkpoint import read_checkpoint
 
 # A run far longer than any test: only a fault can end it early.
 ENDLESS = ["--hidden", "8", "--solver", "adam", "--epochs", "1000000", "--batch-size", "8", "--seed", "3",

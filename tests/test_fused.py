@@ -7,9 +7,10 @@ is the reference: it follows scikit-learn's optimizers operation by operation.
 import numpy as np
 import pytest
 
-from mpinn import fused, optim
-from mpinn.model import MLP
-from mpinn.sync import slice_bounds, weight_ranges
+from mpinn.nn import fused
+from mpinn.nn import optim
+from mpinn.nn.model import MLP
+from mpinn.parallel.sync import slice_bounds, weight_ranges
 
 pytest.importorskip("numba")
 

@@ -11,12 +11,12 @@ resumes to the uninterrupted one at the same rank count and continues on another
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.estimator_fit import _SerialComm
-from mpinn.problem import problem_from_arrays
-from mpinn.sync import parse_sync
-from mpinn.train import Trainer
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.estimators.fit import _SerialComm
+from mpinn.train.problem import problem_from_arrays
+from mpinn.parallel.sync import parse_sync
+from mpinn.train.loop import Trainer
 
 from launch import run
 
@@ -158,8 +158,8 @@ def test_preempted_local_run_resumes(world, tmp_path_factory):
     """Rank 0 is signalled at step 11; the ranks agree at the next average (step 12, K = 4),
     checkpoint and stop. Resumed on the same ranks: the uninterrupted run bit for bit. Resumed on
     N - 1 ranks: the checkpoint's model continues there (local SGD's result depends on N)."""
-    from mpinn.checkpoint import Checkpointer, read_checkpoint
-    from mpinn.faults import Preemption, parse_faults
+    from mpinn.train.checkpoint import Checkpointer, read_checkpoint
+    from mpinn.parallel.faults import Preemption, parse_faults
 
     size, rank = world.Get_size(), world.Get_rank()
     directory = tmp_path_factory.mktemp("ckpt") if rank == 0 else None

@@ -1,4 +1,4 @@
-"""Serial tests for mpinn.metrics: agreement with sklearn and the sum-of-partials property."""
+"""Serial tests for mpinn.nn.metrics: agreement with sklearn and the sum-of-partials property."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mpinn.errors import InputError
-from mpinn.metrics import (
+from mpinn.nn.metrics import (
     classification_report,
     confusion_counts,
     regression_first_pass,
@@ -213,5 +213,5 @@ def test_bad_input_raises_input_error(call):
 
 
 def test_module_does_not_import_mpi4py():
-    code = "import sys, mpinn.metrics; assert 'mpi4py' not in sys.modules"
+    code = "import sys, mpinn.nn.metrics; assert 'mpi4py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

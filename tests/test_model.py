@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mpinn.model import HIDDEN_ACTIVATIONS, MLP, encode_targets
+from mpinn.nn.model import HIDDEN_ACTIVATIONS, MLP, encode_targets
 
 OUTPUTS = {"softmax": 3, "logistic": 1, "identity": 2, "exp": 1}
 

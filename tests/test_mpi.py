@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.problem import problem_from_arrays
-from mpinn.train import Trainer, evaluate
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.train.problem import problem_from_arrays
+from mpinn.train.loop import Trainer, evaluate
 
 MPI = pytest.importorskip("mpi4py.MPI")
 

@@ -9,10 +9,10 @@ Iallreduce requests."""
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.problem import problem_from_arrays
-from mpinn.train import Trainer
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.train.problem import problem_from_arrays
+from mpinn.train.loop import Trainer
 
 
 class _Recorder:

@@ -13,9 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.fitted import FittedMLP
-from mpinn.predict import predict_to_file
+from mpinn.parallel.comm import Comm
+from mpinn.nn.fitted import FittedMLP
+from mpinn.train.predict import predict_to_file
 
 MPI = pytest.importorskip("mpi4py.MPI")
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import mpinn
-from mpinn import scaler_stats as S
-from mpinn.comm import Comm, SerialComm
-from mpinn.datasets import load_iris, write_hdf5
+from mpinn.preprocessing import stats as S
+from mpinn.parallel.comm import Comm, SerialComm
+from mpinn.data.builtin import load_iris, write_hdf5
 
 sk_pre = pytest.importorskip("sklearn.preprocessing")
 
@@ -71,8 +71,8 @@ def test_pooled_moments_equal_the_whole_data_for_any_split():
 
 
 def test_streamed_and_in_memory_statistics_are_bitwise_equal(tmp_path):
-    from mpinn.partition import make_shard
-    from mpinn.stream import StreamingRows
+    from mpinn.data.partition import make_shard
+    from mpinn.data.stream import StreamingRows
 
     write_hdf5(tmp_path / "d.h5", DATA, np.zeros(len(DATA), dtype=np.int64))
     comm = Comm(SerialComm())
@@ -205,7 +205,7 @@ def test_pipeline_on_n_ranks_equals_one_rank(world):
 
 
 def test_fit_scaler_on_some_rows_equals_sklearn_and_survives_a_checkpoint():
-    from mpinn.scaler_train import fit_scaler, scaler_arrays, scaler_from_arrays
+    from mpinn.preprocessing.training import fit_scaler, scaler_arrays, scaler_from_arrays
 
     comm = Comm(SerialComm())
     rows = RNG.permutation(len(DATA))[:200]  # the training rows, unsorted as a split gives them
@@ -221,8 +221,9 @@ def test_fit_scaler_on_some_rows_equals_sklearn_and_survives_a_checkpoint():
 
 def test_names_stay_importable_from_mpinn_preprocessing():
     """The statistics and `mpinn train --scale`'s functions have their own modules;
-    mpinn.preprocessing still offers them (docs/api.md names mpinn.preprocessing.fit_scaler)."""
-    from mpinn import preprocessing, scaler_train
+    mpinn.preprocessing.scalers still offers them (docs/api.md names mpinn.preprocessing.scalers.fit_scaler)."""
+    from mpinn.preprocessing import scalers as preprocessing
+    from mpinn.preprocessing import training as scaler_train
 
     for name in ("block_moments", "combine_moments", "reduce_moments", "local_minmax", "row_blocks"):
         assert getattr(preprocessing, name) is getattr(S, name)
@@ -268,7 +269,7 @@ def test_standard_scaling_trains_what_no_scaling_cannot(scaled_runs):
 
 
 def test_statistics_are_the_training_rows_on_any_rank_count(scaled_runs):
-    from mpinn.data import train_test_split_indices
+    from mpinn.data.hdf5 import train_test_split_indices
 
     d, X, runs = scaled_runs
     one, three = _stored(d / "standard"), _stored(d / "standard3")
@@ -283,7 +284,7 @@ def test_statistics_are_the_training_rows_on_any_rank_count(scaled_runs):
 @pytest.mark.parametrize("name,onnx_tol", [("standard", 1e-12), ("minmax32", 1e-6)])
 def test_predict_load_sklearn_and_onnx_agree(scaled_runs, tmp_path, name, onnx_tol):
     from launch import run
-    from mpinn.export import to_onnx
+    from mpinn.estimators.export import to_onnx
 
     d, X, runs = scaled_runs
     ck = d / name

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from launch import clean_env, on_terminal, run
-from mpinn.logs import EpochLines, ProgressBar, duration
+from mpinn.train.logs import EpochLines, ProgressBar, duration
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--hidden", "8", "--epochs", "2", "--batch-size", "50", "--seed", "1"]

@@ -12,9 +12,9 @@ import pytest
 
 from launch import clean_env, run
 from mpinn.errors import InputError
-from mpinn.partition import make_shard
-from mpinn.permutation import KeyedPermutation
-from mpinn.schedule import (SKLEARN_MAX_ROWS, BatchSchedule, TrainRows, resolve_permutation, split_indices,
+from mpinn.data.partition import make_shard
+from mpinn.data.permutation import KeyedPermutation
+from mpinn.data.schedule import (SKLEARN_MAX_ROWS, BatchSchedule, TrainRows, resolve_permutation, split_indices,
                             split_rows, train_test_split_indices)
 
 SPECS = ["block", "strided", "weighted", "random:3"]

@@ -141,8 +141,8 @@ def test_bad_parameters_are_refused_before_any_fit():
 
 
 def test_allocations_order_and_balance():
-    from mpinn.search_run import lpt_assignment
-    from mpinn.search_tasks import expected_cost, longest_first
+    from mpinn.search.run import lpt_assignment
+    from mpinn.search.tasks import expected_cost, longest_first
 
     small, big = (expected_cost(mpinn.MLPClassifier(hidden_layer_sizes=h, max_iter=e), 100, 4, 3)
                   for h, e in (((10,), 10), ((40, 20), 40)))
@@ -154,7 +154,7 @@ def test_allocations_order_and_balance():
 
 
 def test_grid_file_rules(tmp_path):
-    from mpinn.cli_search import _estimator_values, parse_grid
+    from mpinn.cli.search import _estimator_values, parse_grid
     from mpinn.errors import InputError
 
     path = tmp_path / "grid.toml"

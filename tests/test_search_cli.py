@@ -98,7 +98,7 @@ def test_search_end_to_end_then_killed_and_resumed_on_another_rank_count(iris, t
     ("lr = [0.1, 0.2]\n", ["--group-size", "2"], "--group-size 2 does not divide the 1 ranks"),
 ])
 def test_bad_grid_is_one_line_exit_2_before_training(iris, tmp_path, capsys, text, args, match):
-    from mpinn.cli import main
+    from mpinn.cli.app import main
 
     (tmp_path / "grid.toml").write_text(text)
     code = main([str(a) for a in search_args(iris, tmp_path / "grid.toml", "--results", tmp_path / "r.csv",

@@ -17,8 +17,8 @@ import pytest
 
 import mpinn
 from launch import clean_env, command, run
-from mpinn.checkpoint import read_checkpoint
-from mpinn.datasets import load_iris
+from mpinn.train.checkpoint import read_checkpoint
+from mpinn.data.builtin import load_iris
 
 ENDLESS = ["--hidden", "8", "--epochs", "1000000", "--batch-size", "8", "--seed", "3", "--quiet",
            "--checkpoint-every", "1"]
@@ -95,7 +95,7 @@ def test_a_signal_to_one_fit_does_not_stop_the_next(iris_xy, fallback_handlers):
     later fit in the process stopped at its first step."""
     X, y = iris_xy
     reference = _quiet_fit(_estimator(), X, y)
-    from mpinn.faults import Preemption
+    from mpinn.parallel.faults import Preemption
 
     Preemption.install((signal.SIGTERM,))
     os.kill(os.getpid(), signal.SIGTERM)  # handled: sets the flag, as during some earlier fit

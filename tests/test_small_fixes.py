@@ -63,10 +63,10 @@ def test_a_non_integral_value_regresses_and_says_so(labels):
 
 @pytest.mark.mpi(min_size=2)
 def test_auto_task_is_agreed_by_all_ranks(world):
-    from mpinn.comm import Comm
-    from mpinn.data import DataInfo
-    from mpinn.partition import make_shard
-    from mpinn.problem import auto_task
+    from mpinn.parallel.comm import Comm
+    from mpinn.data.hdf5 import DataInfo
+    from mpinn.data.partition import make_shard
+    from mpinn.train.problem import auto_task
 
     comm = Comm(world)
     n = 10 * world.size

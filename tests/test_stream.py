@@ -1,17 +1,17 @@
-"""Streaming mode (mpinn.stream): bounded window of chunks, same model as in memory with
+"""Streaming mode (mpinn.data.stream): bounded window of chunks, same model as in memory with
 shuffle none, every row visited once per epoch with the chunk-order shuffle."""
 
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.datasets import make_synthetic, write_hdf5
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.data.builtin import make_synthetic, write_hdf5
 from mpinn.errors import InputError
-from mpinn.partition import make_shard
-from mpinn.problem import load_problem
-from mpinn.stream import StreamingRows
-from mpinn.train import Trainer
+from mpinn.data.partition import make_shard
+from mpinn.train.problem import load_problem
+from mpinn.data.stream import StreamingRows
+from mpinn.train.loop import Trainer
 
 
 class _Serial:
@@ -143,7 +143,7 @@ def test_train_stream_closes_its_file_and_reader_thread(data):
 
     import h5py
 
-    from mpinn.cli import main
+    from mpinn.cli.app import main
 
     path, _, _ = data
     before = set(threading.enumerate())

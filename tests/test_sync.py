@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.model import MLP
-from mpinn.optim import make_optimizer
-from mpinn.problem import problem_from_arrays
-from mpinn.sync import resolve_sync, slice_bounds, weight_ranges
-from mpinn.train import Trainer
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.nn.model import MLP
+from mpinn.nn.optim import make_optimizer
+from mpinn.train.problem import problem_from_arrays
+from mpinn.parallel.sync import resolve_sync, slice_bounds, weight_ranges
+from mpinn.train.loop import Trainer
 
 from launch import clean_env, mpiexec
 
@@ -180,8 +180,8 @@ def test_optimizer_state_per_rank_shrinks_as_one_over_n(world):
 def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_factory):
     """Preempted mid-epoch on N ranks with --sync sharded, resumed on N-1 ranks with allreduce:
     the uninterrupted one-rank model within 1e-12. The checkpoint holds whole optimizer state."""
-    from mpinn.checkpoint import Checkpointer, read_checkpoint
-    from mpinn.faults import Preemption, parse_faults
+    from mpinn.train.checkpoint import Checkpointer, read_checkpoint
+    from mpinn.parallel.faults import Preemption, parse_faults
 
     size, rank = world.Get_size(), world.Get_rank()
     directory = tmp_path_factory.mktemp("ckpt") if rank == 0 else None

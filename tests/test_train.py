@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpinn.comm import Comm
-from mpinn.config import TrainConfig
-from mpinn.optim import make_optimizer
-from mpinn.problem import problem_from_arrays
-from mpinn.train import Trainer, evaluate
+from mpinn.parallel.comm import Comm
+from mpinn.train.config import TrainConfig
+from mpinn.nn.optim import make_optimizer
+from mpinn.train.problem import problem_from_arrays
+from mpinn.train.loop import Trainer, evaluate
 
 sk_nn = pytest.importorskip("sklearn.neural_network")
 sk_datasets = pytest.importorskip("sklearn.datasets")
@@ -152,8 +152,8 @@ def test_evaluate_matches_sklearn_metrics():
 def test_in_memory_class_targets_are_codes_encoded_per_batch(k):
     """In memory too, class targets are kept as integer codes (EncodedRows) and encoded per
     batch: the rows gathered equal model.encode_targets' one-hot / 0-1 rows."""
-    from mpinn.model import encode_targets
-    from mpinn.stream import EncodedRows
+    from mpinn.nn.model import encode_targets
+    from mpinn.data.stream import EncodedRows
 
     rng = np.random.RandomState(0)
     X = rng.rand(40, 3)

@@ -1,0 +1,371 @@
+"""`mpinn search`: a grid (or randomized) search over `mpinn train` options, tasks on rank groups.
+
+GRID.toml holds `mpinn train` option names: a list is the values to try, a plain value is fixed
+(`hidden` takes lists of layer sizes: `hidden = [[10], [50], [100, 50]]`; `hidden = [64, 32]` is
+one fixed two-layer value), and with --n-iter a table draws from a distribution
+(`lr = {loguniform = [1e-4, 1e-1]}`, `uniform`, `randint` with both ends included). Every value
+is checked as `mpinn train` checks it, before any training. Registered by cli.build_parser.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import warnings
+
+from mpinn.cli.app import _check_output_file, say
+from mpinn.errors import InputError
+
+# Grid keys: the `mpinn train` options that are estimator parameters, and three data options.
+FIXED_ONLY = ("task", "x_name", "y_name")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+
+
+def add_search_command(sub):
+    p = sub.add_parser("search", help="grid or randomized search of train options, tasks on groups of ranks")
+    p.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y (every rank reads all)")
+    p.add_argument("--grid", required=True, help="TOML file: `mpinn train` option names, lists of values to try")
+    p.add_argument("--n-iter", type=int, help="randomized search: sample this many candidates from the grid")
+    p.add_argument("--seed", type=int, help="seed of the sampling (--n-iter; default 0) and of a shuffled "
+                   "assignment of rows to folds (default: consecutive rows per fold)")
+    p.add_argument("--cv", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--stratified", action="store_true", help="stratified folds (classification)")
+    p.add_argument("--scoring", help="scikit-learn scorer name(s), comma-separated; the first picks the best "
+                   "(default: accuracy for classification, r2 for regression)")
+    p.add_argument("--group-size", type=int, default=1,
+                   help="ranks per fit; must divide the number of ranks (default 1)")
+    p.add_argument("--allocation", choices=["dynamic", "round-robin"], default="dynamic",
+                   help="dynamic (default): free groups take the next task, longest first; round-robin: "
+                        "task i on group i mod G")
+    p.add_argument("--results", required=True, help="results file, one row per candidate: .csv or .jsonl")
+    p.add_argument("--checkpoint", help="directory recording each finished task (for --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the search recorded in --checkpoint DIR "
+                   "(any rank count or group size): only unfinished tasks run")
+    p.add_argument("--no-refit", action="store_true", help="do not train the best candidate on all rows")
+    p.set_defaults(func=cmd_search)
+
+
+def option_names():
+    """{TrainConfig field: estimator parameter} of the searchable options (scale: the scaler
+    step in front of the MLP)."""
+    from mpinn.train.config import ESTIMATOR_FIELDS
+
+    names = {field: f"mlp__{param}" for param, field, way in ESTIMATOR_FIELDS if way != "fit"}
+    names["scale"] = "scale"
+    return names
+
+
+def parse_grid(path, randomized):
+    """GRID.toml -> (fixed {field: value}, varied {field: [values] or distribution spec}) as
+    JSON-able values, every value checked by `mpinn train`'s rules; InputError names the key."""
+    if not os.path.isfile(path):
+        raise InputError(f"--grid: file not found: {path}")
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"--grid: {path} is not valid TOML ({exc})") from None
+    names = option_names()
+    fixed, varied = {}, {}
+    for key, value in raw.items():
+        field = key.replace("-", "_")
+        where = f"--grid {path}"
+        if field not in names and field not in FIXED_ONLY:
+            raise InputError(f"{where}: {key}: not a searchable `mpinn train` option (choose from "
+                             f"{', '.join(sorted(k.replace('_', '-') for k in (*names, *FIXED_ONLY)))})")
+        if isinstance(value, dict):
+            if not randomized:
+                raise InputError(f"{where}: {key}: a distribution needs --n-iter (randomized search)")
+            varied[field] = _distribution(f"{where}: {key}", field, value)
+        elif _is_value_list(field, value):
+            if not value:
+                raise InputError(f"{where}: {key}: empty list of values")
+            if field in FIXED_ONLY:
+                raise InputError(f"{where}: {key}: give one value, not a list")
+            varied[field] = [_checked(where, field, v) for v in value]
+        else:
+            fixed[field] = _checked(where, field, value)
+    if not varied:
+        raise InputError(f"--grid {path}: no option has a list of values to try")
+    return fixed, varied
+
+
+def _is_value_list(field, value):
+    if not isinstance(value, list):
+        return False
+    if field == "hidden":  # [64, 32] is one value; [[64], [64, 32]] or ["64", "64,32"] are several
+        return not value or any(isinstance(v, (list, str)) for v in value)
+    return True
+
+
+def _checked(where, field, value):
+    """One value, as `mpinn train` would take it (JSON-able: hidden as a list)."""
+    from mpinn.train.config import TrainConfig
+
+    if field == "shuffle" and value == "local":
+        raise InputError(f"{where}: shuffle 'local' is not available in a search (use global or none)")
+    try:
+        cfg = TrainConfig.from_dict({field: value})
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    out = getattr(cfg, field)
+    return list(out) if isinstance(out, tuple) else out
+
+
+def _distribution(where, field, spec):
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise InputError(f"{where}: a distribution is one of {{uniform = [a, b]}}, {{loguniform = [a, b]}}, "
+                         f"{{randint = [a, b]}}; got {spec!r}")
+    kind, bounds = next(iter(spec.items()))
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+            and bounds[0] < bounds[1]):
+        raise InputError(f"{where}: {kind} needs two numbers [low, high] with low < high, got {bounds!r}")
+    if kind == "randint" and not all(isinstance(b, int) for b in bounds):
+        raise InputError(f"{where}: randint needs integer bounds, got {bounds!r}")
+    for b in bounds:  # the values it draws: floats, or integers for randint
+        _checked(where, field, b if kind == "randint" else float(b))
+    return {kind: bounds}
+
+
+def _estimator_values(field, values):
+    """Grid values under the pipeline parameter's name and in the estimator's spelling."""
+    from scipy import stats
+
+    from mpinn.train.config import estimator_params_from_config
+
+    param = option_names()[field]
+    if isinstance(values, dict):
+        kind, (a, b) = next(iter(values.items()))
+        return param, {"uniform": lambda: stats.uniform(a, b - a), "loguniform": lambda: stats.loguniform(a, b),
+                       "randint": lambda: stats.randint(a, b + 1)}[kind]()
+    if field == "scale":
+        return param, [_scaler(v) for v in values]
+    return param, [estimator_params_from_config({field: v})[param[len("mlp__"):]] for v in values]
+
+
+def _scaler(kind):
+    """`--scale`'s step: mpinn's scalers (statistics reduced over the task's group) or none."""
+    import mpinn
+
+    return {"standard": mpinn.StandardScaler, "minmax": mpinn.MinMaxScaler}[kind]() if kind != "none" \
+        else "passthrough"
+
+
+def _train_value(field, values, chosen):
+    """The `mpinn train` value of ``field`` for the estimator value ``chosen`` of a candidate."""
+    if isinstance(values, dict):  # sampled from a distribution: a number
+        return int(chosen) if isinstance(values, dict) and "randint" in values else float(chosen)
+    spelled = _estimator_values(field, values)[1]
+    return values[[repr(v) for v in spelled].index(repr(chosen))]
+
+
+def _load_data(path, x_name, y_name, comm):
+    """Every rank reads all rows (each fit takes its fold's rows): X, y.""" 
+    import h5py
+    import numpy as np
+
+    from mpinn.data import hdf5 as datamod
+    from mpinn.train.problem import decide_on_root
+
+    info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
+    with h5py.File(path, "r") as f:
+        X = np.asarray(f[x_name][()], dtype=np.float64)
+        y = np.array(f[y_name].asstr()[()], dtype=str) if info.y_kind == "str" else f[y_name][()]
+    return X, y
+
+
+def cmd_search(args):
+    import numpy as np
+
+    from mpinn.parallel.comm import world
+    from mpinn.train.problem import _check_values, decide_on_root
+
+    comm = world()
+    randomized = args.n_iter is not None
+    for name, value, low in (("--cv", args.cv, 2), ("--group-size", args.group_size, 1), ("--n-iter", args.n_iter, 1)):
+        if value is not None and value < low:
+            raise InputError(f"{name}: must be >= {low}, got {value}")
+    if comm.size % args.group_size:
+        raise InputError(f"--group-size {args.group_size} does not divide the {comm.size} ranks")
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume needs --checkpoint DIR (the directory of the search to continue)")
+    if not args.results.lower().endswith((".csv", ".jsonl")):
+        raise InputError(f"--results: name a .csv or .jsonl file, got {args.results}")
+    fixed, varied = decide_on_root(comm, lambda: parse_grid(args.grid, randomized))
+    scoring = _scoring(args.scoring)
+    best_dir = os.path.splitext(args.results)[0] + "-best"
+
+    def check_outputs():
+        _check_output_file(args.results, "--results")
+        if args.checkpoint and not args.resume:
+            from mpinn.search.tasklog import TaskLog
+
+            if TaskLog(args.checkpoint, None).exists():
+                raise InputError(f"--checkpoint: {args.checkpoint} already holds a search; add --resume to continue "
+                                 "it, or choose another directory")
+        if not args.no_refit:
+            from mpinn.train.checkpoint import Checkpointer
+
+            Checkpointer(best_dir, None).check_writable()
+
+    decide_on_root(comm, check_outputs)
+    data = {"x_name": fixed.pop("x_name", "X"), "y_name": fixed.pop("y_name", "y"), "task": fixed.pop("task", "auto")}
+    X, y = _load_data(args.data, data["x_name"], data["y_name"], comm)
+    task = data["task"]
+    if task == "auto":
+        from sklearn.utils.multiclass import type_of_target
+
+        task = "classify" if type_of_target(y) in ("binary", "multiclass") else "regress"
+    _check_values(comm, X, y, args.data, task)
+    if args.stratified and task != "classify":
+        raise InputError("--stratified: folds are stratified by class; this is a regression")
+    if len(X) < args.cv:
+        raise InputError(f"--cv {args.cv}: more folds than the {len(X)} rows of {args.data}")
+    search = _make_search(args, task, fixed, varied, scoring)
+    bar = _Progress() if comm.rank == 0 and sys.stdout.isatty() else None
+    search._progress = bar.update if bar else None
+    search._task_hook = _fault_hook(comm.rank)
+    from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
+
+    start = time.time()
+    with warnings.catch_warnings():  # short runs are normal in a search; failures are in the table
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FitFailedWarning)
+        search.fit(X, y)
+    seconds = time.time() - start
+    if bar:
+        bar.clear()
+    results = search.cv_results_
+    metric = next(k[len("mean_test_"):] for k in results if k.startswith("mean_test_"))
+    best = int(np.argmin(results[f"rank_test_{metric}"]))  # sklearn's rule for best_index_
+    if comm.rank == 0:
+        _report(args, search, comm, metric, seconds)
+    if not args.no_refit:
+        chosen = {field: _train_value(field, values, results["params"][best][option_names()[field]])
+                  for field, values in varied.items()}
+        _refit(args, {**data, **fixed, **chosen}, best_dir)
+        say(f"best: candidate {best} ({_describe(chosen)}), mean_test_{metric} "
+            f"{results[f'mean_test_{metric}'][best]:.6g}; trained on all rows as `mpinn train` would: "
+            f"checkpoint {best_dir}")
+    return 0
+
+
+def _make_search(args, task, fixed, varied, scoring):
+    """GridSearchCV (or RandomizedSearchCV) over a Pipeline(scale, mlp) built from the grid."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+
+    import mpinn
+
+    from mpinn.train.config import TrainConfig, estimator_params_from_config
+
+    scale = fixed.pop("scale", TrainConfig().scale)  # `mpinn train`'s default
+    cls = mpinn.MLPClassifier if task == "classify" else mpinn.MLPRegressor
+    mlp = cls(**estimator_params_from_config(TrainConfig(**fixed).to_dict()))
+    fixed["scale"] = scale
+    base = Pipeline([("scale", _scaler(scale)), ("mlp", mlp)])
+    grid = dict(_estimator_values(field, values) for field, values in varied.items())
+    cv = (StratifiedKFold if args.stratified else KFold)(args.cv, shuffle=args.seed is not None,
+                                                          random_state=args.seed)
+    common = dict(scoring=scoring, cv=cv, refit=False, group_size=args.group_size, allocation=args.allocation,
+                  checkpoint=args.checkpoint)
+    if args.n_iter is not None:
+        return mpinn.RandomizedSearchCV(base, grid, n_iter=args.n_iter, random_state=args.seed or 0, **common)
+    return mpinn.GridSearchCV(base, grid, **common)
+
+
+def _refit(args, values, best_dir):
+    """The best candidate trained on all rows by `mpinn train` itself (its scaling, its checkpoint)."""
+    import argparse
+
+    from mpinn.cli.train import cmd_train
+
+    cmd_train(argparse.Namespace(data=args.data, checkpoint=best_dir, quiet=True, **values))
+
+
+def _describe(values):
+    return ", ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in values.items())
+
+
+def _fault_hook(rank):
+    """MPINN_FAULT="RANK:TASK:KIND" (tests): rank RANK does KIND (kill, raise, exit) as it starts
+    its TASK-th task (1-based, counted on that rank)."""
+    from mpinn.parallel.faults import FAULT_ENV, inject, parse_faults
+
+    faults = parse_faults(os.environ.get(FAULT_ENV), rank)
+    if not faults:
+        return None
+    started = [0]
+
+    def hook():
+        started[0] += 1
+        if started[0] in faults:
+            inject(faults[started[0]], rank, started[0], None)
+    return hook
+
+
+def _scoring(text):
+    if text is None:
+        return None
+    from sklearn.metrics import get_scorer_names
+
+    names = [s.strip() for s in text.split(",")]
+    unknown = [s for s in names if s not in get_scorer_names()]
+    if unknown or len(set(names)) != len(names):
+        raise InputError(f"--scoring: {', '.join(unknown) or 'repeated names'}: not scikit-learn scorer names "
+                         "(e.g. accuracy, neg_log_loss, f1_macro, r2, neg_mean_squared_error)")
+    return names[0] if len(names) == 1 else names
+
+
+def _report(args, search, comm, metric, seconds):
+    from mpinn.search import results as search_results
+
+    display = {param: field.replace("_", "-") for field, param in option_names().items()}
+    table = search_results.rows(search.cv_results_, display, plain=_plain)
+    search_results.write_rows(args.results, table)
+    n_cand = len(search.cv_results_["params"])
+    print(f"mpinn search: {n_cand} candidates x {search.n_splits_} folds = {n_cand * search.n_splits_} tasks on "
+          f"{comm.size} rank(s) in groups of {args.group_size}, allocation {args.allocation}")
+    print(f"tasks run: {search.tasks_run_} (done before: {search.tasks_resumed_}) in {seconds:.1f}s")
+    for line in search_results.table_lines(table, metric):
+        print(line)
+    failed = sum(row["error"] is not None for row in table)
+    if failed:
+        print(f"{failed} candidate(s) had a failed fit: score {search.error_score}, message in the error column")
+    print(f"wrote {args.results} ({n_cand} candidates)", flush=True)
+
+
+def _plain(value):
+    """A candidate's value as `mpinn train` spells it (the scaler step by its --scale name)."""
+    if value == "passthrough":
+        return "none"
+    if hasattr(value, "get_params"):
+        return {"StandardScaler": "standard", "MinMaxScaler": "minmax"}.get(type(value).__name__, repr(value))
+    return value
+
+
+class _Progress:
+    """`search 7/18 tasks, ETA 12s` redrawn in place (rank 0, on a terminal only)."""
+
+    def __init__(self):
+        self.start, self.lock, self.shown = time.time(), threading.Lock(), False
+
+    def update(self, done, total):
+        with self.lock:
+            elapsed = time.time() - self.start
+            eta = f"{elapsed / done * (total - done):.0f}s" if done else "?"
+            sys.stdout.write(f"\r  search {done}/{total} tasks, ETA {eta}   ")
+            sys.stdout.flush()
+            self.shown = True
+
+    def clear(self):
+        if self.shown:
+            sys.stdout.write("\r" + " " * 40 + "\r")
+            sys.stdout.flush()

@@ -1,0 +1,70 @@
+"""scikit-learn's early-stopping hold-out, one implementation for the estimators and for
+`mpinn train --early-stopping`. MPI only through the communicator passed in.
+
+scikit-learn's MLP holds out its validation rows with ``train_test_split(X, y,
+test_size=validation_fraction, random_state=<its RandomState>, stratify=<y if the classifier has
+one output>)``, right after drawing the initial weights and before the first shuffle. Both mpinn
+paths call ``hold_out`` at that same point of the same RandomState, so they hold out the same
+rows and then draw the same batches: the CLI run and the estimator train the same model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpinn.data import inputs
+from mpinn.data.schedule import TrainRows
+
+TOO_SMALL = "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
+
+
+def hold_out(train_rows, fraction, random_state, shard, comm, binary_labels=None):
+    """Split the training rows: (the rows left to train on, as TrainRows; this rank's
+    validation rows, as local positions in the split's order). The same on every rank.
+
+    ``train_rows``: TrainRows, or the global ids of the training rows. ``binary_labels``: for a
+    classifier with one output (binary), each local row's 0/1 target, which stratifies the split
+    as scikit-learn's does; None otherwise (multiclass, multilabel and regression are not
+    stratified, as in scikit-learn). Raises ValueError with scikit-learn's messages.
+    """
+    if not isinstance(train_rows, TrainRows):
+        train_rows = TrainRows.from_array(train_rows, shard)
+    if train_rows.rows is None:
+        raise ValueError("early stopping holds out rows with scikit-learn's split, which needs the global order "
+                         "of the training rows: use --permutation sklearn")
+    stratify = None
+    if binary_labels is not None:
+        # The whole column in training order: each rank fills its rows, the sum joins them.
+        column = np.zeros(train_rows.n)
+        column[train_rows.index] = np.asarray(binary_labels).reshape(-1)[train_rows.local]
+        comm.allreduce(column, "sum")
+        stratify = column > 0.5  # scikit-learn stratifies on the binarized y: keys False < True
+    train, val = inputs.train_validation_split(train_rows.n, fraction, random_state, stratify)
+    if len(val) < 2:
+        raise ValueError(TOO_SMALL)
+    rows = train_rows.rows
+    return TrainRows.from_array(rows[np.asarray(train, dtype=np.int64)], shard), \
+        shard.local_positions(rows[np.asarray(val, dtype=np.int64)])[1]
+
+
+def validation_score(model, params, problem, comm):
+    """(score, mean loss) of the validation rows as scikit-learn's early stopping computes them:
+    accuracy for classifiers, R2 for regressors. Collective: the same values on every rank."""
+    from mpinn.nn import metrics
+
+    p = problem
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged model: NaN, reported once
+        out = model.forward(params, p.val_X) if len(p.val_X) else np.zeros((0, model.layer_sizes[-1]), model.dtype)
+        w = p.val_weight
+        head = [model.output_loss_sum(out, p.val_Y, w), len(out) if w is None else float(np.sum(w))]
+        if p.task == "classify":
+            buf = np.concatenate((head, metrics.accuracy_partial(out, p.val_Y, model.output, len(p.classes), w)))
+            comm.allreduce(buf, "sum")
+            score = metrics.accuracy(buf[2:])
+        else:
+            buf = comm.allreduce(np.concatenate((head, metrics.regression_first_pass(p.val_Y, w))), "sum")
+            mean = buf[3:] / buf[2]
+            second = comm.allreduce(metrics.r2_partial(p.val_Y, out, mean, w), "sum")
+            # scikit-learn scores non-finite predictions as NaN
+            score = metrics.r2(second) if np.isfinite(second).all() else float("nan")
+    return score, float(buf[0] / buf[1])
