@@ -1,4 +1,4 @@
-"""The optimizer update with and without the compiled kernels (mpinn/fused.py). One process.
+"""The optimizer update with and without the compiled kernels (mpinn/nn/fused.py). One process.
 
     python bench/fused_adam.py            # one BENCH_JSON line; the kernels need numba
 

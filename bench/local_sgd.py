@@ -58,7 +58,7 @@ def worker(a):
     """One training run in this (MPI) process; rank 0 prints the per-epoch records."""
     import numpy as np
 
-    from mpinn.parallel import local_averaging as sync_local
+    from mpinn.parallel import sync as sync_module
     from mpinn.parallel.comm import world
     from mpinn.train.config import TrainConfig, optimizer_from_config
     from mpinn.train.problem import load_problem
@@ -66,7 +66,7 @@ def worker(a):
 
     comm = world()
     if a.keep_moments:
-        sync_local.LocalAveraging = keep_moments_class()  # make_sync imports it by name at call time
+        sync_module.LocalAveraging = keep_moments_class()  # make_sync looks the class up by name at call time
     cfg = TrainConfig(data=a.data, test_fraction=a.test_fraction, hidden=tuple(int(h) for h in a.hidden.split(",")),
                       batch_size=a.batch, epochs=a.epochs, n_iter_no_change=10**6, seed=a.seed, solver=a.solver,
                       lr=a.lr, sync=a.sync, sync_warmup_steps=a.warmup_steps).validate()

@@ -17,7 +17,7 @@ Step time on the slowest rank (seconds):
                  measured step-to-step sigma of compute(rows) (Blom: 0.59 sigma at 2, 3.2 at 1,024).
   update(N)      replicated ("allreduce"): the optimizer step over all P parameters on every rank;
                  sharded ("sharded", ZeRO-1): over ceil(P / N) only. Both add the L2 penalty's
-                 sum of squares over the rank's own P / N slice (mpinn/sync.py). Interpolated in
+                 sum of squares over the rank's own P / N slice (mpinn/parallel/sync.py). Interpolated in
                  the curve measured at n = ceil(P / N), N = 1, 2, 4, ... 1024, made non-decreasing.
   comm(N)        0 at N = 1. Replicated: one Allreduce of 4 (P + 4) bytes. Sharded: Reduce_scatter
                  of 4 (P + 3) bytes + Allgather of 4 (P + 3) bytes (equal blocks, padded) + the 4-byte Iallreduce of
@@ -72,7 +72,7 @@ ALLGATHER_LONG = 524288
 ALLGATHER_SHORT = 81920
 KINDS = ("allreduce", "reduce_scatter", "allgather")
 MODES = ("replicated", "sharded")
-# Elements beyond the P parameters in each mode's reduced buffer (mpinn/sync.py):
+# Elements beyond the P parameters in each mode's reduced buffer (mpinn/parallel/sync.py):
 # replicated [grad | loss | weight | flag | penalty], sharded [grad | loss | flag | penalty].
 EXTRA = {"replicated": 4, "sharded": 3}
 FLOAT = 4  # bytes per float32

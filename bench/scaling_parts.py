@@ -25,9 +25,9 @@ slowest rank sets a step's pace), min over rounds (a burst of someone else's loa
    n elements). Before each call: a forward/backward of 128 rows and a fresh gradient (the
    update scales its input; repeated scaling would reach slow denormal floats). "penalty": the
    sum of squares of n weights (np.dot). MLP.finish_gradient and MLP.penalty over all P too.
-3. with 2 ranks, the collectives as mpinn/sync.py calls them: Allreduce(IN_PLACE, SUM),
+3. with 2 ranks, the collectives as mpinn/parallel/sync.py calls them: Allreduce(IN_PLACE, SUM),
    Reduce_scatter_block(send, recv) (not in place: MPICH 5.0's in-place variant aborts on
-   large messages) and Allgather(IN_PLACE) of float32 buffers, as mpinn/sync.py calls them:
+   large messages) and Allgather(IN_PLACE) of float32 buffers, as mpinn/parallel/sync.py calls them:
    "collectives"  8 B .. 16 MiB, the buffer rewritten and a barrier before each call;
    "in_situ"      both modes' steps emulated back to back as training runs them (128 rows per
                   rank, gather + forward/backward, the collectives at the gradient's size,
@@ -280,7 +280,7 @@ def emulated_steps(comm, step, P, rows, reps, rounds):
     """Both modes' steps, back to back in lockstep as training runs them (no barriers), each
     part timed: replicated = gather + forward/backward, Allreduce of [grad | 4], Adam over P;
     sharded = gather + forward/backward, Reduce_scatter_block of [grad | pad | 3] (not in place),
-    Adam over the own slice, Allgather of the parameters in place (mpinn/sync.py's sequence).
+    Adam over the own slice, Allgather of the parameters in place (mpinn/parallel/sync.py's sequence).
 
     Per part: the median over steps of the max over ranks for the local work, and of the MIN
     over ranks for a collective (the last rank to arrive waits for nobody: its time is the
@@ -289,7 +289,7 @@ def emulated_steps(comm, step, P, rows, reps, rounds):
 
     size, rank = comm.Get_size(), comm.Get_rank()
     gather, _, model, xb, yb = step.batch(rows)
-    block = max(-(-(P + 3) // size), 3)  # mpinn/sync.py's equal blocks
+    block = max(-(-(P + 3) // size), 3)  # mpinn/parallel/sync.py's equal blocks
     total = block * size
     lo, hi = min(rank * block, P), min((rank + 1) * block, P)
     decay = [(0, P)]

@@ -10,9 +10,10 @@ import pytest
 
 import mpinn
 from launch import clean_env, run
-from mpinn.parallel.balance import (MIN_WINDOW, Balancer, check_interval, parse_balance, parse_slow, proportional_shares,
+from mpinn.parallel.balance import (MIN_WINDOW, Balancer, check_interval, parse_slow, proportional_shares,
                            window_speed)
 from mpinn.errors import InputError
+from mpinn.options import parse_balance
 
 # ---- the share rule, serially -------------------------------------------------------------
 

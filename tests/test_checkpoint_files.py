@@ -1,4 +1,4 @@
-"""Checkpoint file names, pruning and durability order (mpinn/checkpoint.py). No MPI."""
+"""Checkpoint file names, pruning and durability order (mpinn/train/checkpoint.py). No MPI."""
 
 import os
 

@@ -218,12 +218,12 @@ def test_int32_order_gives_the_int64_batches(spec):
 
 def test_non_finite_row_found_with_small_blocks():
     """The NaN/Inf check goes a block of at most 64 KiB of mask at a time: same row as one pass."""
-    from mpinn.train.problem import _first_non_finite_row
+    from mpinn.train.problem import first_non_finite_row
 
     X = np.zeros((500, 300), np.float32)  # default block: 218 rows
-    assert _first_non_finite_row(X) is None
+    assert first_non_finite_row(X) is None
     for row in (0, 217, 218, 499):
         X[...] = 0
         X[row, 7] = np.inf
         X[min(row + 1, 499), 3] = np.nan
-        assert _first_non_finite_row(X) == _first_non_finite_row(X, block=len(X)) == row
+        assert first_non_finite_row(X) == first_non_finite_row(X, block=len(X)) == row

@@ -1,7 +1,7 @@
 """Real faults under mpiexec: a failing or vanished rank ends the whole job quickly, a
 preempted job checkpoints and resumes, and no kill ever leaves an unloadable checkpoint.
 
-Faults are injected with MPINN_FAULT=RANK:STEP:KIND (mpinn/faults.py). Every launch has a
+Faults are injected with MPINN_FAULT=RANK:STEP:KIND (mpinn/parallel/faults.py). Every launch has a
 timeout, so a hang fails the test.
 """
 

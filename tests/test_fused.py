@@ -1,4 +1,4 @@
-"""The compiled update (mpinn/fused.py, numba) gives the numpy update's bits.
+"""The compiled update (mpinn/nn/fused.py, numba) gives the numpy update's bits.
 
 Skipped where numba is not installed (it is an optional extra, `mpinn[fast]`). The numpy path
 is the reference: it follows scikit-learn's optimizers operation by operation.
@@ -10,7 +10,8 @@ import pytest
 from mpinn.nn import fused
 from mpinn.nn import optim
 from mpinn.nn.model import MLP
-from mpinn.parallel.sync import slice_bounds, weight_ranges
+from mpinn.data.partition import even_bounds as slice_bounds
+from mpinn.nn.model import weight_ranges
 
 pytest.importorskip("numba")
 

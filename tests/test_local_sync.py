@@ -1,4 +1,4 @@
-"""Model averaging, `--sync local:K` (mpinn/sync_local.py).
+"""Model averaging, `--sync local:K` (mpinn/parallel/local_averaging.py).
 
 Serial: one rank is the allreduce run bit for bit; bad values are one-line errors (exit 2).
 Under `mpiexec -n N python -m pytest --with-mpi -m mpi tests/test_local_sync.py` (`make test`
@@ -15,7 +15,7 @@ from mpinn.parallel.comm import Comm
 from mpinn.train.config import TrainConfig
 from mpinn.estimators.fit import _SerialComm
 from mpinn.train.problem import problem_from_arrays
-from mpinn.parallel.sync import parse_sync
+from mpinn.options import parse_sync
 from mpinn.train.loop import Trainer
 
 from launch import run

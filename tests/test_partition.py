@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mpinn.errors import InputError
-from mpinn.data.partition import ShardSpec, block_offsets, make_shard, parse_shard
+from mpinn.data.partition import block_offsets, make_shard
+from mpinn.options import ShardSpec, parse_shard
 
 SPECS = ["block", "strided", "weighted:1,2,3", "weighted:0,1,1", "random", "random:3"]
 

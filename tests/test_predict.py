@@ -1,4 +1,4 @@
-"""`mpinn predict` in rounds (mpinn/predict.py): the same predictions as the model's own
+"""`mpinn predict` in rounds (mpinn/train/predict.py): the same predictions as the model's own
 predict on all rows, for any rank count and round size, and a rank 0 whose memory does not
 grow with the rows.
 

@@ -2,7 +2,7 @@
 
 The CLI turns SIGINT into what SIGTERM already does (every rank stops at one step, checkpoint,
 one line, exit 130 instead of 75). An estimator's fit watches the signals for its whole run,
-data loading included, and starts every fit with a clear flag (mpinn/faults.py).
+data loading included, and starts every fit with a clear flag (mpinn/parallel/faults.py).
 """
 
 import os

@@ -1,4 +1,4 @@
-"""The step strategies (mpinn/sync.py): the sharded update trains the replicated model.
+"""The step strategies (mpinn/parallel/sync.py): the sharded update trains the replicated model.
 
 In-process under `mpiexec -n N python -m pytest --with-mpi -m mpi tests/test_sync.py`: `make
 test` runs it on 2 and 3 ranks, and test_sync_on_4_and_8_ranks below launches it on 4 and 8
@@ -18,7 +18,9 @@ from mpinn.train.config import TrainConfig
 from mpinn.nn.model import MLP
 from mpinn.nn.optim import make_optimizer
 from mpinn.train.problem import problem_from_arrays
-from mpinn.parallel.sync import resolve_sync, slice_bounds, weight_ranges
+from mpinn.data.partition import even_bounds as slice_bounds
+from mpinn.nn.model import weight_ranges
+from mpinn.parallel.sync import resolve_sync
 from mpinn.train.loop import Trainer
 
 from launch import clean_env, mpiexec

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 
-from mpinn.cli.app import _Parser, _print_report, env_rank
+from mpinn.cli.common import Parser, print_report, env_rank
 
 
 def add_data_commands(sub):
     """The `data` subcommand and its own subcommands, on cli.build_parser's subparsers."""
     data = sub.add_parser("data", help="make or convert datasets").add_subparsers(
-        dest="data_command", required=True, parser_class=_Parser)
+        dest="data_command", required=True, parser_class=Parser)
     p = data.add_parser("iris", help="write the built-in iris data (150 x 4, 3 classes)")
     p.add_argument("out")
     p.set_defaults(func=cmd_data_iris)
@@ -94,7 +94,7 @@ def cmd_data_info(args):
     from mpinn.data.convert import info
 
     if env_rank() == 0:
-        _print_report(info(args.file, x_name=args.x_name, y_name=args.y_name), args.json)
+        print_report(info(args.file, x_name=args.x_name, y_name=args.y_name), args.json)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+from mpinn.cli.common import env_rank
 from mpinn.errors import InputError
 
 
@@ -75,3 +76,17 @@ def plot_confusion(report, out):
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def add_plot_command(sub):
+    p = sub.add_parser("plot", help="plot a metrics file (loss, test metric, samples/s per epoch) to PNG")
+    p.add_argument("metrics", help="JSONL or CSV written by `mpinn train --metrics`")
+    p.add_argument("-o", "--out", default="curves.png", help="output PNG (default curves.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args):
+    if env_rank() == 0:
+        plot_metrics(args.metrics, args.out)
+        print(f"wrote {args.out}")
+    return 0

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 
-from mpinn.cli.app import _check_output_file, say
+from mpinn.cli.common import check_output_file, say
 from mpinn.errors import InputError
 
 # Grid keys: the `mpinn train` options that are estimator parameters, and three data options.
@@ -171,7 +171,7 @@ def _load_data(path, x_name, y_name, comm):
     import numpy as np
 
     from mpinn.data import hdf5 as datamod
-    from mpinn.train.problem import decide_on_root
+    from mpinn.parallel.agree import decide_on_root
 
     info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
     with h5py.File(path, "r") as f:
@@ -184,7 +184,8 @@ def cmd_search(args):
     import numpy as np
 
     from mpinn.parallel.comm import world
-    from mpinn.train.problem import _check_values, decide_on_root
+    from mpinn.parallel.agree import decide_on_root
+    from mpinn.train.problem import check_values
 
     comm = world()
     randomized = args.n_iter is not None
@@ -202,7 +203,7 @@ def cmd_search(args):
     best_dir = os.path.splitext(args.results)[0] + "-best"
 
     def check_outputs():
-        _check_output_file(args.results, "--results")
+        check_output_file(args.results, "--results")
         if args.checkpoint and not args.resume:
             from mpinn.search.tasklog import TaskLog
 
@@ -222,7 +223,7 @@ def cmd_search(args):
         from sklearn.utils.multiclass import type_of_target
 
         task = "classify" if type_of_target(y) in ("binary", "multiclass") else "regress"
-    _check_values(comm, X, y, args.data, task)
+    check_values(comm, X, y, args.data, task)
     if args.stratified and task != "classify":
         raise InputError("--stratified: folds are stratified by class; this is a regression")
     if len(X) < args.cv:

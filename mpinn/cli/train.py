@@ -12,7 +12,7 @@ import os
 import sys
 
 from mpinn import __version__
-from mpinn.cli.app import _check_output_file, say
+from mpinn.cli.common import check_output_file, say
 from mpinn.errors import InputError
 
 
@@ -123,7 +123,8 @@ def cmd_train(args):
     from mpinn.parallel.balance import SLOW_ENV, parse_slow
     from mpinn.parallel.faults import FAULT_ENV, SIGNALS, Preemption, parse_faults
     from mpinn.train.logs import PROGRESS, EpochLines, ProgressBar
-    from mpinn.train.problem import decide_on_root, load_problem
+    from mpinn.parallel.agree import decide_on_root
+    from mpinn.train.problem import load_problem
     from mpinn.train.loop import Trainer
 
     # From here on SIGTERM/SIGUSR1/SIGINT only set a flag: every rank stops at the same step,
@@ -148,7 +149,7 @@ def cmd_train(args):
         if checkpointer:
             checkpointer.check_writable()
         if cfg.metrics:
-            _check_output_file(cfg.metrics, "--metrics")
+            check_output_file(cfg.metrics, "--metrics")
 
     decide_on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
@@ -220,7 +221,7 @@ def _read_resume_checkpoint(cfg, comm):
     Rank 0 reads and verifies the file once and broadcasts it: other ranks may not see the
     directory at all (node-local storage), and 1,000 ranks re-reading it would load the file system."""
     from mpinn.train.checkpoint import read_checkpoint, resolve
-    from mpinn.train.problem import decide_on_root
+    from mpinn.parallel.agree import decide_on_root
 
     read = {}
 

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from mpinn.errors import InputError
-from mpinn.data.partition import parse_shard
+from mpinn.options import parse_shard
 
 class NotFittedError(ValueError, AttributeError):
     """Raised by predict & co. before fit (sklearn's NotFittedError has the same bases)."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpinn.errors import InputError
+from mpinn.options import ShardSpec, parse_shard
 
-STRATEGIES = ("block", "strided", "weighted", "random")
 # Chunks per rank aimed at by `random` without a chunk size; the cap keeps a chunk a few MB.
 RANDOM_CHUNKS_PER_RANK = 16
 RANDOM_MAX_CHUNK = 1 << 16
@@ -31,49 +31,11 @@ RANDOM_MAX_CHUNK = 1 << 16
 STRIDED_GROUP = 64
 
 
-@dataclass(frozen=True)
-class ShardSpec:
-    """A parsed ``--shard`` value: strategy name, ``weighted``'s weights, ``random``'s chunk rows."""
-
-    strategy: str = "block"
-    weights: tuple[float, ...] | None = None
-    chunk: int | None = None
-
-    def __str__(self):
-        if self.strategy == "weighted":
-            return "weighted:" + ",".join(f"{w:g}" for w in self.weights)
-        if self.strategy == "random" and self.chunk:
-            return f"random:{self.chunk}"
-        return self.strategy
-
-
-def parse_shard(text: str) -> ShardSpec:
-    """Parse ``block``, ``strided``, ``random[:CHUNK_ROWS]`` or ``weighted:W0,W1,...``."""
-    name, _, rest = str(text).strip().partition(":")
-    if name not in STRATEGIES:
-        raise InputError(f"--shard: unknown strategy {text!r} (choose block, strided, random[:CHUNK_ROWS] "
-                         "or weighted:W0,W1,...)")
-    if name == "random":
-        if not rest:
-            return ShardSpec("random")
-        try:
-            chunk = int(rest)
-        except ValueError:
-            chunk = 0
-        if chunk < 1:
-            raise InputError(f"--shard: random's chunk size must be an integer number of rows >= 1, got {rest!r}")
-        return ShardSpec("random", chunk=chunk)
-    if name != "weighted":
-        if rest:
-            raise InputError(f"--shard: {name} takes no weights, got {text!r}")
-        return ShardSpec(name)
-    try:
-        weights = tuple(float(w) for w in rest.split(","))
-    except ValueError:
-        raise InputError(f"--shard: weights must be numbers, got {rest!r}") from None
-    if not rest or any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise InputError(f"--shard: weights must be finite, >= 0 and not all 0, got {rest!r}")
-    return ShardSpec("weighted", weights)
+def even_bounds(n: int, size: int, lo: int = 0) -> list[int]:
+    """Bounds of ``size`` contiguous parts of [lo, lo + n) whose sizes differ by at most one
+    (part r is [b[r], b[r+1])): a parameter vector's slices, a prediction round's rows. Shards use
+    block_offsets, whose leftover rows go to the lowest ranks (kept: it defines saved shards)."""
+    return [lo + n * r // size for r in range(size + 1)]
 
 
 def block_offsets(n_rows: int, size: int, weights=None) -> np.ndarray:

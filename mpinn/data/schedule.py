@@ -25,8 +25,8 @@ import numpy as np
 
 from mpinn.errors import InputError
 from mpinn.data.permutation import KeyedPermutation
+from mpinn.options import PERMUTATIONS
 
-PERMUTATIONS = ("auto", "sklearn", "keyed")
 # Up to here the default is scikit-learn's own permutation (about 20 bytes a row on every rank,
 # 200 MB at this size); above it, parity with a library that holds all rows in one process
 # is not the point any more, and the per-rank cost of the keyed permutation is n/N.

@@ -82,7 +82,7 @@ class MLPClassifier(_FitMLP):
         """Labels -> output space (LabelBinarizer's), class_weight folded into the weights."""
         if y_all is None:  # HDF5: the classes from every rank's rows
             if yl.ndim == 2:
-                from mpinn.train.problem import collective_check
+                from mpinn.parallel.agree import collective_check
 
                 collective_check(comm, None if np.isin(yl, (0, 1)).all() else
                                  "Unknown label type: multiclass-multioutput (2-D labels must be 0/1 indicators)")

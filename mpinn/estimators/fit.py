@@ -38,7 +38,8 @@ class _FitMLP(_BaseMLP):
         "y"; sample_weight may name a weight dataset in the file).
         """
         from mpinn.data.partition import make_shard
-        from mpinn.train.problem import collective_check, load_shard
+        from mpinn.parallel.agree import collective_check
+        from mpinn.train.problem import load_shard
 
         if hasattr(X, "filename") and hasattr(X, "keys"):  # an open h5py.File: read by name
             X = X.filename
@@ -121,7 +122,7 @@ class _FitMLP(_BaseMLP):
         checkpointer = self._checkpointer(comm)
         from mpinn.train.config import config_from_estimator
         from mpinn.train.problem import Problem
-        from mpinn.parallel.sync import parse_sync
+        from mpinn.options import parse_sync
 
         try:
             parse_sync(self.sync)
@@ -201,7 +202,7 @@ class _FitMLP(_BaseMLP):
         if not self.checkpoint:
             return None
         from mpinn.train.checkpoint import Checkpointer
-        from mpinn.train.problem import decide_on_root
+        from mpinn.parallel.agree import decide_on_root
 
         ck = Checkpointer(os.fspath(self.checkpoint), comm, keep=self.keep_checkpoints)
         decide_on_root(comm, ck.check_writable)

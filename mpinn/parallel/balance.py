@@ -23,19 +23,12 @@ import math
 
 from mpinn.errors import InputError
 
-BALANCES = ("static", "dynamic")
 SLOW_ENV = "MPINN_SLOW"
 HYSTERESIS = 0.10   # move rows only for a predicted step time more than 10% shorter
 MIN_WINDOW = 0.02   # busy seconds (of the busiest rank) a decision rests on, at least
 SMOOTHING = 0.5     # weight of the newest window in a rank's speed estimate
 MIN_SHARE = 0.02    # x an equal share: every rank keeps some rows, so its speed stays measured
 MAX_INTERVAL = 20   # steps between two looks at the measured speeds, at most
-
-
-def parse_balance(text) -> str:
-    if text not in BALANCES:
-        raise InputError(f"--balance: choose from {', '.join(BALANCES)}, got {text!r}")
-    return text
 
 
 def parse_slow(text, size) -> dict:

@@ -34,14 +34,13 @@ import time
 import numpy as np
 
 from mpinn.nn.model import weight_ranges
-from mpinn.parallel.sync import Replicated
+from mpinn.parallel.step import StepStrategy
 
 
-class LocalAveraging:
+class LocalAveraging(StepStrategy):
     """Local steps, and a weighted average of the models every ``every`` steps and at epoch ends."""
 
     local = True
-    take_reductions, _taken = Replicated.take_reductions, 0
 
     def __init__(self, comm, model, params, replicated, every, warmup_steps=0, clock=None):
         """``replicated`` is the allreduce strategy over the same params and optimizer (the

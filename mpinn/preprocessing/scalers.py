@@ -20,20 +20,6 @@ from mpinn.preprocessing.stats import (block_moments, blocks_moments, closing_bl
                            is_constant, local_minmax, nonzero_scale, reduce_moments, reduce_range, row_blocks)
 
 ROWS = ("global", "local")
-# `mpinn train --scale`'s names, defined in scaler_train.py (which imports this module), importable
-# from here too (mpinn.preprocessing.fit_scaler, as docs/api.md names it), loaded when first asked for.
-_TRAIN_NAMES = ("SCALES", "fit_scaler", "scale_problem", "apply_scaler", "scaler_kind", "scaler_arrays",
-                "scaler_from_arrays")
-
-
-def __getattr__(name):
-    if name in _TRAIN_NAMES:
-        from mpinn.preprocessing import training as scaler_train
-
-        return getattr(scaler_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ---- the transformers -------------------------------------------------------------------------
 
 
@@ -132,7 +118,7 @@ class _Scaler:
         rank's rows, read in chunks), or from arrays (rows='global': every rank passes the same
         arrays and takes its shard; rows='local': every rank passes its own rows)."""
         from mpinn.data.partition import make_shard
-        from mpinn.train.problem import collective_check
+        from mpinn.parallel.agree import collective_check
 
         if self.rows not in ROWS:
             raise ValueError(f"The 'rows' parameter of {type(self).__name__} must be one of {ROWS}. "
@@ -144,7 +130,7 @@ class _Scaler:
             if sample_weight is not None:
                 raise ValueError("sample_weight is not supported with an HDF5 path")
             from mpinn.data import hdf5 as datamod
-            from mpinn.train.problem import decide_on_root
+            from mpinn.parallel.agree import decide_on_root
             from mpinn.data.stream import StreamingRows
 
             path = os.fspath(X)

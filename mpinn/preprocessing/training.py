@@ -13,7 +13,6 @@ import numpy as np
 from mpinn.preprocessing.scalers import MinMaxScaler, StandardScaler
 from mpinn.preprocessing.stats import blocks_moments, reduce_moments, reduce_range, row_blocks
 
-SCALES = ("standard", "minmax", "none")
 
 _KINDS = {"standard": StandardScaler, "minmax": MinMaxScaler}
 # What a checkpoint stores of each kind (under state/scaler/<kind>/), everything predict needs.

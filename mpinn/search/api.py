@@ -150,7 +150,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         on the others (they need only to know which tasks are done)."""
         if log is None:
             return {}
-        from mpinn.train.problem import decide_on_root
+        from mpinn.parallel.agree import decide_on_root
 
         found = {}
 

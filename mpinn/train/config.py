@@ -15,15 +15,8 @@ from dataclasses import dataclass
 from mpinn.errors import InputError
 from mpinn.nn.model import HIDDEN_ACTIVATIONS
 from mpinn.nn.optim import SCHEDULES, SOLVERS, make_optimizer
-from mpinn.parallel.balance import BALANCES
-from mpinn.data.partition import parse_shard
-from mpinn.preprocessing.training import SCALES
-from mpinn.data.schedule import PERMUTATIONS
-from mpinn.parallel.sync import parse_sync
+from mpinn.options import BALANCES, DTYPES, PERMUTATIONS, SCALES, SHUFFLES, TASKS, parse_shard, parse_sync
 
-TASKS = ("auto", "classify", "regress")
-SHUFFLES = ("global", "local", "none")
-DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -97,6 +90,14 @@ class TrainConfig:
         d = {k: _coerce(k, v) for k, v in d.items()}
         return cls(**d).validate()
 
+    def check_streaming(self):
+        """Streaming reads each shard front to back in chunks: the batches must follow that order."""
+        if self.shuffle == "global":
+            raise InputError("--stream: use --shuffle none (the same batches as in memory) or local (chunk order "
+                             "and rows within chunks shuffled); global would read the whole shard every batch")
+        if self.test_fraction:
+            raise InputError("--stream: hold out test rows with --test-data, not --test-fraction")
+
     def validate(self):
         def bad(option, value, why):
             raise InputError(f"--{option.replace('_', '-')}: {why}, got {value!r}")
@@ -162,17 +163,8 @@ class TrainConfig:
             raise InputError("--resume needs --checkpoint DIR (the directory to resume from)")
         parse_shard(self.shard)
         if self.stream:
-            check_streaming(self)
+            self.check_streaming()
         return self
-
-
-def check_streaming(cfg):
-    """Streaming reads each shard front to back in chunks: the batches must follow that order."""
-    if cfg.shuffle == "global":
-        raise InputError("--stream: use --shuffle none (the same batches as in memory) or local (chunk order "
-                         "and rows within chunks shuffled); global would read the whole shard every batch")
-    if cfg.test_fraction:
-        raise InputError("--stream: hold out test rows with --test-data, not --test-fraction")
 
 
 # Options a resumed run may change; every other one must equal the checkpoint's.

@@ -22,11 +22,12 @@ from mpinn.train.evaluation import evaluate, test_fields
 from mpinn.parallel.faults import Preemption, inject, verdict
 from mpinn.train.logs import MetricsWriter, epoch_line
 from mpinn.nn.model import MLP, encode_targets
-from mpinn.data.partition import parse_shard
+from mpinn.options import parse_shard
 from mpinn.train.problem import labels_as_classes
 from mpinn.train.rebalancing import LoadBalancing
 from mpinn.data.schedule import BatchSchedule, resolve_permutation
 from mpinn.parallel.sync import make_sync
+from mpinn.train.config import optimizer_from_config
 from mpinn.train.state import LoopState
 
 __all__ = ["LoopState", "Trainer", "TrainingDiverged", "build_model", "evaluate"]
@@ -80,7 +81,9 @@ class Trainer:
         if cfg.solver == "lbfgs":  # scipy's optimizer, see lbfgs.py
             self.sync, self.params, self.optimizer = None, params, None
         else:
-            self.sync = make_sync(sync or cfg.sync, comm, self.model, params, cfg, optimizer,
+            self.sync = make_sync(sync or cfg.sync, comm, self.model, params,
+                                  lambda n: optimizer_from_config(cfg, n, self.model.dtype), cfg.alpha,
+                                  warmup_steps=cfg.sync_warmup_steps, optimizer=optimizer,
                                   clock=lambda: self.loop.global_step)
             self.params, self.optimizer = self.sync.params, self.sync.optimizer
         self.schedule = self._make_schedule()

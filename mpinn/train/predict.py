@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from mpinn.data.partition import even_bounds
 from mpinn.errors import InputError
 from mpinn.nn.fitted import class_index, class_proba
 
@@ -34,7 +35,7 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
 
     from mpinn.data import hdf5 as datamod
     from mpinn.atomic import AtomicH5
-    from mpinn.train.problem import decide_on_root
+    from mpinn.parallel.agree import decide_on_root
 
     info = datamod.DataInfo(**decide_on_root(
         comm, lambda: datamod.inspect(path, x_name, require_y=False).to_json()))
@@ -58,7 +59,7 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
             X = f[x_name]
             for lo in range(0, n, per_round):
                 hi = min(lo + per_round, n)
-                bounds = [lo + (hi - lo) * q // size for q in range(size + 1)]
+                bounds = even_bounds(hi - lo, size, lo)
                 a, b = bounds[comm.rank], bounds[comm.rank + 1]
                 scores = fitted.forward(X[a:b]) if b > a else np.zeros((0, fitted.n_outputs_))
                 scores = comm.gather_rows(np.ascontiguousarray(scores, dtype=np.float64))

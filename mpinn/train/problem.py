@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpinn.data import hdf5 as datamod
-from mpinn.train.config import check_streaming
 from mpinn.errors import InputError
 from mpinn.data.partition import Shard, make_shard
 from mpinn.data.schedule import TrainRows, resolve_permutation, split_rows
+from mpinn.parallel.agree import collective_check, decide_on_root
 
 # Class labels are integers; the set present is found by a MAX-reduction of a presence
 # vector over [min, max], which stays small for any sane label coding.
@@ -56,28 +56,7 @@ class Problem:
             self.stream.close()
 
 
-def decide_on_root(comm, fn):
-    """Run ``fn`` on rank 0 only; every rank gets its JSON result or raises its InputError."""
-    result, error = None, None
-    if comm.rank == 0:
-        try:
-            result = fn()
-        except InputError as exc:
-            error = str(exc)
-    ok, payload = comm.bcast_json([error is None, result if error is None else error])
-    if not ok:
-        raise InputError(payload)
-    return payload
-
-
-def collective_check(comm, message):
-    """Raise on every rank if any rank found a problem (its message, lowest rank first)."""
-    message = comm.any_error(message)
-    if message is not None:
-        raise InputError(message)
-
-
-def _first_non_finite_row(X, block=None):
+def first_non_finite_row(X, block=None):
     """Index of the first row holding NaN or Inf, or None; checked a block of rows at a time
     so the check never allocates a mask the size of the shard (peak memory = shard + a little).
 
@@ -92,10 +71,10 @@ def _first_non_finite_row(X, block=None):
     return None
 
 
-def _check_values(comm, X, y, path, task, shard=None):
+def check_values(comm, X, y, path, task, shard=None):
     """Each rank checks its own rows; the verdict is agreed by all (see collective_check)."""
     problem = None
-    bad = X.first_non_finite_row() if hasattr(X, "first_non_finite_row") else _first_non_finite_row(X)
+    bad = X.first_non_finite_row() if hasattr(X, "first_non_finite_row") else first_non_finite_row(X)
     if bad is not None:
         where = f"row {int(shard.rows[bad])}" if shard is not None else f"row {bad} of rank {comm.rank}'s part"
         problem = f"{path}: features contain NaN or Inf ({where})"
@@ -199,7 +178,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
 
     stream = stream or cfg.stream
     if stream:
-        check_streaming(cfg)
+        cfg.check_streaming()
     shard = make_shard(info.n_rows, comm.rank, comm.size, cfg.shard, seed=cfg.seed)
     with h5py.File(cfg.data, "r") as f:
         X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=not stream)
@@ -210,7 +189,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
     reason = None
     if task == "auto":
         task, reason = auto_task(comm, info, y, shard)
-    _check_values(comm, X, y, cfg.data, task, shard)
+    check_values(comm, X, y, cfg.data, task, shard)
 
     test_X = test_y = None
     # Each rank finds its own training and test rows (O(n/N) with the keyed permutation).
@@ -222,7 +201,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         test_shard = make_shard(test_info.n_rows, comm.rank, comm.size, "block")
         with h5py.File(cfg.test_data, "r") as f:
             test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
-        _check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
+        check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
 
     problem = Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
                       n_features=info.n_features, class_names=info.class_names,
@@ -278,7 +257,7 @@ def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
     shard = make_shard(len(X), comm.rank, comm.size, cfg.shard, seed=cfg.seed)
     Xl = np.ascontiguousarray(shard.take(X), dtype=cfg.dtype)
     yl = shard.take(y)
-    _check_values(comm, Xl, yl, "X", task, shard)
+    check_values(comm, Xl, yl, "X", task, shard)
     problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=datamod.index_dtype(len(X))),
                       n_features=X.shape[1])
     if task == "classify":
@@ -315,5 +294,5 @@ def load_shard(path, comm, *, x_name="X", y_name="y", w_name=None, shard="block"
     with h5py.File(path, "r") as f:
         X, y = datamod.read_shard(f, info, shard, dtype)
         w = datamod.read_rows(f[w_name], shard, dtype) if w_name else None
-    _check_values(comm, X, y, path, task, shard)
+    check_values(comm, X, y, path, task, shard)
     return X, y, w, shard
