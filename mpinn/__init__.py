@@ -1,7 +1,7 @@
 """mpinn: data-parallel MLP training with numpy on every MPI rank, data in HDF5.
 
 Importing the package does not import mpi4py: the math and I/O modules run serially,
-and MPI is initialised only when a communicator is first asked for (see comm.py).
+and MPI is initialised only when a communicator is first asked for (see parallel/comm.py).
 """
 
 __version__ = "0.1.0"
@@ -21,7 +21,7 @@ def load(path):
 def __getattr__(name):
     # The estimators are imported on first use, so `import mpinn` stays light.
     if name in ("MLPClassifier", "MLPRegressor"):
-        from mpinn.estimators import classes as estimators
+        from mpinn import estimators
 
         return getattr(estimators, name)
     if name == "Preempted":  # an estimator's fit stopped by SIGTERM/SIGUSR1 (docs/api.md)
@@ -29,18 +29,18 @@ def __getattr__(name):
 
         return Preempted
     if name in ("GridSearchCV", "RandomizedSearchCV"):  # needs scikit-learn (docs/search.md)
-        from mpinn.search import api as search
+        from mpinn.search import api
 
-        return getattr(search, name)
+        return getattr(api, name)
     if name in ("StandardScaler", "MinMaxScaler"):  # statistics reduced across ranks (docs/api.md)
-        from mpinn.preprocessing import scalers as preprocessing
+        from mpinn import preprocessing
 
         return getattr(preprocessing, name)
     raise AttributeError(f"module 'mpinn' has no attribute {name!r}")
 
 
 def abort_on_exception():
-    """Install an excepthook that ends every rank when any rank raises (see comm.py)."""
+    """Install an excepthook that ends every rank when any rank raises (see parallel/comm.py)."""
     from mpinn.parallel.comm import abort_on_exception as install
 
     install()

@@ -19,6 +19,7 @@ Every loss, every step strategy, serially here and on every rank in the MPI suit
 runs it on 2 and 3 ranks).
 """
 
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -59,11 +60,11 @@ def _trainer(comm, loss, sync, solver="adam", weighted=False, n=1100):
                       sync="allreduce" if sync == "overlap" else sync).validate()
     problem = problem_from_arrays(X, y, cfg, comm, task=task)
     if weighted:
-        problem.sample_weight = rng.uniform(0.5, 2.0, len(problem.X))
+        problem = dataclasses.replace(problem, sample_weight=rng.uniform(0.5, 2.0, len(problem.X)))
     model = None
     if output == "exp":  # MLPRegressor(loss="poisson")'s network; targets as the estimator gives them
         model = MLP([7, 13, 5, 1], output="exp")
-        problem.Y = np.asarray(problem.y, dtype=float).reshape(-1, 1)
+        problem = dataclasses.replace(problem, Y=np.asarray(problem.y, dtype=float).reshape(-1, 1))
     trainer = Trainer(cfg, problem, comm, log=lambda line: None, model=model, sync=sync)
     assert trainer.model.loss == loss.replace("_2_outputs", "")
     return trainer

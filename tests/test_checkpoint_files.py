@@ -8,7 +8,7 @@ from mpinn.train import checkpoint
 from mpinn.train.checkpoint import Checkpointer, checkpoint_order, prune, resolve
 from mpinn.parallel.comm import Comm
 from mpinn.train.config import TrainConfig
-from mpinn.estimators.fit import _SerialComm
+from mpinn.parallel.comm import SerialComm
 from mpinn.train.problem import problem_from_arrays
 from mpinn.train.loop import Trainer
 
@@ -43,7 +43,7 @@ def test_checkpoint_directory_is_synced_before_latest_names_it(tmp_path, monkeyp
     rng = np.random.RandomState(0)
     X, y = rng.normal(size=(30, 3)), rng.randint(0, 2, 30)
     cfg = TrainConfig(hidden=(4,), epochs=1, batch_size=10).validate()
-    comm = Comm(_SerialComm())
+    comm = Comm(SerialComm())
     trainer = Trainer(cfg, problem_from_arrays(X, y, cfg, comm), comm, log=lambda line: None)
     trainer.fit()
     monkeypatch.setattr(checkpoint.os, "fsync", fsync)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mpinn.data import hdf5 as datamod
+from mpinn.data import schedule
 from mpinn.data.builtin import write_hdf5
 from mpinn.errors import InputError
 from mpinn.data.partition import make_shard
@@ -109,7 +110,7 @@ def test_inspect_reports_layout_problems(tmp_path):
 def test_split_equals_sklearn_train_test_split():
     ms = pytest.importorskip("sklearn.model_selection")
     for n, frac, seed in [(150, 0.2, 42), (101, 0.33, 0), (10, 0.25, 7)]:
-        train, test = datamod.train_test_split_indices(n, frac, seed)
+        train, test = schedule.train_test_split_indices(n, frac, seed)
         sk_train, sk_test = ms.train_test_split(np.arange(n), test_size=frac, random_state=seed)
         assert train.tolist() == sk_train.tolist() and test.tolist() == sk_test.tolist()
 
@@ -119,7 +120,7 @@ def test_global_schedule_reproduces_sklearn_shuffles():
     n, batch = 37, 10
     rows = np.arange(n)
     shard = make_shard(n, 0, 1)
-    sched = datamod.BatchSchedule(rows, batch, "global", np.random.RandomState(5), shard)
+    sched = schedule.BatchSchedule(rows, batch, "global", np.random.RandomState(5), shard)
     sk_rng, sample_idx = np.random.RandomState(5), np.arange(n)
     for _ in range(4):
         ours = np.concatenate(list(sched.epoch()))
@@ -132,11 +133,11 @@ def test_global_schedule_reproduces_sklearn_shuffles():
 def test_ranks_together_take_exactly_the_global_batches(shuffle, spec):
     n, batch, size = 53, 8, 3
     train_rows = np.random.RandomState(0).permutation(n)[:45]
-    ref = datamod.BatchSchedule(train_rows, batch, shuffle, np.random.RandomState(9), make_shard(n, 0, 1))
+    ref = schedule.BatchSchedule(train_rows, batch, shuffle, np.random.RandomState(9), make_shard(n, 0, 1))
     per_rank = []
     for r in range(size):
         shard = make_shard(n, r, size, spec)
-        sched = datamod.BatchSchedule(train_rows, batch, shuffle, np.random.RandomState(9), shard)
+        sched = schedule.BatchSchedule(train_rows, batch, shuffle, np.random.RandomState(9), shard)
         per_rank.append([[shard.rows[p] for p in sched.epoch()] for _ in range(3)])
     for epoch in range(3):
         # With one rank, local positions are global row ids.
@@ -151,7 +152,7 @@ def test_local_shuffle_visits_each_owned_row_once_per_epoch():
     steps = None
     for r in range(size):
         shard = make_shard(n, r, size)
-        sched = datamod.BatchSchedule(np.arange(n), batch, "local", np.random.RandomState(0), shard, local_seed=3)
+        sched = schedule.BatchSchedule(np.arange(n), batch, "local", np.random.RandomState(0), shard, local_seed=3)
         pieces = list(sched.epoch())
         steps = steps or len(pieces)
         assert len(pieces) == steps == 8  # lockstep: same step count on every rank
@@ -194,10 +195,10 @@ def test_int32_order_gives_the_int64_batches(spec):
     """Train rows and the epoch's order are kept as int32 (index_dtype): the same draws and the
     same batches as the int64 arrays they replace; checkpoints still get the order as int64."""
     n, batch, size = 1000, 64, 3
-    train, _ = datamod.train_test_split_indices(n, 0.2, 3)
-    assert train.dtype == np.int32 and datamod.index_dtype(2**31) == np.int64
+    train, _ = schedule.train_test_split_indices(n, 0.2, 3)
+    assert train.dtype == np.int32 and schedule.index_dtype(2**31) == np.int64
     want = _old_global_batches(train, batch, 11, 3)
-    scheds = [datamod.BatchSchedule(train, batch, "global", np.random.RandomState(11), make_shard(n, r, size, spec))
+    scheds = [schedule.BatchSchedule(train, batch, "global", np.random.RandomState(11), make_shard(n, r, size, spec))
               for r in range(size)]
     for epoch in range(3):
         parts = [[s.shard.rows[p] for p in s.epoch(epoch)] for s in scheds]
@@ -208,7 +209,7 @@ def test_int32_order_gives_the_int64_batches(spec):
         state = scheds[0].state()["order"]
         assert state.dtype == np.int64
     # Resume: a schedule restored from the int64 state continues with the same batches.
-    fresh = datamod.BatchSchedule(train, batch, "global", np.random.RandomState(11), make_shard(n, 0, 1))
+    fresh = schedule.BatchSchedule(train, batch, "global", np.random.RandomState(11), make_shard(n, 0, 1))
     fresh.load_state({"order": scheds[0].state()["order"]})
     assert fresh.order.dtype == np.int32
     assert np.array_equal(fresh.order, scheds[0].order)

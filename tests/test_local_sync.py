@@ -8,12 +8,14 @@ update is linear in the gradient), warm-up steps are allreduce steps, and a pree
 resumes to the uninterrupted one at the same rank count and continues on another.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from mpinn.parallel.comm import Comm
 from mpinn.train.config import TrainConfig
-from mpinn.estimators.fit import _SerialComm
+from mpinn.parallel.comm import SerialComm
 from mpinn.train.problem import problem_from_arrays
 from mpinn.options import parse_sync
 from mpinn.train.loop import Trainer
@@ -35,8 +37,9 @@ def _trainer(comm, sync, checkpointer=None, faults=None, weights=False, **kw):
     cfg = TrainConfig(**{"hidden": (23, 11), "epochs": 4, "batch_size": 17, "seed": 5, "solver": "adam",
                          "alpha": 1e-3, "sync": sync, "n_iter_no_change": 100, **kw}).validate()
     problem = problem_from_arrays(X, y, cfg, comm)
-    if weights:
-        problem.sample_weight = problem.shard.take(np.linspace(0.5, 2.0, len(X)))
+    if weights is not False:  # True: non-uniform weights; or the weight of every row
+        w = np.linspace(0.5, 2.0, len(X)) if weights is True else weights
+        problem = dataclasses.replace(problem, sample_weight=problem.shard.take(w))
     return Trainer(cfg, problem, comm, log=lambda line: None, checkpointer=checkpointer, faults=faults)
 
 
@@ -49,7 +52,7 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("solver,weights", [("adam", False), ("adam", True), ("sgd", False)])
 def test_one_rank_local_is_the_allreduce_run_bit_for_bit(solver, weights):
-    comm = Comm(_SerialComm())
+    comm = Comm(SerialComm())
     ref = _trainer(comm, "allreduce", solver=solver, weights=weights, lr=0.01).fit()
     for k in (1, 3):
         local = _trainer(comm, f"local:{k}", solver=solver, weights=weights, lr=0.01).fit()
@@ -139,6 +142,70 @@ def test_every_step_averaged_sgd_is_the_allreduce_update(world, solver):
     np.testing.assert_allclose(local.loss_curve, alone.loss_curve, rtol=1e-12)
     adam = _trainer(Comm(world), "local:1").fit()  # Adam is not linear: another model
     assert _rel(adam.params, _trainer(Comm(MPI.COMM_SELF), "allreduce").fit().params) > 1e-6
+
+
+@pytest.mark.mpi(min_size=2)
+def test_one_step_windows_report_the_allreduce_loss_with_sample_weights(world):
+    """With sample weights the epoch loss is allreduce's, sum over steps of B * L / S (B the
+    batch's rows, L and S its weighted loss and weight sums over all ranks), not the ranks'
+    sum of m_r * L_r / S_r: the same loss curve and the same stopping epoch."""
+    kw = dict(solver="sgd", lr=0.05, weights=True, epochs=60, n_iter_no_change=2, tol=1e-2)
+    ref = _trainer(Comm(world), "allreduce", **kw).fit()
+    local = _trainer(Comm(world), "local:1", **kw).fit()
+    assert ref.stop_reason == "converged" and local.stop_reason == "converged"
+    assert local.epoch == ref.epoch  # n_iter_
+    assert np.max(np.abs(np.subtract(local.loss_curve, ref.loss_curve))) <= 1e-12
+    assert _same_on_every_rank(world, local.loss_curve)
+
+
+def _recording(trainer):
+    """After every step's settle: (the contribution it returned, the parameters, Adam's t)."""
+    seen, settle = [], trainer.sync.settle
+
+    def record(contribution, stop, last_in_epoch):
+        out = settle(contribution, stop, last_in_epoch)
+        seen.append((out[0], trainer.params.copy(), getattr(trainer.optimizer, "t", None)))
+        return out
+
+    trainer.sync.settle = record
+    return seen
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_window_without_weight_leaves_the_model_as_it_is(world, solver, k):
+    """Rows 34-67, the 3rd and 4th batch of every epoch (--shuffle none), weigh 0 on every
+    rank: no rank steps there, and the average keeps the model (not 0/0: NaN) and Adam's t."""
+    w = np.linspace(0.5, 2.0, 131)
+    w[2 * 17:4 * 17] = 0
+    trainer = _trainer(Comm(world), f"local:{k}", solver=solver, weights=w, shuffle="none", lr=0.01)
+    seen = _recording(trainer)
+    trainer.fit()
+    assert trainer.epoch == 4 and np.isfinite(trainer.params).all()
+    assert _same_on_every_rank(world, trainer.params)
+    assert trainer.loss_curve[-1] < trainer.loss_curve[0]
+    for epoch in range(4):
+        before, zero, window_end = (seen[epoch * STEPS + i] for i in (1, 2, 3))
+        assert zero[0] == window_end[0] == 0.0  # an all-zero batch adds 0, as with allreduce
+        assert np.array_equal(window_end[1], before[1]) and window_end[2] == before[2]
+        assert seen[epoch * STEPS + 5][0] > 0
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_rank_without_weight_has_no_say(world):
+    """Rank 0's rows all weigh 0: it does not step, and its (old) model must not pull the
+    average back; with one-step windows and SGD the run is the allreduce run (without the L2
+    term, whose share of a rank with rows but no weight is lost, see local_averaging.py)."""
+    rows = _trainer(Comm(world), "allreduce").problem.shard.rows  # collective
+    first = world.bcast(rows, root=0)
+    w = np.linspace(0.5, 2.0, 131)
+    w[first] = 0
+    kw = dict(solver="sgd", lr=0.05, alpha=0.0, weights=w)
+    ref = _trainer(Comm(world), "allreduce", **kw).fit()
+    local = _trainer(Comm(world), "local:1", **kw).fit()
+    assert np.isfinite(local.params).all() and _rel(local.params, ref.params) <= 1e-12
+    assert np.max(np.abs(np.subtract(local.loss_curve, ref.loss_curve))) <= 1e-12
 
 
 @pytest.mark.mpi(min_size=2)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mpinn.nn.model import HIDDEN_ACTIVATIONS, MLP, encode_targets
+from mpinn.nn.activations import HIDDEN_ACTIVATIONS
+from mpinn.nn.model import MLP, encode_targets
 
 OUTPUTS = {"softmax": 3, "logistic": 1, "identity": 2, "exp": 1}
 

@@ -221,13 +221,15 @@ def test_fit_scaler_on_some_rows_equals_sklearn_and_survives_a_checkpoint():
 
 def test_names_stay_importable_from_mpinn_preprocessing():
     """The statistics and `mpinn train --scale`'s functions have their own modules;
-    mpinn.preprocessing.scalers still offers them (docs/api.md names mpinn.preprocessing.scalers.fit_scaler)."""
-    from mpinn.preprocessing import scalers as preprocessing
+    mpinn.preprocessing still offers them (docs/api.md names mpinn.preprocessing.fit_scaler)."""
+    import mpinn.options
+    import mpinn.preprocessing as preprocessing
     from mpinn.preprocessing import training as scaler_train
 
     for name in ("block_moments", "combine_moments", "reduce_moments", "local_minmax", "row_blocks"):
         assert getattr(preprocessing, name) is getattr(S, name)
-    for name in ("SCALES", "fit_scaler", "scale_problem", "apply_scaler", "scaler_kind", "scaler_arrays",
+    assert preprocessing.SCALES is mpinn.options.SCALES
+    for name in ("fit_scaler", "scale_problem", "apply_scaler", "scaler_kind", "scaler_arrays",
                  "scaler_from_arrays"):
         assert getattr(preprocessing, name) is getattr(scaler_train, name)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
@@ -269,7 +271,7 @@ def test_standard_scaling_trains_what_no_scaling_cannot(scaled_runs):
 
 
 def test_statistics_are_the_training_rows_on_any_rank_count(scaled_runs):
-    from mpinn.data.hdf5 import train_test_split_indices
+    from mpinn.data.schedule import train_test_split_indices
 
     d, X, runs = scaled_runs
     one, three = _stored(d / "standard"), _stored(d / "standard3")

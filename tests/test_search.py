@@ -154,7 +154,7 @@ def test_allocations_order_and_balance():
 
 
 def test_grid_file_rules(tmp_path):
-    from mpinn.cli.search import _estimator_values, parse_grid
+    from mpinn.cli.search import estimator_values, parse_grid
     from mpinn.errors import InputError
 
     path = tmp_path / "grid.toml"
@@ -162,9 +162,9 @@ def test_grid_file_rules(tmp_path):
                     'seed = 3\nshuffle = ["global", "none"]\n')
     fixed, varied = parse_grid(str(path), randomized=False)
     assert fixed == {"epochs": 20, "seed": 3}
-    assert _estimator_values("hidden", varied["hidden"]) == ("mlp__hidden_layer_sizes", [(10,), (50,), (100, 50)])
-    assert _estimator_values("lr", varied["lr"]) == ("mlp__learning_rate_init", [0.001, 0.01])
-    assert _estimator_values("shuffle", varied["shuffle"]) == ("mlp__shuffle", [True, False])
+    assert estimator_values("hidden", varied["hidden"]) == ("mlp__hidden_layer_sizes", [(10,), (50,), (100, 50)])
+    assert estimator_values("lr", varied["lr"]) == ("mlp__learning_rate_init", [0.001, 0.01])
+    assert estimator_values("shuffle", varied["shuffle"]) == ("mlp__shuffle", [True, False])
     path.write_text('hidden = [64, 32]\nalpha = {loguniform = [1e-5, 1e-1]}\nscale = ["standard", "none"]\n')
     fixed, varied = parse_grid(str(path), randomized=True)
     assert fixed == {"hidden": [64, 32]} and varied["alpha"] == {"loguniform": [1e-5, 1e-1]}
@@ -173,7 +173,7 @@ def test_grid_file_rules(tmp_path):
         path.write_text(text + "\n")
         with pytest.raises(InputError, match=match):
             parse_grid(str(path), randomized=True)
-    name, steps = _estimator_values("scale", varied["scale"])
+    name, steps = estimator_values("scale", varied["scale"])
     assert name == "scale" and type(steps[0]).__name__ == "StandardScaler" and steps[1] == "passthrough"
     for text, match in [("lr = []", "empty list"), ("learning-rate = [0.1]", "not a searchable"),
                         ('lr = ["fast"]', "lr: expected int/float"), ("lr = [0.1, -1.0]", "must be > 0"),

@@ -117,7 +117,7 @@ def test_bad_grid_on_every_rank(iris, tmp_path):
 
 
 # Row 0 holds a NaN, so fold 0's fit raises at once; folds 1 and 2 are long fits (about 190,000
-# steps each) that the other groups are in the middle of when the job must end.
+# steps each) that the other groups are in the middle of when the search must stop.
 RAISING = textwrap.dedent("""
     import sys, time, warnings
     warnings.simplefilter("ignore")
@@ -133,7 +133,11 @@ RAISING = textwrap.dedent("""
     search = mpinn.GridSearchCV(est, {"alpha": [1e-4]}, cv=cv, error_score="raise", group_size=int(sys.argv[1]),
                                 allocation="round-robin")
     print("start", time.time(), flush=True)
-    search.fit(X, y)
+    try:
+        search.fit(X, y)
+    except ValueError as exc:  # the estimator's own error, on every rank, as scikit-learn raises it
+        print("raised", type(exc).__name__, str(exc).splitlines()[0], flush=True)
+        sys.exit(1)
     print("finished", flush=True)
 """)
 
@@ -147,6 +151,9 @@ def test_error_score_raise_ends_every_rank_quickly(tmp_path, ranks, group_size):
     ended = time.time()
     started = float(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("start")))
     assert proc.returncode != 0 and "finished" not in proc.stdout
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("mpinn")]
-    assert len(ours) == 1 and "(candidate 0, split 0) failed with error_score='raise'" in ours[0], proc.stderr
+    # No abort: the library raises the failing fit's ValueError on every rank, the other groups
+    # stopping at their next step or task boundary, and the script decides what to do with it.
+    # (the ranks' lines may interleave on the shared stdout: count, do not split)
+    assert proc.stdout.count("raised") == ranks and proc.stdout.count("contains NaN") == ranks, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
     assert ended - started < 10

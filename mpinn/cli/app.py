@@ -22,6 +22,7 @@ from mpinn.cli.predict import add_predict_command
 from mpinn.cli.search import add_search_command
 from mpinn.cli.train import add_train_command
 from mpinn.errors import InputError, JobError
+from mpinn.parallel.faults import Interrupted
 
 
 def build_parser():
@@ -45,6 +46,9 @@ def main(argv=None):
     except JobError as exc:  # raised on every rank together: one line, no abort
         say(f"mpinn: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:  # Ctrl-C that every rank acted on together (a search): no abort
+        say(f"mpinn: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # Ctrl-C outside `train`'s loop (which stops all ranks at one step)
         say("mpinn: interrupted", file=sys.stderr)
         if "mpi4py.MPI" in sys.modules and launched_size() > 1:

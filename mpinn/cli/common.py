@@ -12,8 +12,8 @@ from mpinn.errors import InputError
 
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 75  # as mpinn.faults; resumable: run again with --resume
-EXIT_INTERRUPTED = 130  # as mpinn.faults: SIGINT (Ctrl-C); `train` checkpoints first, resumable too
+EXIT_PREEMPTED = 75  # as parallel/faults.py; resumable: run again with --resume
+EXIT_INTERRUPTED = 130  # as parallel/faults.py: SIGINT (Ctrl-C); `train` checkpoints first, resumable too
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID", "SLURM_PROCID")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -59,14 +59,6 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT)
 
 
-def check_output_file(path, what):
-    if os.path.isdir(path):
-        raise InputError(f"{what}: {path} is a directory; give a file name")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise InputError(f"{what}: cannot write {path} (directory missing or not writable)")
-
-
 def print_report(report, as_json):
     """One JSON object (full precision), or one `key: value` line per entry (lists and dicts as
     JSON), floats shortened for reading."""
@@ -99,10 +91,10 @@ def problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
 
     from mpinn.data import hdf5 as datamod
     from mpinn.data.partition import make_shard
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
     from mpinn.train.problem import Problem
 
-    info = datamod.DataInfo(**decide_on_root(
+    info = datamod.DataInfo(**on_root(
         comm, lambda: datamod.inspect(path, x_name, y_name, require_y=with_y).to_json()))
     if info.n_features != fitted.n_features_in_:
         raise InputError(f"{path}: {info.n_features} features but the model expects {fitted.n_features_in_}")
@@ -117,7 +109,7 @@ def problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
 def load_on_all(comm, path):
     """Every rank loads the checkpoint, after rank 0 has confirmed it is valid."""
     from mpinn.train.checkpoint import load_model
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
 
-    decide_on_root(comm, lambda: load_model(path) and None)
+    on_root(comm, lambda: load_model(path) and None)
     return load_model(path)

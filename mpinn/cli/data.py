@@ -1,7 +1,7 @@
 """`mpinn data iris|synthetic|digits|info|split|convert`: making and converting data files.
 
 Rank 0 alone does the work (under mpiexec the other ranks return at once); the datasets
-themselves are mpinn.datasets. Registered on the `mpinn` parser by cli.build_parser.
+themselves are mpinn.data.builtin. Registered on the `mpinn` parser by app.build_parser.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from mpinn.cli.common import Parser, print_report, env_rank
 
 
 def add_data_commands(sub):
-    """The `data` subcommand and its own subcommands, on cli.build_parser's subparsers."""
+    """The `data` subcommand and its own subcommands, on app.build_parser's subparsers."""
     data = sub.add_parser("data", help="make or convert datasets").add_subparsers(
         dest="data_command", required=True, parser_class=Parser)
     p = data.add_parser("iris", help="write the built-in iris data (150 x 4, 3 classes)")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mpinn.cli.common import check_output_file, load_on_all, print_report, problem_for_model
+from mpinn.atomic import check_output_file
+from mpinn.cli.common import load_on_all, print_report, problem_for_model
 from mpinn.errors import InputError
 
 
@@ -26,13 +27,13 @@ def cmd_eval(args):
     from mpinn.train.checkpoint import read_checkpoint, recorded_split
     from mpinn.parallel.comm import world
     from mpinn.train.evaluation import rows_to_score
-    from mpinn.parallel.agree import collective_check, decide_on_root
+    from mpinn.parallel.agree import collective_check, on_root
     from mpinn.train.problem import labels_as_classes
     from mpinn.train.loop import evaluate
 
     comm = world()
     fitted = load_on_all(comm, args.model)
-    split = decide_on_root(comm, lambda: recorded_split(read_checkpoint(args.model)[0]))
+    split = on_root(comm, lambda: recorded_split(read_checkpoint(args.model)[0]))
     problem, info = problem_for_model(fitted, args.data, args.x_name, args.y_name, comm)
     rows, chosen, note = rows_to_score(args.rows, split, info.n_rows, args.data)
     if chosen is not None:  # this rank's share of the chosen rows
@@ -45,10 +46,10 @@ def cmd_eval(args):
     if args.plot:  # checked on every rank, before any work
         if problem.task != "classify":
             raise InputError("eval --plot draws a confusion matrix: classifiers only")
-        from mpinn.cli.plot import _pyplot, plot_confusion
+        from mpinn.cli.plot import require_pyplot, plot_confusion
 
-        _pyplot()
-        decide_on_root(comm, lambda: check_output_file(args.plot, "--plot"))
+        require_pyplot()
+        on_root(comm, lambda: check_output_file(args.plot, "--plot"))
     report = evaluate(fitted._model, fitted._params, problem, fitted.scale_features(problem.X), problem.y, comm)
     if comm.rank == 0 and args.plot:
         plot_confusion(report, args.plot)

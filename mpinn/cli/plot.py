@@ -9,7 +9,7 @@ from mpinn.cli.common import env_rank
 from mpinn.errors import InputError
 
 
-def _pyplot():
+def require_pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -38,7 +38,7 @@ def plot_metrics(path, out):
     records = read_metrics(path)
     if not records or "loss" not in records[0]:
         raise InputError(f"{path}: no per-epoch records with a loss")
-    plt = _pyplot()
+    plt = require_pyplot()
     epochs = [r["epoch"] for r in records]
     metric = next((k for k in ("test_accuracy", "test_r2", "validation_score") if k in records[0]), None)
     panels = [("loss", "training loss")] + ([(metric, metric.replace("_", " "))] if metric else []) \
@@ -58,7 +58,7 @@ def plot_metrics(path, out):
 
 def plot_confusion(report, out):
     """The confusion matrix of an `mpinn eval` report, counts written in the cells."""
-    plt = _pyplot()
+    plt = require_pyplot()
     cm = report["confusion"]
     labels = [str(c) for c in report["classes"]]
     k = len(labels)

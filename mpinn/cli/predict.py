@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mpinn.cli.common import check_output_file, load_on_all
+from mpinn.atomic import check_output_file
+from mpinn.cli.common import load_on_all
 
 
 def add_predict_command(sub):
@@ -17,12 +18,12 @@ def add_predict_command(sub):
 def cmd_predict(args):
     from mpinn.parallel.comm import world
     from mpinn.train.predict import predict_to_file
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
 
     comm = world()
     fitted = load_on_all(comm, args.model)
-    decide_on_root(comm, lambda: check_output_file(args.out, "--out"))
-    n = predict_to_file(fitted, args.data, args.x_name, args.out, comm)  # in rounds: see predict.py
+    on_root(comm, lambda: check_output_file(args.out, "--out"))
+    n = predict_to_file(fitted, args.data, args.x_name, args.out, comm)  # in rounds: see train/predict.py
     if comm.rank == 0:
         print(f"wrote {n} predictions to {args.out}")
     return 0

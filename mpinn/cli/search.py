@@ -4,7 +4,7 @@ GRID.toml holds `mpinn train` option names: a list is the values to try, a plain
 (`hidden` takes lists of layer sizes: `hidden = [[10], [50], [100, 50]]`; `hidden = [64, 32]` is
 one fixed two-layer value), and with --n-iter a table draws from a distribution
 (`lr = {loguniform = [1e-4, 1e-1]}`, `uniform`, `randint` with both ends included). Every value
-is checked as `mpinn train` checks it, before any training. Registered by cli.build_parser.
+is checked as `mpinn train` checks it, before any training. Registered by app.build_parser.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import threading
 import time
 import warnings
 
-from mpinn.cli.common import check_output_file, say
+from mpinn.atomic import check_output_file
+from mpinn.cli.common import say
 from mpinn.errors import InputError
 
 # Grid keys: the `mpinn train` options that are estimator parameters, and three data options.
@@ -133,7 +134,7 @@ def _distribution(where, field, spec):
     return {kind: bounds}
 
 
-def _estimator_values(field, values):
+def estimator_values(field, values):
     """Grid values under the pipeline parameter's name and in the estimator's spelling."""
     from scipy import stats
 
@@ -161,7 +162,7 @@ def _train_value(field, values, chosen):
     """The `mpinn train` value of ``field`` for the estimator value ``chosen`` of a candidate."""
     if isinstance(values, dict):  # sampled from a distribution: a number
         return int(chosen) if isinstance(values, dict) and "randint" in values else float(chosen)
-    spelled = _estimator_values(field, values)[1]
+    spelled = estimator_values(field, values)[1]
     return values[[repr(v) for v in spelled].index(repr(chosen))]
 
 
@@ -171,9 +172,9 @@ def _load_data(path, x_name, y_name, comm):
     import numpy as np
 
     from mpinn.data import hdf5 as datamod
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
 
-    info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
+    info = datamod.DataInfo(**on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
     with h5py.File(path, "r") as f:
         X = np.asarray(f[x_name][()], dtype=np.float64)
         y = np.array(f[y_name].asstr()[()], dtype=str) if info.y_kind == "str" else f[y_name][()]
@@ -184,7 +185,7 @@ def cmd_search(args):
     import numpy as np
 
     from mpinn.parallel.comm import world
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
     from mpinn.train.problem import check_values
 
     comm = world()
@@ -198,7 +199,7 @@ def cmd_search(args):
         raise InputError("--resume needs --checkpoint DIR (the directory of the search to continue)")
     if not args.results.lower().endswith((".csv", ".jsonl")):
         raise InputError(f"--results: name a .csv or .jsonl file, got {args.results}")
-    fixed, varied = decide_on_root(comm, lambda: parse_grid(args.grid, randomized))
+    fixed, varied = on_root(comm, lambda: parse_grid(args.grid, randomized))
     scoring = _scoring(args.scoring)
     best_dir = os.path.splitext(args.results)[0] + "-best"
 
@@ -215,7 +216,7 @@ def cmd_search(args):
 
             Checkpointer(best_dir, None).check_writable()
 
-    decide_on_root(comm, check_outputs)
+    on_root(comm, check_outputs)
     data = {"x_name": fixed.pop("x_name", "X"), "y_name": fixed.pop("y_name", "y"), "task": fixed.pop("task", "auto")}
     X, y = _load_data(args.data, data["x_name"], data["y_name"], comm)
     task = data["task"]
@@ -250,7 +251,9 @@ def cmd_search(args):
     if not args.no_refit:
         chosen = {field: _train_value(field, values, results["params"][best][option_names()[field]])
                   for field, values in varied.items()}
-        _refit(args, {**data, **fixed, **chosen}, best_dir)
+        code = _refit(args, {**data, **fixed, **chosen}, best_dir)
+        if code:  # preempted (75) or interrupted (130): resumable, and the scheduler must know
+            return code
         say(f"best: candidate {best} ({_describe(chosen)}), mean_test_{metric} "
             f"{results[f'mean_test_{metric}'][best]:.6g}; trained on all rows as `mpinn train` would: "
             f"checkpoint {best_dir}")
@@ -271,7 +274,7 @@ def _make_search(args, task, fixed, varied, scoring):
     mlp = cls(**estimator_params_from_config(TrainConfig(**fixed).to_dict()))
     fixed["scale"] = scale
     base = Pipeline([("scale", _scaler(scale)), ("mlp", mlp)])
-    grid = dict(_estimator_values(field, values) for field, values in varied.items())
+    grid = dict(estimator_values(field, values) for field, values in varied.items())
     cv = (StratifiedKFold if args.stratified else KFold)(args.cv, shuffle=args.seed is not None,
                                                           random_state=args.seed)
     common = dict(scoring=scoring, cv=cv, refit=False, group_size=args.group_size, allocation=args.allocation,
@@ -287,7 +290,7 @@ def _refit(args, values, best_dir):
 
     from mpinn.cli.train import cmd_train
 
-    cmd_train(argparse.Namespace(data=args.data, checkpoint=best_dir, quiet=True, **values))
+    return cmd_train(argparse.Namespace(data=args.data, checkpoint=best_dir, quiet=True, **values))
 
 
 def _describe(values):

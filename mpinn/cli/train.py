@@ -1,6 +1,6 @@
 """`mpinn train`: its options, the configuration they resolve to, the run and --resume.
 
-Registered on the `mpinn` parser by cli.build_parser; exit codes and the shared helpers are
+Registered on the `mpinn` parser by app.build_parser; exit codes and the shared helpers are
 cli.py's.
 """
 
@@ -12,12 +12,13 @@ import os
 import sys
 
 from mpinn import __version__
-from mpinn.cli.common import check_output_file, say
+from mpinn.atomic import check_output_file
+from mpinn.cli.common import say
 from mpinn.errors import InputError
 
 
 def add_train_command(sub):
-    """`mpinn train` on cli.build_parser's subparsers."""
+    """`mpinn train` on app.build_parser's subparsers."""
     p = sub.add_parser("train", help="train an MLP (run under mpiexec -n N)", argument_default=argparse.SUPPRESS)
     _train_args(p)
     p.set_defaults(func=cmd_train)
@@ -123,7 +124,7 @@ def cmd_train(args):
     from mpinn.parallel.balance import SLOW_ENV, parse_slow
     from mpinn.parallel.faults import FAULT_ENV, SIGNALS, Preemption, parse_faults
     from mpinn.train.logs import PROGRESS, EpochLines, ProgressBar
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
     from mpinn.train.problem import load_problem
     from mpinn.train.loop import Trainer
 
@@ -151,7 +152,7 @@ def cmd_train(args):
         if cfg.metrics:
             check_output_file(cfg.metrics, "--metrics")
 
-    decide_on_root(comm, check_outputs)
+    on_root(comm, check_outputs)
     problem = load_problem(cfg, comm)
     # Before the Trainer: the statistics cover every training row (--early-stopping's
     # validation rows too, as scikit-learn's Pipeline(scaler, MLP) does).
@@ -221,7 +222,7 @@ def _read_resume_checkpoint(cfg, comm):
     Rank 0 reads and verifies the file once and broadcasts it: other ranks may not see the
     directory at all (node-local storage), and 1,000 ranks re-reading it would load the file system."""
     from mpinn.train.checkpoint import read_checkpoint, resolve
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
 
     read = {}
 
@@ -231,7 +232,7 @@ def _read_resume_checkpoint(cfg, comm):
         attrs, read["arrays"] = read_checkpoint(resolve(cfg.checkpoint))
         return attrs
 
-    attrs = decide_on_root(comm, pick)
+    attrs = on_root(comm, pick)
     return None if attrs is None else (attrs, comm.bcast_arrays(read.get("arrays")))
 
 

@@ -1,5 +1,5 @@
 """Datasets: the bundled iris data, scikit-learn's digits, synthetic data, and writing data and
-prediction files. Converting, inspecting and splitting existing files is datafiles.py.
+prediction files. Converting, inspecting and splitting existing files is convert.py.
 
 Everything here is serial (no mpi4py): files are prepared once, before a parallel run in which
 every rank reads its own row range of X and y from the HDF5 file written by write_hdf5().

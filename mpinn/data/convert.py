@@ -1,5 +1,5 @@
 """Existing data files: conversion of CSV/NPY/NPZ to mpinn's HDF5 layout, inspection (info) and
-a train/test split. Serial (no mpi4py), like datasets.py, whose write_hdf5 writes the results.
+a train/test split. Serial (no mpi4py), like builtin.py, whose write_hdf5 writes the results.
 """
 
 import csv
@@ -131,7 +131,7 @@ def convert(in_path, out_path, *, label_column=None, x_name="X", y_name="y", chu
 
     ``na``: 'fail' (default) stops at a missing value naming its row, 'drop' leaves such rows
     out. ``features`` / ``drop`` (names or 0-based positions, a list or comma-separated) and
-    ``delimiter`` apply to CSV input; see csvdata.read_csv.
+    ``delimiter`` apply to CSV input; see csvfile.read_csv.
     """
     in_path = os.fspath(in_path)
     src = os.path.basename(in_path)

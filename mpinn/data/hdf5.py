@@ -2,20 +2,18 @@
 
 No MPI here. Each rank opens the file read-only and reads its shard as hyperslabs (one, or
 one per run of a random shard). The train/test split and the global batch schedule live in
-mpinn/schedule.py (re-exported here).
+schedule.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from mpinn.errors import InputError
-from mpinn.data.schedule import BatchSchedule, index_dtype, train_test_split_indices  # noqa: F401 (re-exported)
 
 
 @dataclass

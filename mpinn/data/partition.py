@@ -8,7 +8,7 @@ runs of consecutive rows, repeated every ``period`` rows when the pattern is cyc
                     rank, balanced to within one chunk         (one hyperslab per run)
   strided           row r of every N: one run (r, r+1) of period N (one strided hyperslab)
 
-``shares`` (dynamic load balancing, mpinn/balance.py) replace the equal or static shares:
+``shares`` (dynamic load balancing, parallel/balance.py) replace the equal or static shares:
 block cuts its offsets, random deals out its permuted chunks, and strided becomes
 block-cyclic: each round of G * N rows (G = STRIDED_GROUP, fewer on small data) is cut in
 proportion to the shares.
@@ -36,6 +36,32 @@ def even_bounds(n: int, size: int, lo: int = 0) -> list[int]:
     (part r is [b[r], b[r+1])): a parameter vector's slices, a prediction round's rows. Shards use
     block_offsets, whose leftover rows go to the lowest ranks (kept: it defines saved shards)."""
     return [lo + n * r // size for r in range(size + 1)]
+
+
+# Fixed chunks for sums whose bits do not depend on N (parallel/tree_sum.py): at least this many
+# rows in a chunk, at most this many chunks; the chunking is a function of the row count alone.
+# Below 2 x MIN_CHUNK_ROWS rows there is one chunk: one matmul over all rows, as scikit-learn
+# computes it, so a small problem's L-BFGS run is scikit-learn's (the line search amplifies any
+# other rounding into another model) and such a sum takes microseconds on one rank anyway.
+MIN_CHUNK_ROWS = 4096
+MAX_CHUNKS = 1024
+
+
+def tree_chunking(n_rows: int) -> tuple[int, int]:
+    """(C, rows per chunk): C a power of two, chunks of at least MIN_CHUNK_ROWS rows (the last
+    may be shorter), chosen from ``n_rows`` alone."""
+    chunks = 1
+    while 2 * chunks <= min(MAX_CHUNKS, n_rows // MIN_CHUNK_ROWS):
+        chunks *= 2
+    return chunks, max(1, -(-n_rows // chunks))
+
+
+def chunk_shard(n_rows: int, rank: int, size: int) -> "Shard":
+    """Block shard cut at chunk boundaries: rank r holds whole chunks even_bounds(C, size)[r:r+2]."""
+    chunks, rows = tree_chunking(n_rows)
+    bounds = even_bounds(chunks, size)
+    lo, hi = min(bounds[rank] * rows, n_rows), min(bounds[rank + 1] * rows, n_rows)
+    return Shard(n_rows, rank, size, runs=((lo, hi),))
 
 
 def block_offsets(n_rows: int, size: int, weights=None) -> np.ndarray:
@@ -238,6 +264,8 @@ def make_shard(n_rows: int, rank: int, size: int, spec: ShardSpec | str = "block
     """
     if isinstance(spec, str):
         spec = parse_shard(spec)
+    if spec.strategy == "chunks":
+        return chunk_shard(n_rows, rank, size)
     if size < 1 or not 0 <= rank < size:
         raise ValueError(f"rank {rank} out of range for size {size}")
     if n_rows < 0:

@@ -214,23 +214,32 @@ class BatchSchedule:
             return
         if self.stream is not None:
             self.stream.set_order(np.arange(self.stream.n_chunks))
-        self._positions, self._rows = self.placement(draw=start_step == 0)
+        if start_step == 0:
+            self.draw()
+        self._positions, self._rows = self.placement()
         yield from self._cut(start_step)
 
-    def placement(self, draw=True):
-        """(positions, rows): where this rank's training rows fall in the epoch's order
-        (ascending) and their local positions. ``draw`` starts a new epoch (new order or key)."""
+    def draw(self):
+        """Start a new epoch: its order (sklearn) or key (keyed), drawn from the shared
+        RandomState; the one draw an epoch makes (none without a global shuffle)."""
+        if self.shuffle != "global":
+            return
+        if self.permutation == "sklearn":
+            # The draw is sklearn's: shuffle an int64 arange (the permutation does not depend
+            # on the stored type; only the composed order is kept, in order's smaller type).
+            perm = np.arange(self.n_train, dtype=np.int64)
+            self.random_state.shuffle(perm)
+            self.order = self.order[perm]
+        else:
+            self.key = int(self.random_state.randint(0, 2**63 - 1, dtype=np.int64))
+
+    def placement(self):
+        """(positions, rows): where this rank's training rows fall in the current epoch's order
+        (ascending) and their local positions. Draws nothing (``draw`` starts an epoch)."""
         t = self.train
         if self.shuffle == "none":
             return t.index, t.local
         if self.permutation == "sklearn":
-            if draw:
-                # The draw is sklearn's: shuffle an int64 arange (the permutation does not depend
-                # on the stored type; only the composed order is kept, in order's smaller type).
-                perm = np.arange(self.n_train, dtype=np.int64)
-                self.random_state.shuffle(perm)
-                self.order = self.order[perm]
-                del perm
             # One pass over the epoch's order, chunk by chunk, picking the rows this rank owns.
             positions, rows = [], []
             for start in range(0, self.n_train, CHUNK):
@@ -238,9 +247,7 @@ class BatchSchedule:
                 positions.append(start + np.flatnonzero(mask))
                 rows.append(local)
             return _join(positions, index_dtype(self.n_train)), _join(rows, t.local.dtype)
-        if draw:
-            self.key = int(self.random_state.randint(0, 2**63 - 1, dtype=np.int64))
-        elif self.key is None:
+        if self.key is None:
             raise RuntimeError("resuming a keyed epoch part-way needs its key (load_state)")
         positions = KeyedPermutation(self.n_train, self.key)(t.index)
         by_position = np.argsort(positions)  # distinct values: any sort gives the same order

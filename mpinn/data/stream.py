@@ -160,7 +160,7 @@ class StreamingRows:
 
     def set_transform(self, fn):
         """Apply ``fn`` in place to every row read from now on; chunks already read ahead are
-        dropped and read again (scaler_train.scale_problem)."""
+        dropped and read again (preprocessing.training.scale_problem)."""
         for c in list(self._loaded):
             buf = self._loaded.pop(c)
             self._free.append(buf if isinstance(buf, np.ndarray) else buf.result())

@@ -1,7 +1,7 @@
-"""The scikit-learn-compatible base of MLPClassifier and MLPRegressor (estimators.py).
+"""The scikit-learn-compatible base of MLPClassifier and MLPRegressor (classes.py).
 
 Parameter plumbing without sklearn (get_params, set_params, repr, tags), the fitted check,
-prediction on this rank alone and to_sklearn. No MPI: fitting is estimator_fit.py.
+prediction on this rank alone and to_sklearn. No MPI: fitting is fit.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import numpy as np
 
 from mpinn.data import inputs
 from mpinn.nn import optim
-from mpinn.nn.model import HIDDEN_ACTIVATIONS, forward_layers
+from mpinn.estimators.params import validate_params
+from mpinn.nn.activations import HIDDEN_ACTIVATIONS
+from mpinn.nn.model import forward_layers
 
 # optim's solvers are all minibatch ones (partial_fit works with them); lbfgs is the
-# estimators' full-batch solver (lbfgs.py). The error messages print these as a set.
+# estimators' full-batch solver (train/lbfgs.py). The error messages print these as a set.
 STOCHASTIC = optim.SOLVERS
 SOLVERS = ("lbfgs",) + STOCHASTIC
 SCHEDULES = optim.SCHEDULES
@@ -36,7 +38,7 @@ class _AvailableIf:
         return self.fn if obj is None else self.fn.__get__(obj, owner)
 
 
-def _stochastic_only(fn):
+def stochastic_only(fn):
     return _AvailableIf(lambda est: est.solver in STOCHASTIC, fn)
 
 
@@ -107,7 +109,7 @@ class _BaseMLP:
 
     def _validate_params(self):
         """Check every parameter (sklearn's rules and wording); the hidden layer sizes as a list."""
-        return inputs.validate_params(self, solvers=SOLVERS, schedules=SCHEDULES, activations=HIDDEN_ACTIVATIONS)
+        return validate_params(self, solvers=SOLVERS, schedules=SCHEDULES, activations=HIDDEN_ACTIVATIONS)
 
     # ---- prediction -----------------------------------------------------------------------
 

@@ -2,14 +2,14 @@
 
 Change one import and launch with ``mpiexec -n N python script.py``: every rank passes the same
 arrays (or an HDF5 path, so each rank reads only its rows), keeps only its shard, and all ranks
-train in lockstep through the same Trainer as the CLI (train.py). The numerics are sklearn's
+train in lockstep through the same Trainer as the CLI (train/loop.py). The numerics are sklearn's
 formula for formula, so the same random_state gives the same model as
 sklearn.neural_network at any rank count (to rounding). scikit-learn itself is optional: it is
 used only by to_sklearn() and, when loaded, for the tags check_estimator reads.
 
 Parameters, attributes and the differences from scikit-learn: docs/api.md. This module holds
 the two public classes (targets, class_weight, partial_fit, predict, score); the shared sklearn
-plumbing is estimator_base.py and fitting is estimator_fit.py.
+plumbing is base.py and fitting is fit.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from mpinn.data import inputs
 from mpinn.errors import InputError
-from mpinn.estimators.base import _stochastic_only
+from mpinn.estimators.base import stochastic_only
 from mpinn.estimators.fit import _FitMLP
 
 
@@ -154,7 +154,7 @@ class MLPClassifier(_FitMLP):
                              f"was: {self.classes_!r}")
         return self._fit(X, y, sample_weight, incremental=True)
 
-    partial_fit = _stochastic_only(partial_fit)
+    partial_fit = stochastic_only(partial_fit)
 
     def predict(self, X):
         """Class labels (this rank, X as given; no communication)."""
@@ -249,7 +249,7 @@ class MLPRegressor(_FitMLP):
         """One epoch over X, y, keeping the optimizer state."""
         return self._fit(X, y, sample_weight, incremental=True)
 
-    partial_fit = _stochastic_only(partial_fit)
+    partial_fit = stochastic_only(partial_fit)
 
     def predict(self, X):
         """Predicted values (this rank, X as given; no communication)."""

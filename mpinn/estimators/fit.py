@@ -2,7 +2,7 @@
 
 Reads the data (global arrays or an HDF5 path) down to this rank's rows, draws the first
 weights in sklearn's order, holds out sklearn's early-stopping rows and drives the same Trainer
-as the CLI (train.py). MPI only through comm.py, imported when fit runs.
+as the CLI (train/loop.py). MPI only through parallel/comm.py, imported when fit runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from mpinn.data import inputs
-from mpinn.parallel.comm import SerialComm as _SerialComm  # noqa: F401 (imported from here by search.py and tests)
+from mpinn.parallel.agree import share_random_state
 from mpinn.estimators.base import STOCHASTIC, _BaseMLP
 from mpinn.nn.model import MLP
 
@@ -38,8 +38,13 @@ class _FitMLP(_BaseMLP):
         "y"; sample_weight may name a weight dataset in the file).
         """
         from mpinn.data.partition import make_shard
+        from mpinn.options import ShardSpec
         from mpinn.parallel.agree import collective_check
         from mpinn.train.problem import load_shard
+
+        # L-BFGS sums its gradient over fixed chunks of rows along one tree, the same bits on any
+        # number of ranks (train/lbfgs.py): its rows are placed in whole chunks, whatever `shard` says.
+        spec = ShardSpec("chunks") if self.solver == "lbfgs" else self.shard
 
         if hasattr(X, "filename") and hasattr(X, "keys"):  # an open h5py.File: read by name
             X = X.filename
@@ -49,7 +54,7 @@ class _FitMLP(_BaseMLP):
             if sample_weight is not None and not isinstance(sample_weight, str):
                 raise ValueError("with an HDF5 path as X, sample_weight must be None or a dataset name")
             Xl, yl, wl, shard = load_shard(os.fspath(X), comm, y_name=y or "y", w_name=sample_weight,
-                                           shard=self.shard, dtype=self.dtype,
+                                           shard=spec, dtype=self.dtype,
                                            task="classify" if self._classifier else "regress")
             if yl.ndim == 2 and yl.shape[1] == 1:
                 yl = yl.ravel()
@@ -65,7 +70,7 @@ class _FitMLP(_BaseMLP):
             collective_check(comm, None if root == [len(Xa), Xa.shape[1]] else
                              f"rank {comm.rank} passed X of shape {Xa.shape}, rank 0 {tuple(root)}: every rank "
                              "must pass the same global arrays (or an HDF5 path)")
-        shard = make_shard(len(Xa), comm.rank, comm.size, self.shard)
+        shard = make_shard(len(Xa), comm.rank, comm.size, spec)
         Xl = np.ascontiguousarray(shard.take(Xa), dtype=dtype)
         collective_check(comm, inputs.finite_problem(Xl, "X"))
         wl = None if sw is None else shard.take(sw)
@@ -114,7 +119,7 @@ class _FitMLP(_BaseMLP):
         layer_units = [n_features, *hidden, n_outputs]
         rs = inputs.check_random_state(self.random_state)
         if comm.size > 1 and not isinstance(self.random_state, numbers.Integral):
-            _sync_random_state(rs, comm)  # every rank draws what rank 0 would
+            share_random_state(rs, comm)  # every rank draws what rank 0 would
         if first_pass:
             self._initialize(layer_units, dtype, rs)
         model = MLP(layer_units, self.activation, self.out_activation_, dtype=dtype)
@@ -202,10 +207,10 @@ class _FitMLP(_BaseMLP):
         if not self.checkpoint:
             return None
         from mpinn.train.checkpoint import Checkpointer
-        from mpinn.parallel.agree import decide_on_root
+        from mpinn.parallel.agree import on_root
 
         ck = Checkpointer(os.fspath(self.checkpoint), comm, keep=self.keep_checkpoints)
-        decide_on_root(comm, ck.check_writable)
+        on_root(comm, ck.check_writable)
         return ck
 
     def _fit_lbfgs(self, cfg, problem, comm, model, params, rs, checkpointer):
@@ -369,12 +374,3 @@ def _verbose_line(record):
     if "validation_score" in record:
         line += "\nValidation score: %f" % record["validation_score"]
     return line
-
-
-def _sync_random_state(rs, comm):
-    """Give every rank rank 0's RandomState state (random_state None or an instance)."""
-    kind, key, pos, has_gauss, gauss = rs.get_state()
-    key = np.array(key, dtype=np.uint32)
-    comm.bcast_array(key)
-    pos, has_gauss, gauss = comm.bcast_json([int(pos), int(has_gauss), float(gauss)])
-    rs.set_state((kind, key, pos, has_gauss, gauss))

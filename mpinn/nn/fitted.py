@@ -33,7 +33,7 @@ class FittedMLP:
     """``coefs_[i]`` is (fan_in, fan_out) and ``intercepts_[i]`` is (fan_out,), as sklearn's.
 
     ``classes_`` are the labels as the data file stores them (codes when it has class names),
-    ``labels_`` the original labels predict returns; ``scaler`` (preprocessing.py) scales the
+    ``labels_`` the original labels predict returns; ``scaler`` (preprocessing/scalers.py) scales the
     features the way training did, before the first layer."""
 
     def __init__(self, coefs, intercepts, *, activation, output, task, classes=None,

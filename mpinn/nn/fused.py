@@ -1,6 +1,6 @@
 """Optional compiled update: each optimizer's blocked numpy passes as ONE loop per element.
 
-Used by optim.py when numba is installed (`pip install mpinn[fast]`) and MPINN_NUMBA is not
+Used by nn/optim.py when numba is installed (`pip install mpinn[fast]`) and MPINN_NUMBA is not
 "0". Each kernel performs exactly the operations of the numpy path, in the same order and in
 the same precision, so the results are bit for bit the same (tests/test_fused.py): numpy
 computes ``float32_array * python_float`` in float32 but ``float32_array * numpy.float64`` in

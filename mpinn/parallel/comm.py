@@ -183,6 +183,17 @@ class Comm:
         self.mpi.Gatherv(local, [out, all_counts] if self.rank == root else None, root=root)
         return out
 
+    def allgather_rows(self, local: np.ndarray, rows_per_rank) -> np.ndarray:
+        """Every rank's rows stacked in rank order, on every rank; each rank's row count is
+        known to all (``rows_per_rank``), so one Allgatherv and no count exchange."""
+        if self.size == 1:
+            return local
+        width = int(np.prod(local.shape[1:]))
+        counts = np.asarray(rows_per_rank, dtype=np.int64) * width
+        out = np.empty((int(sum(rows_per_rank)),) + local.shape[1:], dtype=local.dtype)
+        self.mpi.Allgatherv(np.ascontiguousarray(local), [out, counts])
+        return out
+
     def barrier(self):
         if self.size > 1:
             self.mpi.Barrier()

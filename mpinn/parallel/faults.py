@@ -5,7 +5,8 @@ flag. The training loop carries the flag in the gradient Allreduce buffer, so ev
 at the same step that some rank was signalled, finishes that step, checkpoints and exits with
 EXIT_PREEMPTED (EXIT_INTERRUPTED when the only signal was SIGINT). A signal that arrives before
 training (while the data loads) is acted on before the first step. Each run resets the flag
-(``Preemption.watch``), so a signal to one fit does not stop the next one in the same process.
+(``Preemption.watch``), so a signal to one fit does not stop the next one in the same process;
+a run inside another (a search's fits) shares the outer run's flag, so the search stops too.
 
 Fault injection, for tests: MPINN_FAULT="RANK:STEP:KIND" makes rank RANK, at global step STEP
 (1-based, counted over the whole run including resumed parts), do KIND:
@@ -41,6 +42,11 @@ class Preempted(JobError):
     exit_code = EXIT_PREEMPTED
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) acted on by every rank together, after the finished work is saved: a
+    KeyboardInterrupt to Python, which the CLI turns into exit code 130 without an abort."""
+
+
 class Preemption:
     """Set by a signal handler; read once per step by the training loop.
 
@@ -48,6 +54,7 @@ class Preemption:
     """
 
     requested = False
+    _depth = 0           # watches open: only the outermost installs handlers and resets
     signal_name = None   # the last signal this process received
     names = frozenset()  # every signal it received since the reset
 
@@ -63,17 +70,30 @@ class Preemption:
         """For one run: clear the flag, let ``signals`` set it, then put back the handlers that
         were there before. Outside the main thread Python cannot install handlers: the run
         then keeps the process's own (the flag is still cleared)."""
-        cls.reset()
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in signals:
-                previous[sig] = signal.signal(sig, cls._handler)
+        cls._depth += 1
         try:
-            yield cls
+            if cls._depth > 1:  # inside another run's watch (a fit inside a search): its flag, its handlers
+                yield cls
+                return
+            cls.reset()
+            previous = {}
+            if threading.current_thread() is threading.main_thread():
+                for sig in signals:
+                    previous[sig] = signal.signal(sig, cls._handler)
+            try:
+                yield cls
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+                cls.reset()  # acted on by this run (or too late for it): never carried into the next
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-            cls.reset()  # acted on by this run (or too late for it): never carried into the next
+            cls._depth -= 1
+
+    @classmethod
+    def inside_another_run(cls):
+        """True in a run watched inside another (a search's fit): the outer run acts on the signal,
+        so the inner one must end as interrupted, not hand back a model trained so far."""
+        return cls._depth > 1
 
     @classmethod
     def _handler(cls, signum, frame):

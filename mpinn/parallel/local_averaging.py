@@ -6,13 +6,26 @@ local objective: the mean over its rows plus the global step's L2 term (alpha * 
 rows: the rank's share of alpha * W, divided by its rows). No collective runs on such a step.
 After K local steps, and at the last step of every epoch, one Allreduce of
 
-    [w*params | w*optimizer arrays (Adam m and v, SGD velocity) | w | loss since last | stop flag]
+    [w*params | w*optimizer arrays (Adam m and v, SGD velocity) | w | stop flag | L, S, P of each step since]
 
 replaces every rank's parameters and optimizer state by their average weighted by w, the rows
 (or sample weight) the rank stepped on since the previous average (FedAvg's weighting: a rank
-without rows has no say). With plain or momentum SGD and K = 1 this is exactly the allreduce
-update (the update is linear in the gradient); with Adam, or K > 1, it is another algorithm,
-and its result depends on the number of ranks.
+without rows, or whose rows all weigh 0, has no say). With plain or momentum SGD and K = 1 this
+is exactly the allreduce update (the update is linear in the gradient; with sample weights and
+alpha > 0 less the L2 share of a rank whose rows all weigh 0, which does not step); with Adam,
+or K > 1, it is another algorithm, and its result depends on the number of ranks.
+
+A window in which every row weighs 0 (w sums to 0) leaves the models as they are: no rank
+stepped, so each still holds the last average, and 0/0 would make them NaN. Adam's step count
+grows by the steps on which some rank stepped.
+
+The loss: the loop can only weigh a rank's own mean, m_r * L_r / S_r, which is not the batch's
+share once weights differ across ranks (and the epoch loss drives n_iter_no_change). So each
+rank sends, per step of the window, its weighted loss sum L, weight S and L2 share P, and the
+average reports every step as the loop weighs an allreduce step: B * (L + alpha/2 * P) / S of
+the sums, B the batch's rows, 0 when S is 0. With K = 1 the loss curve and the stopping epoch
+are allreduce's to rounding; with K > 1, the same measure of the models the steps used. It
+costs 3 numbers a step (at most 3K) per average; one rank reports step by step.
 
 Why the optimizer state is averaged too, in the same buffer: afterwards every rank holds one
 and the same state, so the epoch's evaluation, the stopping rule, the best parameters and every
@@ -56,17 +69,23 @@ class LocalAveraging(StepStrategy):
         self.decay = weight_ranges(model, 0, n)
         scalars, arrays = self.optimizer.state()
         self._arrays = [arrays[k] for k in sorted(arrays)]  # the optimizer's own arrays, averaged in place
-        self.buffer = np.zeros((1 + len(self._arrays)) * n + 3, dtype=model.dtype)
+        self.buffer = np.zeros(self._head + 3 * min(self.every, 64), dtype=model.dtype)
+        self._batch_rows = np.zeros(min(self.every, 64))  # each recorded step's global batch rows
         self._clock = clock
         self._steps = 0              # steps taken through this object (when no clock is given)
         self.since = 0               # local steps since the last average (checkpointed)
         self._rows = 0.0             # this rank's rows (or sample weight) since the last average
-        self._pending = 0.0          # this rank's loss contributions since the last average
+        self._recorded = 0           # steps whose (loss, weight, penalty) sums wait in the buffer
         self._flag = 0.0             # this rank's stop request, sent with the next average
-        self._skipped = 0            # local steps on which this rank had no rows (and did not step)
+        self._skipped = 0            # local steps on which this rank had no weight (and did not step)
         self._warm = False           # the current step is an allreduce (warm-up) step
         self.averages = 0            # parameter averages so far
         self.comm_seconds = 0.0
+
+    @property
+    def _head(self):
+        """Where the buffer's per-step sums start: after the averaged arrays, w and the flag."""
+        return (1 + len(self._arrays)) * self.n + 2
 
     @property
     def reductions(self):
@@ -95,23 +114,40 @@ class LocalAveraging(StepStrategy):
             self._skipped += 1
         self._rows += weight
         self.since += 1
+        if self.comm.size > 1:  # the raw sums, for settle to report the loss as allreduce does
+            j, at = self._recorded, self._head + 3 * self._recorded
+            if at + 3 > len(self.buffer) or j == len(self._batch_rows):
+                self._grow(j)
+            self.buffer[at], self.buffer[at + 1], self.buffer[at + 2] = loss_sum, weight, penalty
+            self._batch_rows[j] = batch_rows
+            self._recorded = j + 1
         return loss_sum, weight, penalty, False
+
+    def _grow(self, j):
+        """Room for twice the j steps recorded (at most K): a window longer than 64 steps, once a run."""
+        steps = min(max(2 * j, 64, len(self._batch_rows)), self.every)
+        buffer = np.zeros(self._head + 3 * steps, dtype=self.buffer.dtype)
+        kept = min(len(self.buffer), len(buffer))
+        buffer[:kept] = self.buffer[:kept]
+        batch_rows = np.zeros(steps)
+        batch_rows[:len(self._batch_rows)] = self._batch_rows
+        self.buffer, self._batch_rows = buffer, batch_rows
 
     def settle(self, contribution, stop, last_in_epoch):
         """After each step: (the loss contribution to add to the epoch's sum, stop now) on every
-        rank alike. Local steps give (0, False) until the average, which gives the ranks' sum."""
+        rank alike. Local steps give (0, False) until the average, which gives the window's
+        steps' contributions as allreduce weighs them (the loop's ``contribution``, this rank's
+        m_r * L_r / S_r, is not that sum's part and is not used)."""
         if self._warm:
             return contribution, stop
         # One rank averages one model: nothing to send or wait for, and its loss adds up step by
         # step, in allreduce's order.
         alone = self.comm.size == 1
-        if not alone:
-            self._pending += contribution
         if self.since < self.every and not last_in_epoch:
             return (contribution if alone else 0.0), False
         total, stop = (contribution, self._flag > 0) if alone else self._average()
         self.averages += 1
-        self.since, self._rows, self._pending, self._flag, self._skipped = 0, 0.0, 0.0, 0.0, 0
+        self.since, self._rows, self._recorded, self._flag, self._skipped = 0, 0.0, 0, 0.0, 0
         return total, stop
 
     def _average(self):
@@ -119,17 +155,32 @@ class LocalAveraging(StepStrategy):
         parts = [self.params, *self._arrays]
         for i, a in enumerate(parts):
             np.multiply(a, w, out=buf[i * n:(i + 1) * n])
-        end = len(parts) * n
-        buf[end:] = (w, self._pending, self._flag)
+        head, steps = self._head, self._recorded
+        buf[head - 2:head] = (w, self._flag)
+        sent = buf[:head + 3 * steps]  # the steps' sums, not the unused room after them
         t = time.perf_counter()
-        self.comm.allreduce_sum(buf)  # the one collective of K steps
+        self.comm.allreduce_sum(sent)  # the one collective of K steps
         self.comm_seconds += time.perf_counter() - t
-        total_w = buf[end]
-        for i, a in enumerate(parts):
-            np.divide(buf[i * n:(i + 1) * n], total_w, out=a)
-        if self._skipped and hasattr(self.optimizer, "t"):
-            self.optimizer.t += self._skipped  # Adam's step count: the steps of the ranks that did step
-        return float(buf[end + 1]), bool(buf[end + 2] > 0)
+        total_w = buf[head - 2]
+        if total_w > 0:  # else no rank stepped, every model is the last average: keep it
+            for i, a in enumerate(parts):
+                np.divide(buf[i * n:(i + 1) * n], total_w, out=a)
+        # Each step's loss as the loop weighs allreduce's: the batch's rows times the mean loss
+        # B * (L / S + alpha/2 * P / S), with L, S and P summed over the ranks (0 when S is 0).
+        total, stepped, half_alpha = 0.0, 0, 0.5 * self.alpha
+        for j in range(steps):
+            loss_sum, weight, penalty = buf[head + 3 * j:head + 3 * j + 3]
+            if weight:
+                loss = float(loss_sum) / float(weight)
+                if self.alpha:
+                    loss += half_alpha * float(penalty) / float(weight)
+                total += loss * float(self._batch_rows[j])
+            stepped += weight > 0
+        if hasattr(self.optimizer, "t"):
+            # Adam's step count: the steps on which some rank stepped (this rank's own, its
+            # skipped steps that another rank took, none of a step no rank took).
+            self.optimizer.t += int(stepped) - (steps - self._skipped)
+        return total, bool(buf[head - 1] > 0)
 
     def optimizer_state(self):
         """Collective: (scalars, arrays). Checkpoints are written at averages (epoch ends, and

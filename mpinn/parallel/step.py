@@ -10,8 +10,6 @@ the caller hands in (``optimizer_factory(n_params)``), so no strategy knows the 
 
 from __future__ import annotations
 
-import numpy as np
-
 
 class StepStrategy:
     """Base of the strategies: the counters, the deferred-settle default and the optimizer state."""

@@ -3,7 +3,7 @@
 A strategy owns the flat parameter and gradient buffers and the optimizer over the part of the
 parameters this rank updates. The loop calls ``step`` once per global batch with this rank's
 rows; it returns the global (loss sum, batch weight, L2 penalty, stop flag), the same on every
-rank. The update rule itself stays in optim.py (no MPI); only the communication differs:
+rank. The update rule itself stays in nn/optim.py (no MPI); only the communication differs:
 
   allreduce  one in-place Allreduce of [gradient | loss | weight | flag | penalty]; every rank
              then updates all P parameters (the same arithmetic, hence the same bits).
@@ -14,7 +14,7 @@ rank. The update rule itself stays in optim.py (no MPI); only the communication 
              order of the cross-rank sums (bit for bit at N = 2, where a + b = b + a).
   overlap    ``allreduce`` with one Iallreduce per layer started as backward produces it
              (a benchmark option; it did not pay on the machines measured).
-  local:K    model averaging (sync_local.py): local steps without communication, one
+  local:K    model averaging (local_averaging.py): local steps without communication, one
              Allreduce of the models every K steps; the result depends on N.
 
 The batch weight must be known before the update, so the sharded step sums it with a one-

@@ -3,8 +3,8 @@
 The two transformers follow scikit-learn's StandardScaler and MinMaxScaler (parameters,
 fitted attributes, transform arithmetic) and work inside sklearn.pipeline.Pipeline under
 mpiexec. Each rank summarises its own rows and the summaries are reduced through a
-``comm.Comm`` (the statistics: scaler_stats.py), so no rank ever holds all the rows.
-`mpinn train --scale` and checkpoints use the same classes (scaler_train.py).
+``comm.Comm`` (the statistics: stats.py), so no rank ever holds all the rows.
+`mpinn train --scale` and checkpoints use the same classes (training.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import os
 import numpy as np
 
 from mpinn.parallel.comm import as_comm
-# All of scaler_stats' public names, block_moments and local_minmax too, stay importable from here.
-from mpinn.preprocessing.stats import (block_moments, blocks_moments, closing_blocks, combine_moments,  # noqa: F401
-                           is_constant, local_minmax, nonzero_scale, reduce_moments, reduce_range, row_blocks)
+from mpinn.preprocessing.stats import (blocks_moments, closing_blocks, combine_moments, is_constant, nonzero_scale,
+                                       reduce_moments, reduce_range, row_blocks)
 
 ROWS = ("global", "local")
 # ---- the transformers -------------------------------------------------------------------------
@@ -130,11 +129,11 @@ class _Scaler:
             if sample_weight is not None:
                 raise ValueError("sample_weight is not supported with an HDF5 path")
             from mpinn.data import hdf5 as datamod
-            from mpinn.parallel.agree import decide_on_root
+            from mpinn.parallel.agree import on_root
             from mpinn.data.stream import StreamingRows
 
             path = os.fspath(X)
-            info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(path, x_name, require_y=False)
+            info = datamod.DataInfo(**on_root(comm, lambda: datamod.inspect(path, x_name, require_y=False)
                                                      .to_json()))
             if not first and info.n_features != self.n_features_in_:
                 raise ValueError(f"X has {info.n_features} features, but {type(self).__name__} is expecting "

@@ -8,7 +8,7 @@ M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2, which never subtracts two large s
 result differs between rank counts only by rounding (about 1e-16 relative). Minimum and
 maximum are exact on any rank count.
 
-The transformers (preprocessing.py) and ``mpinn train --scale`` (scaler_train.py) both fit
+The transformers (scalers.py) and ``mpinn train --scale`` (training.py) both fit
 through these functions.
 """
 

@@ -1,12 +1,14 @@
 """`mpinn train --scale`: a scaler fitted on a problem's training rows, applied to its features,
 stored in and restored from checkpoints. No MPI here.
 
-The scalers are preprocessing.py's StandardScaler and MinMaxScaler with the same statistics
-(scaler_stats.py), so a trained model's scaler exports as scikit-learn's. Fitting here skips
+The scalers are scalers.py's StandardScaler and MinMaxScaler with the same statistics
+(stats.py), so a trained model's scaler exports as scikit-learn's. Fitting here skips
 the transformers' input checks: the rows are a Problem's, already checked, possibly streamed.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,20 +39,20 @@ def fit_scaler(kind, X, comm, rows=None):
 
 
 def scale_problem(problem, kind, comm, fitted=None):
-    """Scale a Problem's features in place with ``fitted``, or with a scaler of ``kind`` fitted on
-    its training rows (collective); the test and validation rows use the same statistics. A
-    streamed X is scaled chunk by chunk as it is read. Returns the scaler (None for 'none')."""
+    """Scale a Problem's features with ``fitted``, or with a scaler of ``kind`` fitted on its
+    training rows (collective); the test and validation rows use the same statistics. The
+    arrays are scaled in place; a streamed X chunk by chunk as it is read. Returns the Problem
+    with its ``scaler`` set (a new one, dataclasses.replace), or ``problem`` for 'none'."""
     if fitted is None:
         rows = None
         if len(problem.train_rows) != problem.shard.n_rows:  # held-out rows do not count
             rows = problem.train_rows.local
         fitted = fit_scaler(kind, problem.X, comm, rows)
     if fitted is None:
-        return None
+        return problem
     for name in ("X", "test_X", "val_X"):
         apply_scaler(fitted, getattr(problem, name, None))
-    problem.scaler = fitted
-    return fitted
+    return replace(problem, scaler=fitted)
 
 
 def apply_scaler(scaler, X):

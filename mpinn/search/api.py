@@ -11,7 +11,6 @@ whatever N, group_size and the allocation. Needs scikit-learn. See docs/search.m
 from __future__ import annotations
 
 import numbers
-import sys
 import time
 
 import numpy as np
@@ -26,7 +25,9 @@ from mpinn.search import results as search_results
 from mpinn.search import tasks as search_tasks
 from mpinn.parallel.comm import as_comm
 from mpinn.search.tasklog import TaskLog, new_run_id
-from mpinn.search.run import ALLOCATIONS, Groups, collect, run_tasks
+from mpinn.parallel.agree import on_root
+from mpinn.parallel.faults import Preemption
+from mpinn.search.run import ALLOCATIONS, Groups, collect, finish, run_tasks
 
 
 def _has(attr):
@@ -84,18 +85,17 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         team = Groups(world, self.group_size)
         try:
             run_id = world.bcast_json(new_run_id()) if log else None  # collective: before any branch
-            writer = log.writer(run_id, team.index) if log and team.leader else None
-            execute = self._executor(team, base, candidates, splits, X, y, fit_params, scorers, writer)
-            try:
-                records = run_tasks(team, pending, costs, self.allocation, execute, progress=self._progress)
+            # A signal during the search sets a flag (its fits share it): the tasks stop at the next
+            # step or task boundary, the finished ones are on disk, and every rank raises Preempted
+            # (SIGTERM, SIGUSR1) or Interrupted (SIGINT); the interrupted tasks rerun on resume.
+            with Preemption.watch() as signals:
+                writer = log.writer(run_id, team.index) if log and team.leader else None
+                execute = self._executor(team, base, candidates, splits, X, y, fit_params, scorers, writer)
+                records, stop = run_tasks(team, pending, costs, self.allocation, execute, progress=self._progress,
+                                          stop_requested=lambda: signals.requested)
                 if writer:
                     writer.close()
-            except Exception as exc:  # noqa: BLE001 - e.g. a full disk on one leader: the others would wait
-                if world.size == 1:
-                    raise
-                print(f"mpinn: rank {world.rank}: search failed: {type(exc).__name__}: {exc}", file=sys.stderr,
-                      flush=True)
-                world.abort(1)
+                finish(team, stop)  # every rank raises the first failing group's error, or none does
             records = collect(team, records, previous)
         finally:
             team.close()
@@ -129,12 +129,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             est = search_tasks.for_task(clone(base).set_params(**clone(candidates[c], safe=False)), team.comm)
             train, test = splits[k]
             params = {key: (_safe_indexing(v, train) if _per_sample(v, len(X)) else v) for key, v in fit_params.items()}
-            try:
-                record = search_tasks.fit_and_score(
-                    est, X, y, train, test, scorers=scorers, fit_params=params, error_score=self.error_score,
-                    return_train_score=self.return_train_score, agree=team.comm.any_error, score=team.leader)
-            except Exception as exc:  # noqa: BLE001 - error_score="raise", or a scorer raising with it
-                _end_job(team, c, k, exc)
+            record = search_tasks.fit_and_score(
+                est, X, y, train, test, scorers=scorers, fit_params=params, error_score=self.error_score,
+                return_train_score=self.return_train_score, agree=team.comm.any_error, score=team.leader)
             if writer:
                 writer.append(t, {"candidate": c, "split": k, **record})
             if self.verbose > 1 and team.leader:
@@ -150,8 +147,6 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         on the others (they need only to know which tasks are done)."""
         if log is None:
             return {}
-        from mpinn.parallel.agree import decide_on_root
-
         found = {}
 
         def read():
@@ -159,7 +154,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             found.update(log.read())
             return sorted(found)
 
-        done = decide_on_root(world, read)
+        done = on_root(world, read)
         return found if world.rank == 0 else dict.fromkeys(done)
 
     _progress = None  # rank 0's progress(done, total), set by `mpinn search` on a terminal
@@ -337,10 +332,10 @@ class RandomizedSearchCV(_BaseSearch):
 
     def _candidates(self, comm):
         if comm.size > 1 and not isinstance(self.random_state, numbers.Integral):
-            from mpinn.estimators.fit import _sync_random_state
+            from mpinn.parallel.agree import share_random_state
             from mpinn.data.inputs import check_random_state
 
-            _sync_random_state(check_random_state(self.random_state), comm)
+            share_random_state(check_random_state(self.random_state), comm)
         return ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state)
 
 
@@ -357,11 +352,17 @@ def _per_sample(value, n):
 
 
 def _splits_from_root(comm, cv, X, y, groups):
-    """The folds rank 0 draws (a shuffled splitter without a seed would differ per rank)."""
-    splits = list(cv.split(X, y, groups)) if comm.rank == 0 else None
+    """The folds rank 0 draws (a shuffled splitter without a seed would differ per rank); an
+    error in cv.split (too few rows for the folds ...) is raised on every rank."""
+    splits = []
+
+    def draw():
+        splits.extend(cv.split(X, y, groups))
+        return [[len(a), len(b)] for a, b in splits]
+
+    sizes = on_root(comm, draw)
     if comm.size == 1:
         return [(np.asarray(a, np.int64), np.asarray(b, np.int64)) for a, b in splits]
-    sizes = comm.bcast_json([[len(a), len(b)] for a, b in splits] if comm.rank == 0 else None)
     flat = np.concatenate([np.concatenate([a, b]) for a, b in splits]).astype(np.int64) if comm.rank == 0 \
         else np.empty(sum(a + b for a, b in sizes), np.int64)
     comm.bcast_array(flat)
@@ -370,17 +371,3 @@ def _splits_from_root(comm, cv, X, y, groups):
         out.append((flat[at:at + a], flat[at + a:at + a + b]))
         at += a + b
     return out
-
-
-def _end_job(team, candidate, split, exc):
-    """error_score="raise": one rank alone re-raises the original exception; under mpiexec the
-    group's leader prints one line and the job ends (the other groups are mid-fit and could
-    not be reached otherwise)."""
-    failed = isinstance(exc, search_tasks.TaskFailed)
-    if team.world.size == 1:
-        raise (exc.original or exc) if failed else exc
-    if team.leader:
-        what = str(exc) if failed else f"{type(exc).__name__}: {exc}"
-        print(f"mpinn: error: search task (candidate {candidate}, split {split}) failed with error_score='raise': "
-              f"{what}", file=sys.stderr, flush=True)
-    team.world.abort(1)

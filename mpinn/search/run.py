@@ -17,15 +17,16 @@ and talks to the coordinator.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
 import numpy as np
 
 from mpinn.errors import InputError
+from mpinn.parallel.agree import agree
+from mpinn.search.tasks import TaskFailed
 
-REQUEST, REPLY = 11, 12  # message tags on the coordinator's own channel
+REQUEST, REPLY, STOP = 11, 12, 13  # message tags on the coordinator's own channel
 POLL_SECONDS, POLL_MAX_SECONDS = 0.001, 0.016
 ALLOCATIONS = ("dynamic", "round-robin")
 
@@ -51,16 +52,18 @@ class Groups:
 
 
 class _Queue:
-    """Rank 0's list of pending tasks, taken from by its main thread and its coordinator."""
+    """Rank 0's list of pending tasks, taken from by its main thread and its coordinator; once
+    ``stopped`` (some group failed or was signalled) it hands out no more."""
 
     def __init__(self, order):
         self.order, self.next, self.lock = list(order), 0, threading.Lock()
         self.done = {}  # leader -> tasks it has finished (as last reported)
+        self.stopped, self.failure = False, None
 
     def take(self, leader, finished):
         with self.lock:
             self.done[leader] = finished
-            if self.next >= len(self.order):
+            if self.stopped or self.next >= len(self.order):
                 return -1
             self.next += 1
             return self.order[self.next - 1]
@@ -80,10 +83,17 @@ def lpt_assignment(order, costs, groups):
     return mine
 
 
-def run_tasks(groups, pending, costs, allocation, execute, progress=None):
+def run_tasks(groups, pending, costs, allocation, execute, progress=None, stop_requested=None):
     """Run the pending task ids on the groups; ``execute(task)`` runs on every rank of the task's
-    group and returns the record on its leader (None elsewhere). Returns this leader's
-    {task: record} (empty on other ranks). ``progress(done, total)`` is called on rank 0."""
+    group and returns the record on its leader (None elsewhere). ``progress(done, total)`` is
+    called on rank 0; ``stop_requested()`` (a signal's flag) is looked at between tasks.
+
+    Returns (this leader's {task: record}, error): error is the exception that stopped this
+    group (the same on each of its ranks: parallel/agree.py), or None. A group that fails (or
+    is signalled) runs no further task and tells the others, which stop at their next task
+    boundary; the caller then agrees on one error for every rank (``finish``).
+    """
+    stop = _Stop(groups, stop_requested)
     records = {}
     G, g = groups.count, groups.index
     longest = sorted(pending, key=lambda t: (-costs[t], t))
@@ -91,13 +101,19 @@ def run_tasks(groups, pending, costs, allocation, execute, progress=None):
     if allocation == "round-robin" or (allocation == "dynamic" and not use_thread):
         mine = pending[g::G] if allocation == "round-robin" else lpt_assignment(longest, costs, G)[g]
         for i, t in enumerate(mine):
-            record = execute(t)
+            if stop.halted():
+                break
+            record, error = _run_in_group(groups, execute, t)
+            if error is not None:
+                stop.fail(error)
+                break
             if groups.leader:
                 records[t] = record
             if progress and groups.world.rank == 0:  # this group's share stands for all
                 progress(min(len(pending), (i + 1) * G), len(pending))
-        return records
+        return records, stop
     queue = _Queue(longest) if groups.world.rank == 0 else None
+    stop.queue = queue
     coordinator = None
     if queue is not None and G > 1:
         coordinator = threading.Thread(target=_serve, args=(groups, queue, progress, len(pending)),
@@ -106,21 +122,178 @@ def run_tasks(groups, pending, costs, allocation, execute, progress=None):
     ask = _Asker(groups, queue)
     t = ask.first() if groups.leader else -1
     while True:
+        halted = stop.check() if groups.leader else False  # once stopped, the leader still asks until told -1
         if groups.size > 1:
-            t = int(groups.comm.bcast_array(np.array([t], dtype=np.int64))[0])
+            t, halted = (int(v) for v in groups.comm.bcast_array(np.array([t, halted], dtype=np.int64)))
         if t < 0:
             break
         if groups.leader:
             ask.start()  # the next task is fetched while this one runs
-        record = execute(t)
+        if not halted:
+            record, error = _run_in_group(groups, execute, t)
+            if error is not None:
+                stop.fail(error)
+            elif groups.leader:
+                records[t] = record
         if groups.leader:
-            records[t] = record
             t = ask.finish()
             if progress and queue is not None:
                 progress(queue.finished, len(pending))
     if coordinator is not None:
         coordinator.join()
-    return records
+        if queue.failure is not None:
+            stop.fail(queue.failure)
+    return records, stop
+
+
+def _run_in_group(groups, execute, t):
+    """(record, None), or (None, the exception) on every rank of the group when any raised."""
+    error = None
+    try:
+        record = execute(t)
+    except BaseException as exc:  # noqa: BLE001 - made the group's outcome below
+        # error_score="raise": the exception the estimator raised, where this rank has it
+        record, error = None, exc.original if isinstance(exc, TaskFailed) and exc.original else exc
+    try:
+        agree(groups.comm, None if isinstance(error, TaskFailed) else error)  # the original, if any rank has it
+        agree(groups.comm, error)
+    except BaseException as agreed:  # noqa: BLE001 - the group's error, re-raised by the caller later
+        return None, agreed
+    return record, None
+
+
+class _Stop:
+    """This group's reason to stop, and how the other groups learn of it: the dynamic
+    allocation's coordinator hands out no more tasks; otherwise a STOP message goes to every
+    other leader, which looks for one between tasks (a non-blocking probe)."""
+
+    def __init__(self, groups, stop_requested):
+        self.groups, self.requested, self.queue = groups, stop_requested, None
+        self.error, self.sent = None, []
+        self.notified = False  # a STOP notice came in (the watcher thread saw it mid-task)
+        self.watcher = None
+        if groups.leader and groups.count > 1 and groups.world.threads_can_call_mpi():
+            self.watcher = _NoticeWatcher(groups.channel, self._noticed)
+
+    def _noticed(self):
+        """Another group stopped: make this group's fit stop at its next step (the flag travels
+        in its reduction, as a signal's does); it then raises Preempted, which is not our error."""
+        from mpinn.parallel.faults import Preemption
+
+        self.notified = True
+        Preemption.requested = True
+
+    def close(self):
+        if self.watcher is not None:
+            self.watcher.close()
+
+    def check(self):
+        """The leader's view: True when its group should run no further task."""
+        if self.error is not None:
+            return True
+        groups = self.groups
+        if self.notified:
+            self.error = StopIteration("another group stopped the search")
+            return True
+        if self.requested is not None and self.requested():
+            self.fail(_signal_error())
+            return True
+        if groups.count > 1:
+            # With a coordinator, its thread notices the STOP notices (rank 0's queue stops).
+            told = self.queue.stopped if self.queue is not None else groups.channel.waiting_sender(STOP) is not None
+            if told:
+                self.error = StopIteration("another group stopped the search")  # not this group's error
+                return True
+        return False
+
+    def halted(self):
+        """Between tasks, on every rank of the group: the leader decides, the group follows."""
+        halted = self.check() if self.groups.leader else False
+        if self.groups.size > 1:
+            halted = bool(self.groups.comm.bcast_array(np.array([halted], dtype=np.int64))[0])
+        if halted and self.error is None:
+            self.error = StopIteration("stopped with the group's leader")
+        return halted
+
+    def fail(self, error):
+        """This group stops with ``error`` (the same on its ranks) and tells the others."""
+        groups = self.groups
+        if groups.size > 1:  # the leader's watcher may have stopped the fit: the group agrees on it
+            self.notified = bool(groups.comm.bcast_array(np.array([self.notified], dtype=np.int64))[0])
+        if self.notified and _is_signal(error):
+            error = StopIteration("another group stopped the search")  # the fit stopped for them
+        if self.error is None or isinstance(self.error, StopIteration):
+            self.error = error
+        if isinstance(error, StopIteration):
+            return
+        if not groups.leader or groups.count == 1 or self.sent:
+            return
+        if self.queue is not None:
+            self.queue.stopped = True
+        others = [r for r in range(0, groups.world.size, groups.size) if r != groups.world.rank]
+        self.sent = [groups.channel.start_send_ints([groups.index], r, STOP) for r in others]
+
+    def own_error(self):
+        return None if isinstance(self.error, StopIteration) else self.error
+
+
+class _NoticeWatcher:
+    """A leader's thread that looks for a STOP notice while its group trains (1 ms polls, backing
+    off to 16 ms, as the coordinator's), so a failing group stops the others at their next step,
+    not only at their next task."""
+
+    def __init__(self, channel, noticed):
+        self.channel, self.noticed, self.done = channel, noticed, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mpinn-search-notices", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        pause = POLL_SECONDS
+        while not self.done.wait(pause):
+            if self.channel.waiting_sender(STOP) is not None:
+                self.noticed()
+                return
+            pause = min(2 * pause, POLL_MAX_SECONDS)
+
+    def close(self):
+        self.done.set()
+        self.thread.join()
+
+
+def _is_signal(error):
+    from mpinn.parallel.faults import Preempted
+
+    return isinstance(error, (Preempted, KeyboardInterrupt))
+
+
+def finish(groups, stop):
+    """Collective over all ranks after run_tasks: every rank raises the lowest failing rank's
+    error when any group failed or was signalled, else returns. Leaves no message behind."""
+    stop.close()
+    world = groups.world
+    failed_groups = np.array([1 if stop.sent else 0], dtype=np.int64)
+    if groups.leader and groups.count > 1:
+        world.allreduce(failed_groups, "sum")
+        expected = int(failed_groups[0]) - (1 if stop.sent else 0)
+        for _ in range(expected):  # the STOP notices addressed to this leader, read or not
+            source = None
+            while source is None:
+                source = groups.channel.waiting_sender(STOP)
+            groups.channel.recv_ints(1, source, STOP)
+        groups.channel.wait_all([request for request, _ in stop.sent])
+    elif groups.count > 1:
+        world.allreduce(failed_groups, "sum")
+    agree(world, stop.own_error())
+
+
+def _signal_error():
+    """What a signal noticed between tasks stops the search with (as in a fit: faults.py)."""
+    from mpinn.parallel.faults import Interrupted, Preempted, Preemption
+
+    if Preemption.names and Preemption.names <= {"SIGINT"}:
+        return Interrupted("search interrupted by SIGINT; run it again with the same checkpoint to resume")
+    return Preempted(f"search stopped by {Preemption.signal_name or 'a signal'}; run it again with the same "
+                     "checkpoint to resume")
 
 
 class _Asker:
@@ -153,26 +326,29 @@ class _Asker:
 
 def _serve(groups, queue, progress, total):
     """Coordinator thread on rank 0: answer each other leader's request with its next task
-    (-1: none left) until every leader has been told to stop. Polls every 1 ms after a request,
-    backing off to 16 ms while none comes (leaders ask one task ahead, so latency is hidden)."""
-    try:
-        channel, active, pause = groups.channel, groups.count - 1, POLL_SECONDS
-        while active:
-            source = channel.waiting_sender(REQUEST)
-            if source is None:
-                time.sleep(pause)
-                pause = min(2 * pause, POLL_MAX_SECONDS)
-                continue
-            pause = POLL_SECONDS
-            finished = int(channel.recv_ints(1, source, REQUEST)[0])
+    (-1: none left, or the search stopped) until every leader has been told to stop. Polls every
+    1 ms after a request, backing off to 16 ms while none comes (leaders ask one task ahead, so
+    latency is hidden). A failure here stops the search but still answers every leader: none
+    is left waiting, and rank 0 raises it after the tasks (``finish``)."""
+    channel, active, pause = groups.channel, groups.count - 1, POLL_SECONDS
+    while active:
+        if not queue.stopped and channel.waiting_sender(STOP) is not None:
+            queue.stopped = True  # a group failed or was signalled: no more tasks for anyone
+        source = channel.waiting_sender(REQUEST)
+        if source is None:
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_MAX_SECONDS)
+            continue
+        pause = POLL_SECONDS
+        finished = int(channel.recv_ints(1, source, REQUEST)[0])
+        try:
             t = queue.take(source, finished)
-            channel.send_ints([t], source, REPLY)
             if progress:
                 progress(queue.finished, total)
-            active -= t < 0
-    except BaseException as exc:  # noqa: BLE001 - a dead coordinator would leave every leader waiting
-        print(f"mpinn: rank 0: search coordinator failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        groups.world.abort(1)
+        except BaseException as exc:  # noqa: BLE001 - raised on rank 0 after the tasks, never lost
+            queue.failure, queue.stopped, t = exc, True, -1
+        channel.send_ints([t], source, REPLY)
+        active -= t < 0
 
 
 def collect(groups, records, previous):

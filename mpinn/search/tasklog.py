@@ -18,9 +18,9 @@ import glob
 import json
 import os
 import secrets
-import tempfile
 import time
 
+from mpinn.atomic import check_writable_dir, fsync_dir, write_text_atomic
 from mpinn.errors import InputError
 
 META = "search.json"
@@ -43,11 +43,7 @@ class TaskLog:
     def prepare(self, description):
         """Rank 0, before any task: create the directory, check it is writable and holds no
         other search, and describe this one in search.json (once)."""
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-").close()
-        except OSError as exc:
-            raise InputError(f"checkpoint: directory {self.directory} is not writable ({exc.strerror})") from None
+        check_writable_dir(self.directory, "checkpoint")
         meta_path = os.path.join(self.directory, META)
         if os.path.exists(meta_path):
             try:
@@ -59,7 +55,7 @@ class TaskLog:
                 raise InputError(f"checkpoint: {self.directory} holds another search (candidates, folds, scoring, "
                                  "estimator or data differ); use a new directory")
             return
-        _write_atomic(meta_path, json.dumps({"fingerprint": self.fingerprint, **description}, indent=1) + "\n")
+        write_text_atomic(meta_path, json.dumps({"fingerprint": self.fingerprint, **description}, indent=1) + "\n")
 
     def read(self):
         """{task id: record} of every finished task (the first record of a task wins)."""
@@ -99,7 +95,7 @@ class _Appender:
         line = json.dumps({"search": self.fingerprint, "task": int(task), **record}) + "\n"
         if self.fd is None:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-            _fsync_dir(os.path.dirname(self.path))  # the file's directory entry survives a crash
+            fsync_dir(os.path.dirname(self.path))  # the file's directory entry survives a crash
         data = line.encode()
         written = os.write(self.fd, data)
         if written != len(data):  # a short write (disk full): the reader drops the cut line
@@ -110,26 +106,3 @@ class _Appender:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _fsync_dir(directory):
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

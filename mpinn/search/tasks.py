@@ -5,6 +5,7 @@ communicator set on the estimator (the ``comm`` parameter of mpinn's estimators)
 Scoring follows scikit-learn's ``_fit_and_score``: a fit that raises gets ``error_score`` and its
 traceback (the search warns with FitFailedWarning at the end), a scorer that raises gets
 ``error_score`` with a UserWarning, and ``error_score="raise"`` lets the exception through.
+A signal (Preempted, KeyboardInterrupt) is never a task's result: it goes through too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import warnings
 from traceback import format_exc
 
 import numpy as np
+
+from mpinn.parallel.faults import Preempted
 
 
 def _takes_comm(obj):
@@ -145,6 +148,8 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
     error, original = None, None
     try:
         est.fit(X_train, **fit_params) if y is None else est.fit(X_train, y_train, **fit_params)
+    except Preempted:  # a signal stops the search; it is no result of this candidate
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate is recorded
         error, original = format_exc(), exc
     fit_time = time.time() - start

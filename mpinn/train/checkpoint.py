@@ -28,13 +28,11 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import tempfile
 
 import numpy as np
 
 from mpinn import __version__
-from mpinn.atomic import write_h5_atomic
+from mpinn.atomic import check_writable_dir, fsync_dir, write_h5_atomic, write_text_atomic
 from mpinn.errors import CheckpointError, InputError
 from mpinn.parallel.faults import take_write_fault
 from mpinn.nn.fitted import FittedMLP
@@ -118,14 +116,6 @@ def save_trainer(path, trainer, state):
     write_h5_atomic(path, fill)
 
 
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpointer:
     """Rank 0 writes DIR/ckpt-EPOCH-STEP.h5, points DIR/latest at it, keeps the newest ``keep``."""
 
@@ -135,12 +125,7 @@ class Checkpointer:
 
     def check_writable(self):
         """Called on rank 0 before training: a bad directory fails now, not after hours."""
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-")
-            probe.close()
-        except OSError as exc:
-            raise InputError(f"--checkpoint: directory {self.directory} is not writable ({exc.strerror})") from None
+        check_writable_dir(self.directory, "--checkpoint")
 
     def save(self, trainer):
         path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}-{trainer.step_in_epoch:06d}.h5")
@@ -163,17 +148,8 @@ class Checkpointer:
         if take_write_fault():
             raise OSError(errno.ENOSPC, "No space left on device (injected by MPINN_FAULT)")
         save_trainer(path, trainer, state)
-        _fsync_dir(self.directory)  # the checkpoint's directory entry is durable before `latest` names it
-        pointer = os.path.join(self.directory, LATEST)
-        # Unique name, ordinary umask permissions (mkstemp would make the pointer 0600).
-        tmp = os.path.join(self.directory, f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(os.path.basename(path) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, pointer)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)  # the checkpoint's directory entry is durable before `latest` names it
+        write_text_atomic(os.path.join(self.directory, LATEST), os.path.basename(path) + "\n")
         prune(self.directory, self.keep, os.path.basename(path))
 
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from mpinn.errors import InputError
-from mpinn.nn.model import HIDDEN_ACTIVATIONS
+from mpinn.nn.activations import HIDDEN_ACTIVATIONS
 from mpinn.nn.optim import SCHEDULES, SOLVERS, make_optimizer
 from mpinn.options import BALANCES, DTYPES, PERMUTATIONS, SCALES, SHUFFLES, TASKS, parse_shard, parse_sync
 
@@ -27,7 +27,7 @@ class TrainConfig:
     x_name: str = "X"
     y_name: str = "y"
     task: str = "auto"
-    scale: str = "standard"   # feature scaling fitted on the training rows (scaler_train.py)
+    scale: str = "standard"   # feature scaling fitted on the training rows (preprocessing/training.py)
     hidden: tuple = (100,)
     activation: str = "relu"
     solver: str = "adam"

@@ -10,10 +10,15 @@ rows and then draw the same batches: the CLI run and the estimator train the sam
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from mpinn.data import inputs
 from mpinn.data.schedule import TrainRows
+from mpinn.errors import InputError
+from mpinn.nn.model import encode_targets
+from mpinn.train.problem import labels_as_classes
 
 TOO_SMALL = "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
 
@@ -45,6 +50,22 @@ def hold_out(train_rows, fraction, random_state, shard, comm, binary_labels=None
     rows = train_rows.rows
     return TrainRows.from_array(rows[np.asarray(train, dtype=np.int64)], shard), \
         shard.local_positions(rows[np.asarray(val, dtype=np.int64)])[1]
+
+
+def hold_out_problem(problem, model, fraction, random_state, comm):
+    """`mpinn train --early-stopping`'s split (the estimators split their own arrays): a new
+    Problem whose train_rows lose the validation rows and whose val_X / val_Y (targets in the
+    model's output space) hold this rank's share of them."""
+    p = problem
+    binary = labels_as_classes(p.y, p.classes) == p.classes[1] if model.output == "logistic" else None
+    try:
+        train_rows, local = hold_out(p.train_rows, fraction, random_state, p.shard, comm, binary_labels=binary)
+    except ValueError as exc:
+        raise InputError(f"--early-stopping: {exc}") from None
+    y = p.y[local]
+    val_Y = encode_targets(labels_as_classes(y, p.classes) if p.task == "classify" else y, p.classes,
+                           model.output, model.dtype)
+    return replace(p, train_rows=train_rows, val_X=p.X[local], val_Y=val_Y)
 
 
 def validation_score(model, params, problem, comm):

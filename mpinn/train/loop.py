@@ -1,7 +1,7 @@
 """The training loop: the one place that joins data, model, step strategy and stopping rules.
 
 Every step, each rank computes the loss and gradient SUMS over the rows of the global batch it
-owns (none is fine) and hands them to the step strategy (sync.py), which combines them across
+owns (none is fine) and hands them to the step strategy (parallel/sync.py), which combines them across
 ranks and applies the optimizer update; every rank ends the step with the same parameters.
 The loop sequences steps, epochs, stopping (scikit-learn's rules; rank 0 decides and
 broadcasts), evaluation, logging and checkpoints. Its state is one LoopState (train_state.py),
@@ -10,25 +10,26 @@ which the estimators pass in and read back.
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from mpinn.train import state as train_state
 from mpinn.data.hdf5 import global_batch, resolve_batch_size
-from mpinn.errors import InputError
+from mpinn.train.early_stopping import hold_out_problem, validation_score
 from mpinn.train.evaluation import evaluate, test_fields
 from mpinn.parallel.faults import Preemption, inject, verdict
 from mpinn.train.logs import MetricsWriter, epoch_line
-from mpinn.nn.model import MLP, encode_targets
+from mpinn.nn.model import MLP
 from mpinn.options import parse_shard
-from mpinn.train.problem import labels_as_classes
+from mpinn.train.problem import output_targets, reshard
 from mpinn.train.rebalancing import LoadBalancing
 from mpinn.data.schedule import BatchSchedule, resolve_permutation
 from mpinn.parallel.sync import make_sync
 from mpinn.train.config import optimizer_from_config
 from mpinn.train.state import LoopState
+from mpinn.train.stopping import decide_epoch
 
 __all__ = ["LoopState", "Trainer", "TrainingDiverged", "build_model", "evaluate"]
 
@@ -72,7 +73,8 @@ class Trainer:
             params = self.model.init_params(self.random_state)
             comm.bcast_array(params)  # rank 0's draw is the one every rank uses
         if hold_out:  # drawn from the RandomState where scikit-learn draws it: after init, before shuffles
-            self._hold_out_validation()
+            problem = self.problem = hold_out_problem(problem, self.model, cfg.validation_fraction,
+                                                      self.random_state, comm)
         self.loop = loop if loop is not None else LoopState()
         if problem.val_X is not None and self.loop.best_params is None:
             self.loop.best_params = params.copy()  # as sklearn: the initial weights until a score improves
@@ -87,7 +89,8 @@ class Trainer:
                                   clock=lambda: self.loop.global_step)
             self.params, self.optimizer = self.sync.params, self.sync.optimizer
         self.schedule = self._make_schedule()
-        self.Y = self._targets()
+        self.problem = replace(problem, train_rows=self.schedule.train)  # this shard's view of them
+        self.Y = output_targets(self.problem, self.model)
         self.faults = faults or {}
         self.early_stopping = problem.val_X is not None
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
@@ -102,7 +105,7 @@ class Trainer:
         self.stop_message = self.stop_exit_code = None
         self.stop_saved = False
         # Per-step compute timing, MPINN_SLOW and, with --balance dynamic, moving rows.
-        self.balancing = LoadBalancing(cfg, problem, comm, self.schedule.n_steps, slow or {}, self._take_shares)
+        self.balancing = LoadBalancing(cfg, self.problem, comm, self.schedule.n_steps, slow or {}, self._take_shares)
 
     # Read-only views of the loop state (tests, summaries).
     epoch = property(lambda self: self.loop.epoch)
@@ -114,12 +117,12 @@ class Trainer:
     # ---- one step and one epoch -------------------------------------------------------
 
     def _inject_and_flag(self, grad):
-        """Called by the step strategy between this rank's compute and the reduction."""
+        """Called by the step strategy between this rank's compute and the reduction: this
+        step's fault, if any (steps count from 1), and this rank's stop request."""
         self.balancing.compute_done()
-        loop = self.loop
-        loop.global_step += 1
-        if loop.global_step in self.faults:
-            inject(self.faults[loop.global_step], self.comm.rank, loop.global_step, grad)
+        step = self.loop.global_step + 1  # the step under way; step() counts it when it is done
+        if step in self.faults:
+            inject(self.faults[step], self.comm.rank, step, grad)
         return 1.0 if Preemption.requested else 0.0
 
     def step(self, local_rows):
@@ -159,7 +162,9 @@ class Trainer:
         batch_rows = min(self.batch_size, self.n_train - self.loop.step_in_epoch * self.batch_size)
         loss_sum, weight, penalty, stop = self.sync.step(xb, yb, sw, weight, self._inject_and_flag, batch_rows)
         t2 = time.perf_counter()
-        loss = loss_sum / weight if weight else 0.0  # a local step (sync_local.py) may have no rows here
+        # Counted once done: the strategy's clock (local averaging's warm-up) reads the steps before it.
+        self.loop.global_step += 1
+        loss = loss_sum / weight if weight else 0.0  # a local step (parallel/local_averaging.py) may have no rows here
         if self.cfg.alpha and weight:
             loss += (0.5 * self.cfg.alpha) * penalty / weight
         comm_seconds = self.sync.comm_seconds - comm_before
@@ -193,7 +198,8 @@ class Trainer:
                 self.progress(loop.epoch + 1, loop.step_in_epoch, self.schedule.n_steps)
             if stop and loop.step_in_epoch < self.schedule.n_steps:
                 return None, True
-            if self.balancing.rebalance_if_due(loop, self.schedule.n_steps) and loop.step_in_epoch < self.schedule.n_steps:
+            if self.balancing.rebalance_if_due(loop.global_step, loop.step_in_epoch == self.schedule.n_steps) \
+                    and loop.step_in_epoch < self.schedule.n_steps:
                 # The rows changed owners: continue the epoch on the new schedule, as a resume would.
                 steps = self.schedule.epoch(loop.epoch, loop.step_in_epoch)
         loss = loop.accumulated / self.n_train
@@ -204,40 +210,17 @@ class Trainer:
 
     # ---- stopping ---------------------------------------------------------------------
 
-    def _update_no_improvement(self, loss, score):
-        """End-of-epoch bookkeeping of sklearn's rule (counters, best loss or best validation
-        parameters, the optimizer's schedule); True when it says training has converged."""
-        loop, cfg = self.loop, self.cfg
-        if self.early_stopping:
-            loop.no_improvement = loop.no_improvement + 1 if score < loop.best_validation_score + cfg.tol else 0
-            if score > loop.best_validation_score:
-                loop.best_validation_score = score
-                loop.best_params = self.params.copy()
-        else:
-            loop.no_improvement = loop.no_improvement + 1 if loss > loop.best_loss - cfg.tol else 0
-            loop.best_loss = min(loop.best_loss, loss)
-        self.optimizer.epoch_end(loop.t)
-        if loop.no_improvement > cfg.n_iter_no_change:
-            if self.optimizer.trigger_stopping():
-                return True
-            loop.no_improvement = 0
-        return False
-
-    def _epoch_verdict(self, loss, score=None):
-        """Why training stops after this epoch, or None: divergence, --loss-target, sklearn's
-        no-improvement rule (on the training loss, or the validation score), max epochs.
-
-        With early stopping a non-finite loss is not the end, as in scikit-learn 1.9: the
-        validation score is NaN, which never improves on the best one, and the best weights are
-        restored at the end."""
-        cfg = self.cfg
-        if not self.early_stopping and (not math.isfinite(loss) or not np.isfinite(self.params).all()):
-            return "diverged"
-        if cfg.loss_target is not None and loss <= cfg.loss_target:
-            return "loss_target"
-        if self._update_no_improvement(loss, score):
-            return "converged"
-        return "max_epochs" if self.loop.epoch >= cfg.epochs else None
+    def _apply(self, decision):
+        """Carry out this rank's end-of-epoch decision (stopping.decide_epoch): the rule's
+        counter, the best loss or validation weights, the optimizer's learning rate."""
+        if not decision.counted:
+            return
+        loop = self.loop
+        loop.no_improvement, loop.best_loss = decision.no_improvement, decision.best_loss
+        loop.best_validation_score = decision.best_validation_score
+        if decision.is_best:
+            loop.best_params = self.params.copy()
+        self.optimizer.learning_rate = decision.learning_rate
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -270,10 +253,14 @@ class Trainer:
                     break
                 loop.loss_curve.append(loss)
                 breakdown = self._epoch_breakdown()  # collective
-                # Every rank applies the rule so optimizer state (adaptive lr) stays equal;
-                # rank 0's verdict is the one acted on.
+                self.timing[...] = 0  # the next epoch's times and moves count from zero
+                self.balancing.start_epoch()
                 score = self.validate() if self.early_stopping else None  # collective
-                reason = comm.bcast_json(self._epoch_verdict(loss, score))
+                # Every rank applies its decision so optimizer state (adaptive lr) stays equal;
+                # rank 0's reason is the one acted on.
+                decision = decide_epoch(cfg, loop, loss, score, self.params, self.optimizer, self.early_stopping)
+                self._apply(decision)
+                reason = comm.bcast_json(decision.reason)
                 if self.early_stopping and reason not in (None, "preempted", "diverged") \
                         and loop.best_params is not None:
                     self.params[...] = loop.best_params  # as sklearn: end on the best validation score
@@ -320,64 +307,34 @@ class Trainer:
         and the per-rank fields of load balancing (rebalancing.py)."""
         per_rank = np.zeros(3 + self.balancing.n_slots)
         per_rank[:3] = self.timing
-        self.balancing.fill_slots(per_rank[3:])
+        self.balancing.fill_slots(per_rank[3:], self.problem.shard.count)
         t = self.comm.allreduce(per_rank, "max")
-        self.timing[...] = 0
         out = {"data_seconds": float(t[0]), "compute_seconds": float(t[1]), "comm_seconds": float(t[2])}
         out.update(self.balancing.epoch_fields(t[3:]))
         return out
 
     # ---- the rows this rank owns ------------------------------------------------------------
 
-    def _targets(self):
-        """Targets of this rank's rows in output space, so a step only gathers rows. Class
-        targets are kept as small integer codes and one-hot / 0-1 encoded per batch (EncodedRows)."""
-        p, model = self.problem, self.model
-        if p.Y is not None:
-            return p.Y
-        if model.output in ("softmax", "logistic"):
-            return _encoded_rows(p, model)
-        return encode_targets(p.y, p.classes, model.output, model.dtype)
-
     def _take_shares(self, shares):
         """Move the rows (rebalancing.py): this rank re-reads its shard under ``shares`` from
         the file (measured against exchanging them in bench/balance.py), then the schedule is
         rebuilt at the same place of the same epoch, so the global batches do not change."""
-        from mpinn.train.problem import reshard
-
         state = self.schedule.state()
         scalars = self.schedule.scalars() if hasattr(self.schedule, "scalars") else None
-        reshard(self.problem, self.cfg, self.comm, shares)
-        self.Y = self._targets()
+        self.problem = reshard(self.problem, self.cfg, self.comm, shares)
+        self.Y = output_targets(self.problem, self.model)
         self.schedule = self._make_schedule()
+        self.problem = replace(self.problem, train_rows=self.schedule.train)
         self.schedule.load_state(state, *([] if scalars is None else [scalars]))
 
     def _make_schedule(self):
-        """The batch schedule over this rank's current shard (rebuilt when the rows move)."""
+        """The batch schedule over this rank's current shard (rebuilt when the rows move); its
+        ``train`` is this shard's view of the training rows, which the caller keeps."""
         p, cfg = self.problem, self.cfg
-        schedule = BatchSchedule(p.train_rows, self.batch_size, cfg.shuffle, self.random_state, p.shard,
-                                 local_seed=cfg.seed, stream=getattr(p, "stream", None),
-                                 permutation=resolve_permutation(getattr(cfg, "permutation", "auto"), p.shard.n_rows),
-                                 shard_spec=str(parse_shard(cfg.shard)))
-        p.train_rows = schedule.train  # this shard's view of the training rows (rebuilt if the rows moved)
-        return schedule
-
-    def _hold_out_validation(self):
-        """The CLI's early-stopping split: problem.train_rows loses the validation rows, and
-        val_X / val_Y (targets in output space) hold this rank's share of them."""
-        from mpinn.train.early_stopping import hold_out
-
-        p, model = self.problem, self.model
-        binary = labels_as_classes(p.y, p.classes) == p.classes[1] if model.output == "logistic" else None
-        try:
-            p.train_rows, local = hold_out(p.train_rows, self.cfg.validation_fraction, self.random_state, p.shard,
-                                           self.comm, binary_labels=binary)
-        except ValueError as exc:
-            raise InputError(f"--early-stopping: {exc}") from None
-        y = p.y[local]
-        p.val_X = p.X[local]
-        p.val_Y = encode_targets(labels_as_classes(y, p.classes) if p.task == "classify" else y, p.classes,
-                                 model.output, model.dtype)
+        return BatchSchedule(p.train_rows, self.batch_size, cfg.shuffle, self.random_state, p.shard,
+                             local_seed=cfg.seed, stream=getattr(p, "stream", None),
+                             permutation=resolve_permutation(getattr(cfg, "permutation", "auto"), p.shard.n_rows),
+                             shard_spec=str(parse_shard(cfg.shard)))
 
     def _signalled_before_start(self):
         """Collective: did a rank get a signal before this run's first step? (A flag is
@@ -401,8 +358,6 @@ class Trainer:
 
     def validate(self):
         """Validation score (early_stopping.validation_score; collective), recorded in the loop."""
-        from mpinn.train.early_stopping import validation_score
-
         score, loss = validation_score(self.model, self.params, self.problem, self.comm)
         self.loop.validation_scores.append(score)
         self.loop.validation_loss_curve.append(loss)
@@ -413,11 +368,17 @@ class Trainer:
     def checkpoint_state(self):
         """Collective: (JSON scalars, arrays) that make a resumed run continue bit for bit, on
         any rank count and in either sync mode (optimizer state whole). Valid on rank 0."""
-        return train_state.checkpoint_state(self)
+        return train_state.checkpoint_state(self.loop, extra_state=self.extra_state, **self._stored_parts())
 
     def restore(self, scalars, arrays):
         """Continue from ``checkpoint_state()`` as saved by any number of ranks."""
-        train_state.restore(self, scalars, arrays)
+        train_state.restore(self.loop, scalars, arrays, ranks=self.comm.size, **self._stored_parts())
+
+    def _stored_parts(self):
+        """What train/state.py stores and restores besides the loop's counters."""
+        return dict(params=self.params, sync=self.sync, random_state=self.random_state, schedule=self.schedule,
+                    balancing=self.balancing, n_train=self.n_train, batch_size=self.batch_size,
+                    early_stopping=self.early_stopping)
 
     def summary(self):
         """The end-of-run record rank 0 prints with --json."""
@@ -431,9 +392,3 @@ class Trainer:
                "checkpoint": self.checkpointer.last_path if self.checkpointer else None}
         out.update({k: v for k, v in last.items() if k.startswith("test_")})
         return out
-
-
-def _encoded_rows(problem, model):
-    from mpinn.data.stream import EncodedRows
-
-    return EncodedRows(labels_as_classes(problem.y, problem.classes), problem.classes, model.output, model.dtype)

@@ -35,9 +35,9 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
 
     from mpinn.data import hdf5 as datamod
     from mpinn.atomic import AtomicH5
-    from mpinn.parallel.agree import decide_on_root
+    from mpinn.parallel.agree import on_root
 
-    info = datamod.DataInfo(**decide_on_root(
+    info = datamod.DataInfo(**on_root(
         comm, lambda: datamod.inspect(path, x_name, require_y=False).to_json()))
     if info.n_features != fitted.n_features_in_:
         raise InputError(f"{path}: {info.n_features} features but the model expects {fitted.n_features_in_}")
@@ -53,7 +53,7 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
             target.discard()
             raise InputError(f"--out: cannot write {out}: {exc}") from None
 
-    decide_on_root(comm, start)
+    on_root(comm, start)
     try:
         with h5py.File(path, "r") as f:
             X = f[x_name]

@@ -8,23 +8,28 @@ in which case each rank keeps only its shard's rows of the arrays it was given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mpinn.data import hdf5 as datamod
 from mpinn.errors import InputError
 from mpinn.data.partition import Shard, make_shard
-from mpinn.data.schedule import TrainRows, resolve_permutation, split_rows
-from mpinn.parallel.agree import collective_check, decide_on_root
+from mpinn.data.schedule import TrainRows, index_dtype, resolve_permutation, split_rows
+from mpinn.data.stream import EncodedRows
+from mpinn.nn.model import encode_targets
+from mpinn.parallel.agree import collective_check, on_root
 
 # Class labels are integers; the set present is found by a MAX-reduction of a presence
 # vector over [min, max], which stays small for any sane label coding.
 MAX_LABEL_SPAN = 1_000_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
+    """What one rank trains on. Immutable: a change (reshard, scaling, the validation hold-out)
+    is a new Problem (dataclasses.replace), so whoever holds one sees it unchanged."""
+
     task: str                   # "classify" or "regress"
     X: np.ndarray               # this rank's rows (n_local, n_features), training dtype
     y: np.ndarray               # this rank's raw labels / targets
@@ -37,18 +42,19 @@ class Problem:
     task_reason: str | None = None    # why --task auto chose ``task`` (the start line says it)
     test_X: np.ndarray | None = None   # this rank's test rows
     test_y: np.ndarray | None = None
-    # Set by the estimators (estimators.py); the CLI leaves them None.
+    # Set by the estimators (estimators/fit.py); the CLI leaves them None.
     Y: np.ndarray | None = None              # this rank's targets already in output space
     sample_weight: np.ndarray | None = None  # this rank's per-row weights
     val_X: np.ndarray | None = None          # this rank's validation rows (early stopping)
     val_Y: np.ndarray | None = None          # ... their targets in output space
     val_weight: np.ndarray | None = None     # ... their weights
     stream: object | None = None             # X as mpinn.stream.StreamingRows (load_problem(stream=True))
-    scaler: object | None = None             # the feature scaling applied to X (scaler_train.scale_problem)
+    scaler: object | None = None             # the feature scaling applied to X (preprocessing.training.scale_problem)
 
     def __post_init__(self):
         if not isinstance(self.train_rows, TrainRows):  # global row ids, the same on every rank
-            self.train_rows = TrainRows.from_array(self.train_rows, self.shard)
+            # The one conversion, while the instance is being made (hence past frozen).
+            object.__setattr__(self, "train_rows", TrainRows.from_array(self.train_rows, self.shard))
 
     def close(self):
         """Release a streamed X (its open file and read-ahead thread); in-memory data needs nothing."""
@@ -145,6 +151,17 @@ def labels_as_classes(y, classes):
     return y if classes.dtype.kind == "U" else y.astype(np.int64, copy=False)
 
 
+def output_targets(problem, model):
+    """Targets of this rank's rows in ``model``'s output space, so a step only gathers rows.
+    Class targets are kept as small integer codes and one-hot / 0-1 encoded per batch (EncodedRows)."""
+    p = problem
+    if p.Y is not None:
+        return p.Y
+    if model.output in ("softmax", "logistic"):
+        return EncodedRows(labels_as_classes(p.y, p.classes), p.classes, model.output, model.dtype)
+    return encode_targets(p.y, p.classes, model.output, model.dtype)
+
+
 def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
     """Read and check this rank's part of the training (and test) data named in ``cfg``.
 
@@ -156,7 +173,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
 
     if not cfg.data:
         raise InputError("--data FILE.h5 is required")
-    info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(cfg.data, cfg.x_name, cfg.y_name).to_json()))
+    info = datamod.DataInfo(**on_root(comm, lambda: datamod.inspect(cfg.data, cfg.x_name, cfg.y_name).to_json()))
     if info.n_rows < comm.size:
         raise InputError(f"{cfg.data}: {info.n_rows} rows is fewer than the {comm.size} ranks")
     task = cfg.task
@@ -166,7 +183,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         raise InputError(f"{cfg.data}: classification needs 1-D labels, {info.y_name!r} has shape {info.y_shape}")
     test_info = None
     if cfg.test_data:
-        test_info = datamod.DataInfo(**decide_on_root(
+        test_info = datamod.DataInfo(**on_root(
             comm, lambda: datamod.inspect(cfg.test_data, cfg.x_name, cfg.y_name).to_json()))
         if test_info.n_features != info.n_features:
             raise InputError(f"{cfg.test_data}: {test_info.n_features} features but training data "
@@ -203,25 +220,27 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
             test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
         check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
 
-    problem = Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
-                      n_features=info.n_features, class_names=info.class_names,
-                      test_X=test_X, test_y=test_y, stream=X if stream else None, task_reason=reason)
+    classes, n_outputs = None, 1
     if task == "classify":
         train_local = y[train_rows.local] if cfg.test_fraction else y
-        problem.classes = find_classes(comm, [train_local])
+        classes = find_classes(comm, [train_local])
         if test_y is not None:
-            unseen = np.setdiff1d(labels_as_classes(test_y, problem.classes), problem.classes)
+            unseen = np.setdiff1d(labels_as_classes(test_y, classes), classes)
             collective_check(comm, f"test labels {unseen[:5].tolist()} do not occur in the training data"
                              if len(unseen) else None)
     else:
-        problem.n_outputs = 1 if len(info.y_shape) == 1 else info.y_shape[1]
-    return problem
+        n_outputs = 1 if len(info.y_shape) == 1 else info.y_shape[1]
+    return Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
+                   n_features=info.n_features, classes=classes, class_names=info.class_names, n_outputs=n_outputs,
+                   test_X=test_X, test_y=test_y, stream=X if stream else None, task_reason=reason)
 
 
 def reshard(problem, cfg, comm, shares):
     """Give this rank the rows of its shard under ``shares`` (dynamic load balancing): the
     new owner re-reads them from the file, X and y (or a new StreamingRows), each rank only its
-    own hyperslabs. Test rows stay where load_problem put them (they are summed, not owned)."""
+    own hyperslabs. Test rows stay where load_problem put them (they are summed, not owned).
+    Returns the new Problem; the old one's stream is closed. The old rows stay in memory while
+    the new ones are read if the caller still holds the old Problem."""
     import h5py
 
     old = problem.shard
@@ -229,21 +248,19 @@ def reshard(problem, cfg, comm, shares):
     info = datamod.DataInfo(cfg.data, cfg.x_name, cfg.y_name, old.n_rows, problem.n_features,
                             [old.n_rows, *np.shape(problem.y)[1:]], "str" if problem.y.dtype.kind == "U" else "num")
     stream = problem.stream
-    problem.X = problem.y = None  # the old rows go before the new ones come: one shard in memory
     with h5py.File(cfg.data, "r") as f:
         X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=stream is None)
     if stream is not None:
         from mpinn.data.stream import StreamingRows
 
         stream.close()
-        X = problem.stream = StreamingRows(cfg.data, cfg.x_name, shard, problem.n_features, cfg.dtype,
-                                           chunk_rows=stream.chunk_rows, read_ahead=stream.read_ahead)
-    problem.X, problem.y, problem.shard = X, y, shard
+        X = stream = StreamingRows(cfg.data, cfg.x_name, shard, problem.n_features, cfg.dtype,
+                                   chunk_rows=stream.chunk_rows, read_ahead=stream.read_ahead)
     if problem.scaler is not None:  # the rows were re-read raw: scale them as the others
         from mpinn.preprocessing.training import apply_scaler
 
         apply_scaler(problem.scaler, X)
-    return problem
+    return replace(problem, X=X, y=y, shard=shard, stream=stream)
 
 
 def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
@@ -258,13 +275,13 @@ def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
     Xl = np.ascontiguousarray(shard.take(X), dtype=cfg.dtype)
     yl = shard.take(y)
     check_values(comm, Xl, yl, "X", task, shard)
-    problem = Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=datamod.index_dtype(len(X))),
-                      n_features=X.shape[1])
+    classes, n_outputs = None, 1
     if task == "classify":
-        problem.classes = find_classes(comm, [yl])
-    else:
-        problem.n_outputs = 1 if y.ndim == 1 else y.shape[1]
-    return problem
+        classes = find_classes(comm, [yl])
+    elif y.ndim > 1:
+        n_outputs = y.shape[1]
+    return Problem(task=task, X=Xl, y=yl, shard=shard, train_rows=np.arange(len(X), dtype=index_dtype(len(X))),
+                   n_features=X.shape[1], classes=classes, n_outputs=n_outputs)
 
 
 def load_shard(path, comm, *, x_name="X", y_name="y", w_name=None, shard="block", dtype=None, task="classify"):
@@ -275,7 +292,7 @@ def load_shard(path, comm, *, x_name="X", y_name="y", w_name=None, shard="block"
     """
     import h5py
 
-    info = datamod.DataInfo(**decide_on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
+    info = datamod.DataInfo(**on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
 
     def check_weights():
         with h5py.File(path, "r") as f:
@@ -287,7 +304,7 @@ def load_shard(path, comm, *, x_name="X", y_name="y", w_name=None, shard="block"
         with h5py.File(path, "r") as f:
             return str(f[x_name].dtype)
 
-    stored = decide_on_root(comm, check_weights if w_name else x_dtype)
+    stored = on_root(comm, check_weights if w_name else x_dtype)
     if dtype is None:
         dtype = np.float32 if stored == "float32" else np.float64
     shard = make_shard(info.n_rows, comm.rank, comm.size, shard)

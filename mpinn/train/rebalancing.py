@@ -3,7 +3,7 @@
 Each rank times the compute of every step (CPU seconds of its thread) and, under MPINN_SLOW,
 stands in for a slower node by sleeping. With --balance dynamic, every few steps the ranks
 send their window's speed to rank 0, whose ``balance.Balancer`` decides the row shares
-(balance.py holds that rule; this module only measures, communicates and applies it), and
+(parallel/balance.py holds that rule; this module only measures, communicates and applies it), and
 every rank takes its rows under the shares it broadcasts. Also kept here: the per-rank fields
 of the epoch record (compute seconds, shares, moves) and the shares a checkpoint carries.
 """
@@ -22,9 +22,10 @@ class LoadBalancing:
     """One rank's compute timing and, with --balance dynamic, its part in moving rows (collective)."""
 
     def __init__(self, cfg, problem, comm, n_steps, slow, take_shares):
-        """``slow`` maps a rank to the factor by which it is made slower (balance.parse_slow);
+        """``problem``: the rows this rank starts with (not kept: moving rows makes a new one).
+        ``slow`` maps a rank to the factor by which it is made slower (balance.parse_slow);
         ``take_shares(shares)`` makes this rank's rows those it owns under ``shares``."""
-        self.cfg, self.problem, self.comm, self._take_shares = cfg, problem, comm, take_shares
+        self.cfg, self.comm, self._take_shares = cfg, comm, take_shares
         self._slow = float(slow.get(comm.rank, 1.0))
         self._compute_start, self._compute_wall = time.thread_time(), time.perf_counter()
         self._window_rows, self._window_busy = [], []  # per step since the window began
@@ -67,14 +68,15 @@ class LoadBalancing:
 
     # ---- decisions and moves ------------------------------------------------------------------
 
-    def rebalance_if_due(self, loop, n_steps):
-        """Collective, after a step: look at the speeds if it is time; True if the rows moved."""
+    def rebalance_if_due(self, global_step, epoch_ended):
+        """Collective, after a step (``global_step`` steps done; the last of its epoch if
+        ``epoch_ended``): look at the speeds if it is time; True if the rows moved."""
         if self.balancer is None:
             return False
         if self.cfg.shuffle == "local":  # local batches come from the shard: change it between epochs only
-            due = loop.step_in_epoch == n_steps
+            due = epoch_ended
         else:
-            due = loop.global_step % self._interval == 0
+            due = global_step % self._interval == 0
         return due and self._rebalance()
 
     def _rebalance(self):
@@ -108,24 +110,27 @@ class LoadBalancing:
         """Slots this adds to the epoch's max-reduction: each rank's busy seconds and row count."""
         return 2 * self.comm.size if self.per_rank else 0
 
-    def fill_slots(self, slots):
-        """This rank's values in its own slots (zeros elsewhere): a max over ranks gathers them."""
+    def fill_slots(self, slots, rows):
+        """This rank's values in its own slots (zeros elsewhere; ``rows``: how many it owns
+        now): a max over ranks gathers them."""
         if self.per_rank:
             size, rank = self.comm.size, self.comm.rank
             slots[rank] = self._busy_epoch
-            slots[size + rank] = self.problem.shard.count
+            slots[size + rank] = rows
 
     def epoch_fields(self, slots):
-        """The epoch record's per-rank fields from the reduced slots; the next epoch counts anew."""
-        self._busy_epoch = 0.0
+        """The epoch record's per-rank fields from the reduced slots."""
         if not self.per_rank:
             return {}
         size = self.comm.size
         counts = slots[size:]
-        out = {"rank_compute_seconds": slots[:size].tolist(), "shares": (counts / counts.sum()).tolist(),
-               "row_moves": self._moves, "move_seconds": self._move_seconds}
+        return {"rank_compute_seconds": slots[:size].tolist(), "shares": (counts / counts.sum()).tolist(),
+                "row_moves": self._moves, "move_seconds": self._move_seconds}
+
+    def start_epoch(self):
+        """The next epoch's busy seconds and moves count from zero."""
+        self._busy_epoch = 0.0
         self._moves, self._move_seconds = 0, 0.0
-        return out
 
     # ---- checkpoints --------------------------------------------------------------------------
 
