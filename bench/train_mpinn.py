@@ -67,9 +67,7 @@ def main(argv=None):
         trainer.fit()
         history = trainer.history
     model_bytes = trainer.params.nbytes + trainer.sync.buffer.nbytes + trainer.sync.state_bytes()
-    ws = trainer.model._ws or {}
-    workspace = sum(x.nbytes for k in ("acts", "deltas") for x in ws.get(k, [])) + sum(
-        ws[k].nbytes for k in ("scratch", "rowloss") if k in ws)
+    workspace = trainer.model._ws.nbytes if trainer.model._ws is not None else 0
     X = problem.X
     # The shard's bytes as stored (X rows + y), whether held in memory or streamed.
     shard_bytes = X.shape[0] * X.shape[1] * np.dtype(X.dtype).itemsize + np.asarray(problem.y).nbytes

@@ -7,6 +7,7 @@ follower, raise on every rank within seconds (on main 3b76c1d each of them hung 
 """
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -103,6 +104,71 @@ def test_lbfgs_evaluation_failing_on_one_rank_raises_on_every_rank(world, monkey
     est = mpinn.MLPClassifier(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=40, random_state=0, comm=world)
     start = time.monotonic()
     with pytest.raises(MemoryError, match=f"injected on rank {failing}"):
+        est.fit(X, y)
+    assert time.monotonic() - start < 10
+    world.Barrier()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_epoch_decisions_are_rank_0s_on_every_rank(world, monkeypatch):
+    """Every rank applies rank 0's end-of-epoch decision (learning rate, counters, best weights,
+    stop). Ranks 1.. are given a rule that would decide otherwise (as their own floats might on
+    an MPI whose reductions are not bitwise equal on every rank): they never use it."""
+    import dataclasses
+
+    from sklearn.datasets import load_iris
+
+    import mpinn
+    import mpinn.train.stopping as stopping
+
+    if world.Get_rank() > 0:
+        real = stopping.decide_epoch
+
+        def other_floats(*args):
+            decision = real(*args)
+            rate = None if decision.learning_rate is None else decision.learning_rate / 3
+            return dataclasses.replace(decision, learning_rate=rate, no_improvement=decision.no_improvement + 1)
+
+        monkeypatch.setattr(stopping, "decide_epoch", other_floats)
+    X, y = load_iris(return_X_y=True)
+    kw = dict(hidden_layer_sizes=(6,), solver="sgd", learning_rate="adaptive", learning_rate_init=0.5,
+              n_iter_no_change=2, tol=1e-3, max_iter=40, random_state=0)
+    start = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning, if the epochs do not suffice
+        together = mpinn.MLPClassifier(comm=world, **kw).fit(X, y)
+    assert time.monotonic() - start < 10
+    mine = [together.n_iter_, together._optimizer.learning_rate, together._no_improvement_count]
+    everyone = world.allgather(mine)
+    assert all(theirs == everyone[0] for theirs in everyone), everyone
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_signal_after_the_last_step_is_not_lost(world, monkeypatch):
+    """SIGTERM reaching rank 0 during the last epoch's validation (after the last step's
+    reduction carried no flag): the fit ends as preempted on every rank, not as finished."""
+    import os
+    import signal
+
+    from sklearn.datasets import load_iris
+
+    import mpinn
+    import mpinn.train.loop as loop
+
+    real = loop.Trainer.validate
+    calls = [0]
+
+    def validate(self):
+        calls[0] += 1
+        if calls[0] == 4 and world.Get_rank() == 0:  # the last epoch's validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(loop.Trainer, "validate", validate)
+    X, y = load_iris(return_X_y=True)
+    est = mpinn.MLPClassifier(hidden_layer_sizes=(6,), early_stopping=True, max_iter=4, random_state=0, comm=world)
+    start = time.monotonic()
+    with pytest.raises(mpinn.Preempted, match="SIGTERM"):
         est.fit(X, y)
     assert time.monotonic() - start < 10
     world.Barrier()

@@ -4,7 +4,9 @@ Serial: one rank is the allreduce run bit for bit; bad values are one-line error
 Under `mpiexec -n N python -m pytest --with-mpi -m mpi tests/test_local_sync.py` (`make test`
 runs 2 and 3 ranks): K times fewer reductions, every rank ends each epoch with the same model
 and loss, K = 1 with (momentum) SGD is the allreduce update (the independent reference: that
-update is linear in the gradient), warm-up steps are allreduce steps, and a preempted run
+update is linear in the gradient), with sample weights K = 1 reports allreduce's loss curve
+and stops at its epoch, a window whose rows all weigh 0 keeps the model (on every rank) or
+gives its rank no say (on one), warm-up steps are allreduce steps, and a preempted run
 resumes to the uninterrupted one at the same rank count and continues on another.
 """
 

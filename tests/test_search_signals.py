@@ -124,3 +124,17 @@ def test_api_search_signalled_raises_on_every_rank_and_resumes_exactly(tmp_path,
     result = json.loads(again.stdout.splitlines()[-1])
     assert (result["run"], result["resumed"]) == (18 - len(done), len(done))
     np.testing.assert_allclose(result["scores"], reference["scores"], rtol=0, atol=1e-12)
+
+
+def test_cli_search_whose_refit_is_preempted_exits_75(iris, tmp_path):
+    """The refit is `mpinn train`: preempted, it checkpoints and the search exits 75 (on main
+    3b76c1d the search ignored the refit's 75 and exited 0, so no requeue happened)."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text("lr = [0.05]\nepochs = 40\nbatch-size = 50\n")
+    # Each task fits 75 rows (2 steps an epoch, 80 in all); the refit fits 150 (3 an epoch, 120):
+    # the fault at step 85, counted in each fit, fires in the refit only (it converges at 93).
+    args = ["search", "--data", iris, "--grid", grid, "--cv", 2, "--results", tmp_path / "r.csv",
+            "--checkpoint", tmp_path / "ck"]
+    proc = run(args, np_=2, check=False, timeout=120, env=clean_env(MPINN_FAULT="0:85:term"))
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert "preempted" in proc.stderr and (tmp_path / "r.csv").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mpinn.atomic import check_output_file
 from mpinn.cli.common import load_on_all, print_report, problem_for_model
 from mpinn.errors import InputError
@@ -38,7 +40,7 @@ def cmd_eval(args):
     rows, chosen, note = rows_to_score(args.rows, split, info.n_rows, args.data)
     if chosen is not None:  # this rank's share of the chosen rows
         local = problem.shard.local_positions(chosen)[1]
-        problem.X, problem.y = problem.X[local], problem.y[local]
+        problem = dataclasses.replace(problem, X=problem.X[local], y=problem.y[local])
     if problem.task == "classify":
         unseen = np.setdiff1d(labels_as_classes(problem.y, problem.classes), problem.classes)
         collective_check(comm, f"{args.data}: labels {unseen[:5].tolist()} are not classes of the model"

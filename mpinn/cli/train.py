@@ -157,7 +157,7 @@ def cmd_train(args):
     # Before the Trainer: the statistics cover every training row (--early-stopping's
     # validation rows too, as scikit-learn's Pipeline(scaler, MLP) does).
     resumed = _read_resume_checkpoint(cfg, comm) if cfg.resume else None
-    scale = _scale(problem, cfg, comm, resumed)
+    problem, scale = _scale(problem, cfg, comm, resumed)
     bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted(progress_mode) else None
 
     def log(line):
@@ -171,6 +171,9 @@ def cmd_train(args):
                       log=(lambda line: None) if quiet else log, progress=progress,
                       format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping,
                       faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow)
+    # From here on the trainer's Problem is the one trained on (held-out rows, moved rows); the
+    # loaded one must not keep its rows in memory.
+    del problem
     if cfg.resume:
         _resume(trainer, cfg, comm, resumed)
     if comm.rank == 0:
@@ -179,9 +182,9 @@ def cmd_train(args):
                 fh.write(cfg.to_toml())
     if comm.rank == 0 and not quiet:
         print("# resolved configuration\n" + cfg.to_toml(), end="", flush=True)
-        task = problem.task + (f" ({problem.task_reason})" if problem.task_reason else "")
+        task = trainer.problem.task + (f" ({trainer.problem.task_reason})" if trainer.problem.task_reason else "")
         print(f"mpinn {__version__}: {comm.size} rank(s), {task}, layers {trainer.model.layer_sizes}, "
-              f"{len(problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
+              f"{len(trainer.problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
               f"shard {cfg.shard}{', balance dynamic' if cfg.balance == 'dynamic' else ''}, "
               f"shuffle {cfg.shuffle}, sync {trainer.sync.name if trainer.sync else '-'}"
               + (f" (model averaging: the result depends on the rank count, {comm.size})"
@@ -192,7 +195,7 @@ def cmd_train(args):
     try:
         trainer.fit()
     finally:
-        problem.close()
+        trainer.problem.close()
     if trainer.stop_reason == "preempted":
         if comm.rank == 0:
             if bar:
@@ -266,19 +269,19 @@ def _resume(trainer, cfg, comm, resumed):
 
 def _scale(problem, cfg, comm, resumed):
     """Scale the features as --scale says (statistics of the training rows, collective), or as
-    the ``resumed`` checkpoint did (its statistics; none for one written before --scale)."""
+    the ``resumed`` checkpoint did (its statistics; none for one written before --scale):
+    (the scaled Problem, the --scale it ran with)."""
     from mpinn.preprocessing.training import scale_problem, scaler_from_arrays
 
     if resumed is None:
-        scale_problem(problem, cfg.scale, comm)
-        return cfg.scale
+        return scale_problem(problem, cfg.scale, comm), cfg.scale
     attrs, arrays = resumed
     n_inputs = attrs["model"]["layer_sizes"][0]
     if n_inputs != problem.n_features:  # before its statistics are applied to these rows
         raise InputError(f"--resume: {attrs['path']} has layers {attrs['model']['layer_sizes']}, trained on "
                          f"{n_inputs} features; this data has {problem.n_features}")
     fitted = scaler_from_arrays(arrays)
-    scale_problem(problem, "none", comm, fitted)
+    problem = scale_problem(problem, "none", comm, fitted)
     if fitted is None:
         cfg.scale = "none"  # what the resumed model was trained with
-    return cfg.scale
+    return problem, cfg.scale

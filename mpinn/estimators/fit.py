@@ -290,7 +290,7 @@ class _FitMLP(_BaseMLP):
         SIGUSR1: raise Preempted on every rank, the estimator unchanged. SIGINT (Ctrl-C) before
         the first step: KeyboardInterrupt; during training: scikit-learn's "Training interrupted
         by user." warning, and the fit ends on the weights so far (early stopping: the best)."""
-        from mpinn.parallel.faults import EXIT_INTERRUPTED, Preempted
+        from mpinn.parallel.faults import EXIT_INTERRUPTED, Interrupted, Preempted, Preemption
 
         name = type(self).__name__
         if trainer.stop_exit_code != EXIT_INTERRUPTED:
@@ -299,8 +299,10 @@ class _FitMLP(_BaseMLP):
             else:
                 saved = "; nothing saved" + ("" if self.checkpoint else " (set checkpoint= to keep the progress)")
             raise Preempted(f"{name}.fit {trainer.stop_message}{saved}")
-        if trainer.loop.global_step == trainer._start_step:
-            raise KeyboardInterrupt(f"{name}.fit {trainer.stop_message}")
+        if trainer.loop.global_step == trainer._start_step or Preemption.inside_another_run():
+            # Nothing trained, or a search's fit: the search acts on the signal, so a model
+            # trained so far is no result (it would be scored and recorded).
+            raise Interrupted(f"{name}.fit {trainer.stop_message}")
         warnings.warn("Training interrupted by user.", stacklevel=5)
         if self.early_stopping and trainer.loop.best_params is not None:
             trainer.params[...] = trainer.loop.best_params  # as scikit-learn after an interrupt

@@ -279,6 +279,13 @@ class _Workspace:
         self.m = None
         self._wt_of, self._wt = None, None
 
+    @property
+    def nbytes(self):
+        """Bytes of the arrays this workspace allocated (its views over them excluded)."""
+        own = [*self._acts, *self._deltas, self._scratch, self._col]
+        own += [v for v in vars(self._loss).values() if isinstance(v, np.ndarray)]
+        return sum(a.nbytes for a in own)
+
     def at(self, m):
         if m != self.m:
             self.acts = [a[:m] for a in self._acts]

@@ -34,6 +34,7 @@ import numpy as np
 from mpinn import __version__
 from mpinn.atomic import check_writable_dir, fsync_dir, write_h5_atomic, write_text_atomic
 from mpinn.errors import CheckpointError, InputError
+from mpinn.parallel.agree import on_root
 from mpinn.parallel.faults import take_write_fault
 from mpinn.nn.fitted import FittedMLP
 
@@ -130,18 +131,17 @@ class Checkpointer:
     def save(self, trainer):
         path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}-{trainer.step_in_epoch:06d}.h5")
         state = trainer.checkpoint_state()  # collective: a sharded optimizer state is gathered
-        error = None
-        if self.comm.rank == 0:
+
+        def write():
             try:
                 self._write(path, trainer, state)
             except Exception as exc:  # noqa: BLE001 - any failure here is reported to every rank
-                error = f"checkpoint {path} could not be written ({type(exc).__name__}: {exc}); " \
-                        f"the previous checkpoints in {self.directory} are intact"
-        # Rank 0 alone wrote: every rank learns the outcome here, so none waits alone in the
+                raise CheckpointError(f"checkpoint {path} could not be written ({type(exc).__name__}: {exc}); "
+                                      f"the previous checkpoints in {self.directory} are intact") from None
+
+        # Rank 0 alone writes: every rank learns the outcome here, so none waits alone in the
         # next collective (the estimators run without an abort handler).
-        error = self.comm.bcast_json(error)
-        if error is not None:
-            raise CheckpointError(error)
+        on_root(self.comm, write)
         self.last_path = path
 
     def _write(self, path, trainer, state):

@@ -29,7 +29,7 @@ from mpinn.data.schedule import BatchSchedule, resolve_permutation
 from mpinn.parallel.sync import make_sync
 from mpinn.train.config import optimizer_from_config
 from mpinn.train.state import LoopState
-from mpinn.train.stopping import decide_epoch
+from mpinn.train.stopping import agreed_decision
 
 __all__ = ["LoopState", "Trainer", "TrainingDiverged", "build_model", "evaluate"]
 
@@ -237,7 +237,9 @@ class Trainer:
             reason = "max_epochs"
         self._start_step = loop.global_step
         try:
-            if reason is None and self._signalled_before_start():  # e.g. while the data loaded
+            if 0 in self.faults:  # MPINN_FAULT step 0: a signal before the first step
+                inject(self.faults[0], self.comm.rank, 0, None)
+            if reason is None and self._signalled():  # e.g. while the data loaded
                 reason = "preempted"
                 self._preempt()
             while reason is None:
@@ -256,11 +258,10 @@ class Trainer:
                 self.timing[...] = 0  # the next epoch's times and moves count from zero
                 self.balancing.start_epoch()
                 score = self.validate() if self.early_stopping else None  # collective
-                # Every rank applies its decision so optimizer state (adaptive lr) stays equal;
-                # rank 0's reason is the one acted on.
-                decision = decide_epoch(cfg, loop, loss, score, self.params, self.optimizer, self.early_stopping)
+                decision = agreed_decision(comm, cfg, loop, loss, score, self.params, self.optimizer,
+                                           self.early_stopping)
                 self._apply(decision)
-                reason = comm.bcast_json(decision.reason)
+                reason = decision.reason
                 if self.early_stopping and reason not in (None, "preempted", "diverged") \
                         and loop.best_params is not None:
                     self.params[...] = loop.best_params  # as sklearn: end on the best validation score
@@ -293,6 +294,11 @@ class Trainer:
                     self._preempt()
                 elif self.checkpointer and (reason or (cfg.checkpoint_every and loop.epoch % cfg.checkpoint_every == 0)):
                     self.checkpointer.save(self)
+            if reason not in ("preempted", "diverged") and self._signalled():
+                # A signal after the last step's reduction (during the last evaluation or
+                # checkpoint) is not dropped: the run ends as preempted, its checkpoint written.
+                reason = "preempted"
+                self._preempt()
         finally:
             if metrics_file:
                 metrics_file.close()
@@ -336,11 +342,9 @@ class Trainer:
                              permutation=resolve_permutation(getattr(cfg, "permutation", "auto"), p.shard.n_rows),
                              shard_spec=str(parse_shard(cfg.shard)))
 
-    def _signalled_before_start(self):
-        """Collective: did a rank get a signal before this run's first step? (A flag is
-        otherwise read only in a step's reduction.) MPINN_FAULT step 0 signals here."""
-        if 0 in self.faults:
-            inject(self.faults[0], self.comm.rank, 0, None)
+    def _signalled(self):
+        """Collective: did a rank get a signal outside a step's reduction (which otherwise
+        carries the flag): before the first step, or after the last one?"""
         return self.comm.allreduce(np.array([float(Preemption.requested)]), "max")[0] > 0
 
     def _preempt(self):

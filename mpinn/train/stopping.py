@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from mpinn.parallel.agree import on_root
+
 
 @dataclasses.dataclass(frozen=True)
 class EpochDecision:
@@ -56,3 +58,11 @@ def decide_epoch(cfg, loop, loss, score, params, optimizer, early_stopping):
     if reason is None and loop.epoch >= cfg.epochs:
         reason = "max_epochs"
     return EpochDecision(reason, True, no_improvement, best_loss, best_score, is_best, trial.learning_rate)
+
+
+def agreed_decision(comm, *args):
+    """``decide_epoch(*args)`` as rank 0 makes it, on every rank (collective). Rank 0 decides
+    from its floats and every rank applies that decision (the learning rate, the counters,
+    whether these weights are the best), so ranks whose reductions differ in the last bits
+    still make one decision and never drift apart."""
+    return EpochDecision(**on_root(comm, lambda: dataclasses.asdict(decide_epoch(*args))))
