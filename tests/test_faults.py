@@ -143,7 +143,7 @@ def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
     also land while a checkpoint is written), and the test checks that it landed there: while
     the job was still running and before its last epoch."""
     data = tmp_path / "syn.h5"
-    run(["data", "synthetic", data, "--samples", "20000", "--features", "20", "--classes", "3"])
+    run(["data", "synthetic", data, "--samples", "8000", "--features", "20", "--classes", "3"])
     epochs = 20
     args = ["--data", data, "--hidden", "64,64", "--solver", "adam", "--epochs", str(epochs), "--batch-size", "32",
             "--seed", "1", "--n-iter-no-change", "1000", "--quiet", "--checkpoint-every", "1",
