@@ -1,13 +1,14 @@
 """Where one training step's time goes: milliseconds per step in each part, per rank.
 
-    mpiexec -n 2 python bench/step_parts.py --data out/bench/big.h5 [--sync allreduce|sharded]
+    mpiexec -n 2 python bench/step_parts.py --data out/bench/big.h5 [--sync allreduce|sharded|shm]
 
 Wraps the parts of a step with timers for one epoch of the big MLP (global batch 256, f32,
 adam): loss_grad_sum (forward + backward: the matmuls and the elementwise work), the step's
 collectives (Allreduce; or Reduce_scatter_block, Allgather and the batch-weight Iallreduce's
-wait; including waiting for the slower rank), and the optimizer update (L2 term and division
-folded in; compiled when numba is installed, MPINN_NUMBA=0 for numpy). Whatever is left of
-the step is gathering rows and Python.
+wait; with shm: the fence and the slice sums; including waiting for the slower rank), the
+optimizer update (L2 term and division folded in; compiled when numba is installed,
+MPINN_NUMBA=0 for numpy) and, with shm, the wait until every rank's slice is updated.
+Whatever is left of the step is gathering rows and Python.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def main(argv=None):
 
         setattr(obj, name, timed)
 
-    for obj, name, label in [(tr.model, "loss_grad_sum", "forward+backward"), (comm, "allreduce_sum", "collectives"),
-                             (comm, "reduce_scatter_block_sum", "collectives"),
-                             (comm, "allgather_in_place", "collectives"), (comm, "wait_all", "collectives"),
-                             (tr.optimizer, "step", "optimizer (incl. L2, /weight)")]:
+    parts = [(tr.model, "loss_grad_sum", "forward+backward"), (comm, "allreduce_sum", "collectives"),
+             (comm, "reduce_scatter_block_sum", "collectives"),
+             (comm, "allgather_in_place", "collectives"), (comm, "wait_all", "collectives"),
+             (tr.optimizer, "step", "optimizer (incl. L2, /weight)")]
+    if tr.sync.name == "shm":  # the fence and slice sums; then the wait for every slice's update
+        parts += [(tr.sync, "reduce", "collectives"), (tr.sync, "publish", "wait (parameters published)")]
+    for obj, name, label in parts:
         wrap(obj, name, label)
     tr.run_epoch()  # warm-up epoch, not counted
     acc.clear()

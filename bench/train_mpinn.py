@@ -31,7 +31,7 @@ def main(argv=None):
     p.add_argument("--solver", default="adam")
     p.add_argument("--shuffle", default="global")
     p.add_argument("--overlap", action="store_true", help="per-layer Iallreduce during backward (--sync overlap)")
-    p.add_argument("--sync", default="auto", help="auto, allreduce or sharded")
+    p.add_argument("--sync", default="auto", help="auto, allreduce, sharded or shm")
     p.add_argument("--warmup-epochs", type=float, default=0.0)
     p.add_argument("--stream", action="store_true", help="stream the shard from HDF5 (bounded memory)")
     a = p.parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv=None):
     else:
         trainer.fit()
         history = trainer.history
-    model_bytes = trainer.params.nbytes + trainer.sync.buffer.nbytes + trainer.sync.state_bytes()
+    model_bytes = trainer.sync.held_bytes()
     workspace = trainer.model._ws.nbytes if trainer.model._ws is not None else 0
     X = problem.X
     # The shard's bytes as stored (X rows + y), whether held in memory or streamed.

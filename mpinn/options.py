@@ -20,7 +20,7 @@ SCALES = ("standard", "minmax", "none")
 PERMUTATIONS = ("auto", "sklearn", "keyed")
 BALANCES = ("static", "dynamic")
 STRATEGIES = ("block", "strided", "weighted", "random")
-SYNCS = ("auto", "allreduce", "sharded")
+SYNCS = ("auto", "allreduce", "sharded", "shm")
 
 
 def parse_sync(name):

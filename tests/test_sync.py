@@ -110,12 +110,13 @@ def test_auto_shards_only_big_models_on_several_ranks():
     assert resolve_sync("allreduce", 8, 10**6) == "allreduce"
 
 
-@pytest.mark.parametrize("ranks", [4, 8])
-def test_sync_on_4_and_8_ranks(ranks):
-    """This module's MPI tests on 4 and 8 ranks (oversubscribed on a small machine)."""
+@pytest.mark.parametrize("ranks,nodes", [(4, ""), (8, ""), (4, "2")], ids=["4", "8", "4-as-2-nodes"])
+def test_sync_on_4_and_8_ranks(ranks, nodes):
+    """This module's MPI tests on 4 and 8 ranks (oversubscribed on a small machine); with
+    MPINN_SHM_NODES=2, --sync shm takes the ranks for two nodes (its cross-node level runs)."""
     cmd = [*mpiexec(), "-n", str(ranks), sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "--with-mpi", "-m", "mpi", os.path.join(HERE, "test_sync.py")]
-    env = clean_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1)
+    env = clean_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, MPINN_SHM_NODES=nodes)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=HERE, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
@@ -179,9 +180,11 @@ def test_optimizer_state_per_rank_shrinks_as_one_over_n(world):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_factory):
-    """Preempted mid-epoch on N ranks with --sync sharded, resumed on N-1 ranks with allreduce:
-    the uninterrupted one-rank model within 1e-12. The checkpoint holds whole optimizer state."""
+@pytest.mark.parametrize("sync", ["sharded", "shm"])
+def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_factory, sync):
+    """Preempted mid-epoch on N ranks with --sync sharded or shm, resumed on N-1 ranks with
+    allreduce: the uninterrupted one-rank model within 1e-12. The checkpoint holds whole
+    optimizer state."""
     from mpinn.train.checkpoint import Checkpointer, read_checkpoint
     from mpinn.parallel.faults import Preemption, parse_faults
 
@@ -191,7 +194,7 @@ def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_fac
     Preemption.install()
     try:
         comm = Comm(world)
-        first = _trainer(comm, "sharded", checkpoint=directory, checkpointer=Checkpointer(directory, comm),
+        first = _trainer(comm, sync, checkpoint=directory, checkpointer=Checkpointer(directory, comm),
                          faults=parse_faults("0:9:term", rank))  # rank 0 signalled at step 9 (epoch 2)
         first.fit()
     finally:
@@ -212,3 +215,59 @@ def test_preempted_sharded_resumes_replicated_on_fewer_ranks(world, tmp_path_fac
         if sub != MPI.COMM_NULL:
             sub.Free()
         world.Barrier()
+
+
+# ---- --sync shm: one node's shared memory ----------------------------------------------------
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_shm_trains_the_one_rank_model(world, solver):
+    """shm on N ranks (one node, or MPINN_SHM_NODES "nodes"), 3 epochs: within 1e-12 of one rank
+    (float64); on one node at N = 2, the Allreduce's bits, float64 and float32."""
+    for dtype, tol in (("float64", 1e-12), ("float32", 1e-5)):
+        kw = {"solver": solver, "lr": 0.05, "dtype": dtype, "epochs": 3}
+        shm = _trainer(Comm(world), "shm", **kw).fit()
+        alone = _trainer(Comm(MPI.COMM_SELF), "allreduce", **kw).fit()
+        replicated = _trainer(Comm(world), "allreduce", **kw).fit()
+        assert shm.sync.name == "shm" and shm.params.flags.owndata  # copied out of the freed window
+        assert _rel(shm.params, alone.params) <= tol
+        np.testing.assert_allclose(shm.loss_curve, alone.loss_curve, rtol=tol)
+        if world.Get_size() == 2 and shm.sync.nodes == 1:
+            assert np.array_equal(shm.params, replicated.params)
+            assert shm.loss_curve == replicated.loss_curve
+        gathered = shm.params.copy()
+        world.Bcast(gathered, root=0)
+        assert np.array_equal(gathered, shm.params)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_shm_ranks_of_a_node_share_one_parameter_copy(world):
+    """A node's ranks see one parameter buffer: a write by node rank 0 is read by the others;
+    each rank's optimizer state is its slice; the slices tile the parameters on every node."""
+    tr = _trainer(Comm(world), "shm", epochs=1)
+    sync = tr.sync
+    if sync.node.rank == 0:
+        sync.params[0] = 12345.0
+    sync.publish()
+    assert sync.params[0] == 12345.0
+    assert sync.optimizer.n_params == sync.hi - sync.lo
+    assert world.allreduce(sync.hi - sync.lo) == sync.nodes * tr.model.n_params
+    # Parameters 1/L of one copy, the own gradient segment, the slice sum: (1 + 2/L) P floats.
+    n, itemsize, nodes = tr.model.n_params, tr.model.dtype.itemsize, sync.node.size
+    assert sync.held_bytes() - sync.state_bytes() <= (n * (1 + 2 / nodes) + 16) * itemsize
+    sync.release()
+
+
+def test_shm_refuses_nodes_of_different_sizes(tmp_path):
+    """3 ranks cut into 2 "nodes" (2 + 1): one line, exit 2, on every rank; nothing written."""
+    from launch import run
+
+    data = tmp_path / "iris.h5"
+    run(["data", "iris", data])
+    proc = run(["train", "--data", data, "--sync", "shm", "--checkpoint", tmp_path / "ck"], np_=3, check=False,
+               env=clean_env(MPINN_SHM_NODES="2"))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines and all("--sync shm needs the same number of ranks on every node" in line
+                                                  for line in lines), proc.stderr
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())

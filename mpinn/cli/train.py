@@ -82,7 +82,9 @@ def _train_args(p):
                    "(scikit-learn's, O(n) per rank), keyed (O(n/N) per rank) or auto (default: sklearn up to "
                    "10,000,000 rows)")
     g.add_argument("--sync", help="how ranks combine a step: allreduce (every rank updates all "
-                   "parameters), sharded (each rank updates its 1/N slice: reduce-scatter + allgather) or "
+                   "parameters), sharded (each rank updates its 1/N slice: reduce-scatter + allgather), shm (the "
+                   "ranks of a node share one parameter copy and read each other's gradients in shared "
+                   "memory; Allreduce of slices across nodes) or "
                    "auto (default: sharded on 2+ ranks for models of 32k+ parameters), all the same model; "
                    "or local:K (model averaging: each rank steps alone on its rows of each batch, one "
                    "Allreduce of the models every K steps; the result depends on the rank count)")
@@ -187,6 +189,7 @@ def cmd_train(args):
               f"{len(trainer.problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
               f"shard {cfg.shard}{', balance dynamic' if cfg.balance == 'dynamic' else ''}, "
               f"shuffle {cfg.shuffle}, sync {trainer.sync.name if trainer.sync else '-'}"
+              + (f" ({trainer.sync.describe()})" if trainer.sync and trainer.sync.describe() else "")
               + (f" (model averaging: the result depends on the rank count, {comm.size})"
                  if trainer.sync and trainer.sync.local else "") + f", scale {scale}, {cfg.dtype}", flush=True)
         if not cfg.checkpoint:  # said before training, while there is time to add it

@@ -253,6 +253,27 @@ class Comm:
             while not request.Test():
                 time.sleep(poll)
 
+    # ---- one node's shared memory (the shm step) -----------------------------------------
+
+    def split_nodes(self, fake_nodes: int = 0):
+        """Collective: (node, cross): the ranks that share memory with this one, and the ranks
+        with this rank's index on every node (both ordered by rank). ``fake_nodes`` > 0 cuts the
+        ranks into that many consecutive blocks instead, so that tests on one machine run the
+        two-level path."""
+        if self.size == 1 or not hasattr(self.mpi, "Split_type"):
+            return self, self
+        if fake_nodes:
+            node = self.mpi.Split(self.rank * fake_nodes // self.size, self.rank)
+        else:
+            node = self.mpi.Split_type(_mpi().COMM_TYPE_SHARED, key=self.rank)
+        return Comm(node), Comm(self.mpi.Split(node.Get_rank(), self.rank))
+
+    def shared_arrays(self, length: int, dtype, owners: str = "each"):
+        """Collective on a node communicator: a SharedWindow of memory every rank here maps.
+        ``owners="each"``: one ``length``-element segment per rank (``.segments[r]``);
+        ``"first"``: one array on rank 0's memory (``.segments[0]``)."""
+        return SharedWindow(self, length, np.dtype(dtype), owners)
+
     def abort(self, code: int = 1):
         """End every rank of the job now (a hang is worse than a lost rank)."""
         sys.stdout.flush()
@@ -260,6 +281,46 @@ class Comm:
         if self.size > 1:
             self.mpi.Abort(code)
         raise SystemExit(code)
+
+
+class SharedWindow:
+    """MPI-3 shared memory (``Win.Allocate_shared``): numpy views of every rank's segment, in
+    place, no message. Writes become visible to the other ranks at the next ``fence``."""
+
+    def __init__(self, comm: Comm, length: int, dtype: np.dtype, owners: str):
+        self.comm = comm
+        mine = length if owners == "each" or comm.rank == 0 else 0
+        if comm.size == 1 or not hasattr(comm.mpi, "Split_type"):  # one rank: plain memory
+            self.win = None
+            self.segments = [np.zeros(length, dtype=dtype)]
+            return
+        MPI = _mpi()
+        self.win = MPI.Win.Allocate_shared(mine * dtype.itemsize, dtype.itemsize, comm=comm.mpi)
+        self.win.Lock_all(MPI.MODE_NOCHECK)  # one passive epoch for the window's life
+        owners_ = range(comm.size) if owners == "each" else [0]
+        self.segments = []
+        for r in owners_:
+            buf, _ = self.win.Shared_query(r)
+            self.segments.append(np.frombuffer(buf, dtype=dtype, count=length))
+        if comm.rank == 0 or owners == "each":
+            self.segments[comm.rank if owners == "each" else 0][...] = 0
+        self.fence()
+
+    def fence(self):
+        """Collective: every rank's writes so far are visible to all (MPI's unified-memory
+        recipe: Sync, Barrier, Sync)."""
+        if self.win is not None:
+            self.win.Sync()
+            self.comm.mpi.Barrier()
+            self.win.Sync()
+
+    def free(self):
+        """Collective: release the memory; the views must not be used afterwards."""
+        if self.win is not None:
+            self.segments = []
+            self.win.Unlock_all()
+            self.win.Free()
+            self.win = None
 
 
 _world = None

@@ -44,6 +44,18 @@ class StepStrategy:
     def state_bytes(self):
         return self.optimizer.state_bytes()
 
+    def held_bytes(self):
+        """Bytes of parameters, gradient buffer and optimizer state this rank holds."""
+        return self.params.nbytes + self.buffer.nbytes + self.state_bytes()
+
+    def describe(self):
+        """What the start line says of the strategy beyond its name ("" for most)."""
+        return ""
+
+    def release(self):
+        """Collective, at the end of a run: the parameters, in memory the caller may keep."""
+        return self.params
+
 
 def adopt_optimizer(optimizer, factory, n, lo, hi):
     """The optimizer over [lo, hi): a new one, the one given (partial_fit), or the given

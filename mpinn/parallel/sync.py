@@ -12,6 +12,10 @@ rank. The update rule itself stays in nn/optim.py (no MPI); only the communicati
              alone), and an in-place Allgather gives every rank all new parameters. The
              update is elementwise, so the parameters are those of ``allreduce`` up to the
              order of the cross-rank sums (bit for bit at N = 2, where a + b = b + a).
+  shm        the ranks of one node read each other's gradients in MPI-3 shared memory, sum
+             and update one slice each of the node's one parameter copy; across nodes, one
+             Allreduce of each slice among the ranks with the same node index
+             (shared_memory.py). Bit for bit ``allreduce`` at N = 2.
   overlap    ``allreduce`` with one Iallreduce per layer started as backward produces it
              (a benchmark option; it did not pay on the machines measured).
   local:K    model averaging (local_averaging.py): local steps without communication, one
@@ -28,6 +32,7 @@ from __future__ import annotations
 from mpinn.options import parse_sync
 from mpinn.parallel.allreduce import Overlapped, Replicated
 from mpinn.parallel.local_averaging import LocalAveraging
+from mpinn.parallel.shared_memory import SharedMemory
 from mpinn.parallel.sharded import Sharded
 
 # `auto` shards when there is more than one rank and the model has at least this many
@@ -44,13 +49,13 @@ def resolve_sync(name, size, n_params):
 
 
 def make_sync(name, comm, model, params, optimizer_factory, alpha, *, warmup_steps=0, optimizer=None, clock=None):
-    """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'overlap', 'local:K') for
+    """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'shm', 'overlap', 'local:K') for
     this job; ``optimizer_factory(n)`` makes the optimizer over n parameters; ``clock()`` gives
     the global steps done (local:K's warm-up counts them)."""
     kind, every = ("overlap", None) if name == "overlap" else parse_sync(name)
     if kind == "local":
         replicated = Replicated(comm, model, params, optimizer_factory, alpha, optimizer)
         return LocalAveraging(comm, model, params, replicated, every, warmup_steps, clock)
-    kind = {"allreduce": Replicated, "sharded": Sharded, "overlap": Overlapped}[
+    kind = {"allreduce": Replicated, "sharded": Sharded, "shm": SharedMemory, "overlap": Overlapped}[
         resolve_sync(kind, comm.size, model.n_params)]
     return kind(comm, model, params, optimizer_factory, alpha, optimizer)

@@ -1,0 +1,138 @@
+"""`--sync shm`: the ranks of one node exchange gradients and parameters through MPI-3 shared
+memory, with no message and no copy into MPI's buffers (sync.py compares the strategies).
+
+Each rank's backward writes [gradient | loss | weight | stop flag | penalty] into its own
+segment of a node-wide window. After a fence, node rank r sums slice r of every segment in
+rank order (at 2 ranks a + b: the Allreduce's bits), and every rank sums the four scalars of
+all segments. Across nodes, the ranks with the same node index Allreduce their slice sums
+(P / ranks-per-node each): the two-level step. Each rank then updates its slice of the one
+parameter copy of the node (a window on node rank 0's memory) with its own slice of the
+optimizer state, and a second fence makes the new parameters every rank's next forward input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from mpinn.data.partition import even_bounds
+from mpinn.errors import InputError
+from mpinn.nn.model import weight_ranges
+from mpinn.parallel.step import StepStrategy, adopt_optimizer
+
+# Tests only: cut the ranks into this many "nodes" (consecutive blocks) so that one machine
+# runs the cross-node level too.
+FAKE_NODES_ENV = "MPINN_SHM_NODES"
+SCALARS = 4  # loss, batch weight, stop flag, penalty
+
+
+def fake_nodes() -> int:
+    value = os.environ.get(FAKE_NODES_ENV, "")
+    return int(value) if value.isdigit() else 0
+
+
+class SharedMemory(StepStrategy):
+    """One parameter copy per node; each node rank reduces and updates its own slice."""
+
+    name = "shm"
+
+    def __init__(self, comm, model, params, optimizer_factory, alpha, optimizer=None):
+        self.comm, self.model, self.alpha = comm, model, alpha
+        n = self.n = model.n_params
+        self.node, self.cross = comm.split_nodes(fake_nodes())
+        sizes = np.array([self.node.size, -self.node.size], dtype=np.int64)
+        comm.allreduce(sizes, "max")
+        if sizes[0] != -sizes[1]:
+            raise InputError(f"--sync shm needs the same number of ranks on every node "
+                             f"(nodes have {-sizes[1]} to {sizes[0]})")
+        self.nodes = self.cross.size
+        bounds = even_bounds(n, self.node.size)
+        self.lo, self.hi = bounds[self.node.rank], bounds[self.node.rank + 1]
+        self._grads = self.node.shared_arrays(n + SCALARS, model.dtype, "each")
+        self._params = self.node.shared_arrays(n, model.dtype, "first")
+        self.grad = self._grads.segments[self.node.rank][:n]
+        self._scalars = self._grads.segments[self.node.rank][n:]
+        self.params = self._params.segments[0]
+        if self.node.rank == 0:
+            self.params[...] = params
+        self._params.fence()
+        # My slice's sum, then the four scalars: the one buffer the cross-node Allreduce sums.
+        self._mine = np.zeros(self.hi - self.lo + SCALARS, dtype=model.dtype)
+        self._own_weights = weight_ranges(model, self.lo, self.hi)
+        # Each slice's penalty is counted once in the job: by the first node's copy of it.
+        self._counts_penalty = self.cross.rank == 0
+        self.decay = [(a - self.lo, b - self.lo) for a, b in self._own_weights]
+        self.optimizer = adopt_optimizer(optimizer, optimizer_factory, n, self.lo, self.hi)
+
+    def describe(self):
+        """The start line's words: which level each reduction uses."""
+        level = f"shared memory within nodes of {self.node.size} rank(s)"
+        return level + (f", Allreduce of 1/{self.node.size} across {self.nodes} nodes" if self.nodes > 1 else "")
+
+    def step(self, xb, yb, sw, weight, after_grad, batch_rows=None):
+        scalars, k = self._scalars, self.hi - self.lo
+        scalars[0] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
+        scalars[1] = weight
+        scalars[2] = after_grad(self.grad)
+        scalars[3] = self.model.penalty(self.params, self._own_weights) \
+            if self.alpha and self._counts_penalty else 0.0
+        t = time.perf_counter()
+        mine = self.reduce()
+        spent = time.perf_counter() - t
+        weight = float(mine[k + 1])
+        self.optimizer.step(self.params[self.lo:self.hi], mine[:k], weight, self.alpha, self.decay)
+        t = time.perf_counter()
+        self.publish()
+        self.comm_seconds += spent + time.perf_counter() - t
+        self.reductions += 1
+        return float(mine[k]), weight, float(mine[k + 3]), bool(mine[k + 2] > 0)
+
+    def reduce(self):
+        """My slice of the gradient summed over the job, then the four scalars' sums."""
+        n, lo, hi, k, mine = self.n, self.lo, self.hi, self.hi - self.lo, self._mine
+        self._grads.fence()  # every rank's gradient is written
+        segments = self._grads.segments
+        np.copyto(mine[:k], segments[0][lo:hi])
+        np.copyto(mine[k:], segments[0][n:])
+        for segment in segments[1:]:  # a fixed order: the bits do not depend on timing
+            mine[:k] += segment[lo:hi]
+            mine[k:] += segment[n:]
+        return self.cross.allreduce_sum(mine)  # the other nodes' sums of my slice (none on one node)
+
+    def publish(self):
+        """Wait until every slice is updated (and every segment read): the next forward's input."""
+        self._params.fence()
+
+    def held_bytes(self):
+        """Bytes of parameters, gradient and optimizer state this rank holds; the node's one
+        parameter copy counts 1/(ranks on the node) here."""
+        itemsize = np.dtype(self.model.dtype).itemsize
+        return (self.n * itemsize // self.node.size + (self.n + SCALARS) * itemsize + self._mine.nbytes
+                + self.state_bytes())
+
+    def optimizer_state(self):
+        """Collective: (scalars, full-length arrays on rank 0; None elsewhere). Every node
+        holds the same state; rank 0 gathers its own node's slices."""
+        scalars, arrays = self.optimizer.state()
+        full = {name: self.node.gather_rows(arrays[name]) for name in sorted(arrays)}
+        return scalars, full
+
+    def load_optimizer_state(self, scalars, arrays):
+        """From full-length arrays (a checkpoint of any mode and rank count)."""
+        self.optimizer.load_state(scalars, {k: v[self.lo:self.hi] for k, v in arrays.items()})
+
+    def release(self):
+        """Collective: the parameters copied out of the shared window, which is freed."""
+        if self._params is None:
+            return self.params
+        params = np.array(self.params)
+        self._grads.fence()
+        self._grads.free()
+        self._params.free()
+        self._grads = self._params = None
+        self.params = params
+        for comm in {id(c): c for c in (self.node, self.cross) if c is not self.comm}.values():
+            comm.free()
+        return params
