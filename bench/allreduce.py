@@ -6,10 +6,12 @@ Run under the mpiexec of the runtime to measure, e.g.
 Rank 0 prints one BENCH_JSON line: the library, and per message size the median and best time of
 one float32 Allreduce (barrier before each timed batch) and the implied algorithm bandwidth
 (bytes / time). Also times Iallreduce+Wait of the same buffer, for the overlap question.
+--budget sets the seconds of calls per size and operation (default 0.4).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -49,13 +51,16 @@ def time_op(comm, buf, op, budget=0.4, max_iter=2000):
     return med, best
 
 
-def main():
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=0.4, help="seconds of calls per size and operation (default 0.4)")
+    a = p.parse_args(argv)
     comm = MPI.COMM_WORLD
     rows = []
     for n in SIZES:
         buf = np.ones(n, dtype=np.float32)
-        med, best = time_op(comm, buf, lambda b: comm.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM))
-        imed, _ = time_op(comm, buf, lambda b: comm.Iallreduce(MPI.IN_PLACE, b, op=MPI.SUM).Wait())
+        med, best = time_op(comm, buf, lambda b: comm.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM), a.budget)
+        imed, _ = time_op(comm, buf, lambda b: comm.Iallreduce(MPI.IN_PLACE, b, op=MPI.SUM).Wait(), a.budget)
         rows.append({"floats": n, "bytes": 4 * n, "median_us": med * 1e6, "best_us": best * 1e6,
                      "GBps": 4 * n / med / 1e9, "iallreduce_wait_median_us": imed * 1e6,
                      "label": "big gradient" if n == BIG else "small gradient" if n == SMALL else ""})

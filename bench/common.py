@@ -66,6 +66,19 @@ def current_rss_bytes():
         return None
 
 
+def pss_bytes():
+    """Proportional set size now: pages shared by k processes count 1/k each (so a node's one
+    shared parameter copy counts once over its ranks); None where /proc does not say."""
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def blas_info():
     try:
         from threadpoolctl import threadpool_info

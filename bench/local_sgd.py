@@ -142,6 +142,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.worker:
         return worker(a)
+    a.data = os.path.abspath(a.data)  # the workers run in the checkout, not in this directory
 
     started, date, load_before = time.perf_counter(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), os.getloadavg()
     if not Path(a.data).exists():

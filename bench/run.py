@@ -47,7 +47,7 @@ BENCH = ROOT / "bench"
 BIG = {"name": "big", "hidden": "512,512", "features": 784, "rows": 60000, "batch": 256}
 SMALL = {"name": "small", "hidden": "128", "features": 64, "rows": 200000, "batch": 32}  # per rank
 MB = 1e6
-SYNC_FLAG = {"replicated": "allreduce", "sharded": "sharded"}  # scaling model mode -> train_mpinn.py --sync
+SYNC_FLAG = {"replicated": "allreduce", "sharded": "sharded", "shm": "shm"}  # scaling model mode -> train_mpinn.py --sync
 
 
 class Bench:
@@ -298,6 +298,7 @@ class Bench:
         res["imports"] = base
         variants = [("in memory", "big", []), ("in memory", "big4x", []),
                     ("in memory, MPINN_NUMBA=0", "big", []), ("in memory, MPINN_NUMBA=0", "big4x", [])]
+        variants += [(f"in memory, --sync {sync}", "big", ["--sync", sync]) for sync in ("allreduce", "sharded", "shm")]
         if not self.a.no_stream:
             variants += [("streaming", "big", ["--stream", "--shuffle", "local"]),
                          ("streaming", "big4x", ["--stream", "--shuffle", "local"])]
@@ -310,14 +311,16 @@ class Bench:
                 continue
             worst = max(r["per_rank"], key=lambda x: x["peak_rss"])
             allowed = worst["shard_bytes"] + worst["model_bytes"] + 64 * 2**20
+            pss = [x.get("pss_now") for x in r["per_rank"]]
             rows.append([mode, name, r["n_train"], worst["shard_bytes"] / MB, worst["model_bytes"] / MB,
                          worst["peak_rss"] / MB, allowed / MB, worst["peak_rss"] / allowed,
-                         (worst["peak_rss"] - worst["shard_bytes"] - worst["model_bytes"]) / MB])
+                         (worst["peak_rss"] - worst["shard_bytes"] - worst["model_bytes"]) / MB,
+                         max(pss) / MB if None not in pss else None])
         self.results["rss"] = res
         self.rss_res = res
         self.table("Peak RSS per rank, 2 ranks, big MLP (MB = 10^6 bytes; worst rank)",
                    ["mode", "file", "rows", "shard bytes", "model state", "peak RSS", "shard+model+64 MiB",
-                    "RSS / allowed", "RSS - shard - model"], rows,
+                    "RSS / allowed", "RSS - shard - model", "PSS at the end (shared pages / ranks)"], rows,
                    note=f"Python + numpy + h5py + mpi4py (MPI initialised) + mpinn imported, no data: "
                         f"{base['rss'] / MB:.1f} MB peak RSS." if base else None)
 
@@ -439,7 +442,8 @@ class Bench:
             al, be, err, t_situ, t_alone = fit[kind]
             algo = {"allreduce": "rec. doubling <= 2 KiB, Rabenseifner above",
                     "reduce_scatter": "rec. halving < 512 KiB, pairwise exchange above",
-                    "allgather": "rec. doubling < 512 KiB, ring above"}[kind]
+                    "allgather": "rec. doubling < 512 KiB, ring above",
+                    "shm": "shared window: 2 fences + my slice of every segment"}[kind]
             rows.append([f"{kind}, intra-node (p = 2)", algo, f"alpha {al * us:.2f} us, beta {be * 1e9:.3f} ns/B"
                          f" ({1e-9 / be if be else float('inf'):.1f} GB/s)",
                          f"gradient: {t_situ * us:.0f} us in a step, {t_alone * us:.0f} us alone; "
@@ -447,7 +451,7 @@ class Bench:
         situ = w[1]["in_situ"]
         rows.append([f"emulated 2-rank steps ({situ['rows']} rows/rank)", "median ms per part (collectives: "
                      "last rank in)", "; ".join(f"{m}: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in situ[m].items())
-                                                for m in sm.MODES), "beta from these"])
+                                                for m in sm.MODES if m in situ), "beta from these"])
         rows.append(["inter-node (options)", f"{a.ranks_per_node} ranks per node, two levels",
                      f"alpha {a.inter_latency_us:.2f} us, {a.inter_bandwidth_GBps:g} GB/s per node link", "assumed"])
         self.table("Scaling model: fitted parameters (this machine; inter-node assumed)",
@@ -488,18 +492,19 @@ class Bench:
         for scaling in ("strong", "weak"):
             lines = []
             for N in ranks:
-                rep, sha = (next(r for r in table if r["scaling"] == scaling and r["mode"] == m and r["ranks"] == N)
-                            for m in sm.MODES)
+                per_mode = [next(r for r in table if r["scaling"] == scaling and r["mode"] == m and r["ranks"] == N)
+                            for m in sm.MODES]
+                rep = per_mode[0]
                 rws = f"{rep['rows']:.4g}" + (f" ({rep['idle_ranks']} idle)" if rep["idle_ranks"] else "")
-                lines.append([N, rep["global_batch"], rws] + [v for r in (rep, sha) for v in (
+                lines.append([N, rep["global_batch"], rws] + [v for r in per_mode for v in (
                     r["step"] * 1e3, r["comm"] * 1e3, r["samples_per_second"], f"{r['efficiency']:.0%}")])
             what = (f"global batch {BIG['batch']} fixed" if scaling == "strong" else
                     f"{a.weak_rows} rows per rank")
             self.table(f"Scaling model: {scaling} scaling ({what}), big MLP 784-512-512-10 f32, {a.scaling_solver}"
                        f" — {a.ranks_per_node} ranks/node, inter-node {a.inter_latency_us:g} us, "
                        f"{a.inter_bandwidth_GBps:g} GB/s",
-                       ["ranks", "global batch", "rows/rank (slowest)", "replicated step ms", "comm ms", "samples/s",
-                        "efficiency", "sharded step ms", "comm ms", "samples/s", "efficiency"], lines,
+                       ["ranks", "global batch", "rows/rank (slowest)"] + [
+                           h for m in sm.MODES for h in (f"{m} step ms", "comm ms", "samples/s", "efficiency")], lines,
                        note=note if scaling == "weak" else None)
         png = Path(a.scaling_png)
         try:
@@ -598,9 +603,14 @@ def _scaling_fit(one, two, a):
     short = [i for i, b in enumerate(co["bytes"]) if b <= 4096]
     for kind in sm.KINDS:
         # alpha from the sweep's messages <= 4 KiB; beta from the gradient-size message timed
-        # inside the emulated steps (the only intra-node size the model uses besides 4 bytes).
-        mode = "replicated" if kind == "allreduce" else "sharded"
-        size, t_step = situ["bytes"][mode], situ[mode][kind]
+        # inside the emulated steps (the only intra-node size the model uses besides 4 bytes);
+        # shm's from the sweep's gradient-size point (its exchange is not emulated in a step).
+        if kind == "shm":
+            size = sm.FLOAT * (one["n_params"] + sm.EXTRA["shm"])
+            t_step = co["shm"][co["bytes"].index(size)]
+        else:
+            mode = "replicated" if kind == "allreduce" else "sharded"
+            size, t_step = situ["bytes"][mode], situ[mode][kind]
         sizes, secs = [co["bytes"][i] for i in short] + [size], [co[kind][i] for i in short] + [t_step]
         al, be, _ = sm.fit_collective(kind, two["ranks"], sizes, secs, gamma, 4096, (size, size))
         intra[kind] = (al, be)
@@ -624,8 +634,8 @@ def _plot_scaling(table, ranks, png, a):
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 5.2))
     ax.plot(ranks, ranks, "k:", label="ideal")
-    style = {("strong", "replicated"): "C0-o", ("strong", "sharded"): "C1-o", ("weak", "replicated"): "C0--s",
-             ("weak", "sharded"): "C1--s"}
+    style = {("strong", "replicated"): "C0-o", ("strong", "sharded"): "C1-o", ("strong", "shm"): "C2-o",
+             ("weak", "replicated"): "C0--s", ("weak", "sharded"): "C1--s", ("weak", "shm"): "C2--s"}
     for (scaling, mode), fmt in style.items():
         rows = [r for r in table if r["scaling"] == scaling and r["mode"] == mode]
         ax.plot(ranks, [r["speedup"] for r in rows], fmt, ms=4, label=f"{scaling}, {mode}")
@@ -634,13 +644,13 @@ def _plot_scaling(table, ranks, png, a):
     ax.set_xscale("log", base=2)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    for mode, c in (("replicated", "C0"), ("sharded", "C1")):
+    for mode, c in (("replicated", "C0"), ("sharded", "C1"), ("shm", "C2")):
         rows = [r for r in table if r["scaling"] == "strong" and r["mode"] == mode]
         bx.plot(ranks, [r["step"] * 1e3 for r in rows], f"{c}-o", ms=4, label=f"step, {mode}")
         bx.plot(ranks, [r["update"] * 1e3 for r in rows], f"{c}--", label=f"update, {mode}")
         bx.plot(ranks[1:], [r["comm"] * 1e3 for r in rows][1:], f"{c}:", label=f"comm, {mode}")
     bx.plot(ranks, [r["compute"] * 1e3 for r in table if r["scaling"] == "strong" and r["mode"] == "replicated"],
-            "k-", lw=1, label="compute (both)")
+            "k-", lw=1, label="compute (all)")
     bx.set(xscale="log", yscale="log", xlabel="ranks N", ylabel="ms per step (slowest rank)",
            title=f"Strong scaling, global batch {BIG['batch']}: step parts")
     bx.set_xscale("log", base=2)

@@ -22,6 +22,11 @@ Step time on the slowest rank (seconds):
   comm(N)        0 at N = 1. Replicated: one Allreduce of 4 (P + 4) bytes. Sharded: Reduce_scatter
                  of 4 (P + 3) bytes + Allgather of 4 (P + 3) bytes (equal blocks, padded) + the 4-byte Iallreduce of
                  the batch weight (counted as exposed: an upper bound, it starts before forward).
+                 shm (two levels, mpinn/parallel/shared_memory.py): within a node of q ranks, two
+                 fences (a barrier each: lg q rounds of alpha_shm) and each rank reading and adding
+                 its 1/q slice of the q - 1 other segments, (q - 1)/q n (beta_shm + gamma); across
+                 M nodes, q concurrent Allreduces of the n / q slices (the link shared, as below).
+                 Its update covers ceil(P / q) parameters, not P / N: every node updates all P.
 
 Collective costs are those of R. Thakur, R. Rabenseifner and W. Gropp, "Optimization of
 Collective Communication Operations in MPICH", Int. J. High Perform. Comput. Appl. 19(1):49-66,
@@ -70,11 +75,12 @@ ALLREDUCE_SHORT = 2048
 REDSCAT_LONG = 524288
 ALLGATHER_LONG = 524288
 ALLGATHER_SHORT = 81920
-KINDS = ("allreduce", "reduce_scatter", "allgather")
-MODES = ("replicated", "sharded")
+KINDS = ("allreduce", "reduce_scatter", "allgather", "shm")
+MODES = ("replicated", "sharded", "shm")
 # Elements beyond the P parameters in each mode's reduced buffer (mpinn/parallel/sync.py):
-# replicated [grad | loss | weight | flag | penalty], sharded [grad | loss | flag | penalty].
-EXTRA = {"replicated": 4, "sharded": 3}
+# replicated [grad | loss | weight | flag | penalty], sharded [grad | loss | flag | penalty],
+# shm's segments [grad | loss | weight | flag | penalty].
+EXTRA = {"replicated": 4, "sharded": 3, "shm": 4}
 FLOAT = 4  # bytes per float32
 
 
@@ -100,6 +106,8 @@ def coefficients(kind, p, n):
         if n < ALLGATHER_LONG and (p & (p - 1) == 0 or n < ALLGATHER_SHORT):
             return lg(p), f * n, 0.0, "recursive doubling" if p & (p - 1) == 0 else "Bruck"
         return p - 1, f * n, 0.0, "ring"
+    if kind == "shm":  # two fences, the other segments' parts of my slice read and added
+        return 2 * lg(p), f * n, f * n, "shared window"
     raise ValueError(f"unknown collective {kind!r}; one of {KINDS}")
 
 
@@ -137,10 +145,24 @@ def collective_time(kind, N, n, net):
     raise ValueError(f"unknown collective {kind!r}; one of {KINDS}")
 
 
+def node_ranks(mode, N, net):
+    """The ranks that split the update: all N, or (shm) the ranks of one node."""
+    return min(N, net["ranks_per_node"]) if mode == "shm" else N
+
+
 def comm_time(mode, N, P, net):
     """Seconds of a step's communication for ``mode`` at N ranks, P float32 parameters."""
     if N <= 1:
         return 0.0
+    if mode == "shm":
+        n, q = FLOAT * (P + EXTRA[mode]), node_ranks(mode, N, net)
+        t = one_level("shm", q, n, *net["intra"]["shm"], net["gamma"])
+        M = math.ceil(N / q)
+        if M > 1:  # q concurrent Allreduces of the n / q slices, one shared link per node
+            a_e, b_e = net["inter"]
+            a, b, g, _ = coefficients("allreduce", M, n / q)
+            t += a * a_e + b * q * b_e + g * net["gamma"]
+        return t
     if mode == "replicated":
         return collective_time("allreduce", N, FLOAT * (P + EXTRA[mode]), net)
     n = FLOAT * (P + EXTRA[mode])
@@ -218,7 +240,7 @@ def step_time(N, mode, rows, parts, net):
     sync = 0.0
     if N > 1 and rows > 0 and parts.get("spread"):
         sync = expected_max_normal(N) * interp(parts["rows"], parts["spread"]["N"], rows)
-    own = math.ceil(P / N)
+    own = math.ceil(P / node_ranks(mode, N, net))
     update = interp(parts["n"], parts["update"][tag], P if mode == "replicated" else own)
     update += interp(parts["n"], parts["penalty"][tag], own)
     comm = comm_time(mode, N, P, net)

@@ -27,7 +27,8 @@ slowest rank sets a step's pace), min over rounds (a burst of someone else's loa
    sum of squares of n weights (np.dot). MLP.finish_gradient and MLP.penalty over all P too.
 3. with 2 ranks, the collectives as mpinn/parallel/sync.py calls them: Allreduce(IN_PLACE, SUM),
    Reduce_scatter_block(send, recv) (not in place: MPICH 5.0's in-place variant aborts on
-   large messages) and Allgather(IN_PLACE) of float32 buffers, as mpinn/parallel/sync.py calls them:
+   large messages) and Allgather(IN_PLACE) of float32 buffers, and --sync shm's exchange
+   (SharedMemory.reduce + publish: a fence, this rank's slice of every segment summed, a fence):
    "collectives"  8 B .. 16 MiB, the buffer rewritten and a barrier before each call;
    "in_situ"      both modes' steps emulated back to back as training runs them (128 rows per
                   rank, gather + forward/backward, the collectives at the gradient's size,
@@ -241,19 +242,32 @@ def collective_curves(comm, budget, rounds, elems, reps_max=300):
     """Median seconds per call of each collective (the buffer rewritten and a barrier before
     each call), max over ranks, min over rounds (each sweeps every size).
     Every rank runs the same number of calls (agreed from the first call's time)."""
+    from mpinn.parallel.comm import Comm
+    from mpinn.parallel.shared_memory import SharedMemory
+
     size = comm.Get_size()
     elems = sorted({n - n % size for n in elems})
-    names = ("allreduce", "reduce_scatter", "allgather")
+    names = ("allreduce", "reduce_scatter", "allgather", "shm")
     out = {"bytes": [4 * n for n in elems], **{k: [math.inf] * len(elems) for k in names}}
+    node = Comm(comm)
     for _ in range(rounds):
         for i, n in enumerate(elems):
-            buf = np.ones(n, dtype=np.float32)
+            # shm: --sync shm's exchange (shared_memory.py): each rank's segment in a shared
+            # window, fence, this rank sums its slice of every segment, fence.
+            grads, params = node.shared_arrays(n, np.float32, "each"), node.shared_arrays(n, np.float32, "first")
+            shm = SharedMemory.__new__(SharedMemory)
+            shm.n, shm._grads, shm._params, shm.cross = n - 4, grads, params, Comm(MPI.COMM_SELF)
+            shm.lo, shm.hi = (n - 4) * comm.Get_rank() // size, (n - 4) * (comm.Get_rank() + 1) // size
+            shm._mine = np.zeros(shm.hi - shm.lo + 4, dtype=np.float32)
+            buf = grads.segments[comm.Get_rank()]
+            buf[...] = 1.0
             src = np.full(n, 0.5, dtype=np.float32)  # the "new gradient", rewritten before each call
             recv = np.empty(n // size, dtype=np.float32)
             ops = {
                 "allreduce": lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM),
                 "reduce_scatter": lambda: comm.Reduce_scatter_block(buf, recv, op=MPI.SUM),
                 "allgather": lambda: comm.Allgather(MPI.IN_PLACE, buf),
+                "shm": lambda: (shm.reduce(), shm.publish()),
             }
             for name in names:
                 op = ops[name]
@@ -273,6 +287,8 @@ def collective_curves(comm, budget, rounds, elems, reps_max=300):
                     times.append(time.perf_counter() - t0)
                 med = comm.allreduce(float(np.median(times)), op=MPI.MAX)
                 out[name][i] = min(out[name][i], med)
+            grads.free()
+            params.free()
     return out
 
 

@@ -2,6 +2,7 @@
 
     python bench/search.py                 # ~4 minutes on 2 cores; tables + BENCH_JSON
     python bench/search.py --repeat 1 --epochs 10
+    python bench/search.py --cases even,coordinator     # only these figures
 
 On the digits data (1797 x 64, 10 classes; 3 stratified folds, adam, batch 64, --epochs
 epochs, no early stop) it runs `mpiexec -n N python bench/search.py --worker CASE ...`, each
@@ -197,15 +198,23 @@ def measure(a, case, ranks, allocation, refit=False):
     return min(outs, key=lambda out: out["seconds"]) if outs else None
 
 
+FIGURES = ("even", "pair", "skewed", "skewed-more", "balanced", "coordinator")
+
+
 def run_all(a):
     res = {"epochs": a.epochs, "repeat": a.repeat, "load_average_start": os.getloadavg()}
-    res["even_1"] = measure(a, "even", 1, "dynamic", refit=True)
-    res["even_2"] = measure(a, "even", 2, "dynamic", refit=True)
-    res["even_pair"] = measure_pair(a)
+    cases = a.cases.split(",")
+    if "even" in cases:
+        res["even_1"] = measure(a, "even", 1, "dynamic", refit=True)
+        res["even_2"] = measure(a, "even", 2, "dynamic", refit=True)
+    if "pair" in cases:
+        res["even_pair"] = measure_pair(a)
     for case in ("skewed", "skewed-more", "balanced"):
-        for allocation in ("dynamic", "round-robin"):
-            res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
-    res["coordinator"] = measure_coordinator(a)
+        if case in cases:
+            for allocation in ("dynamic", "round-robin"):
+                res[f"{case}_{allocation}"] = measure(a, case, 2, allocation)
+    if "coordinator" in cases:
+        res["coordinator"] = measure_coordinator(a)
     res["load_average_end"] = os.getloadavg()
     res["idle_before_each_run"] = IDLE
     return res
@@ -323,12 +332,17 @@ def main(argv=None):
     p.add_argument("--allocation", default="dynamic", help=argparse.SUPPRESS)
     p.add_argument("--group-size", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--refit", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cases", default=",".join(FIGURES),
+                   help=f"figures to measure, comma-separated (default all: {','.join(FIGURES)})")
     p.add_argument("--epochs", type=int, default=40, help="epochs per fit (default 40)")
     p.add_argument("--repeat", type=int, default=2, help="runs per figure, best kept (default 2)")
     p.add_argument("--wait-idle", type=float, default=120,
                    help="before each run wait up to this many seconds for the CPUs to be idle (0: don't)")
     p.add_argument("--out", default=str(ROOT / "out" / "bench" / "search.json"))
     a = p.parse_args(argv)
+    unknown = set(a.cases.split(",")) - set(FIGURES)
+    if unknown:
+        p.error(f"--cases: unknown {', '.join(sorted(unknown))} (choose from {', '.join(FIGURES)})")
     if a.worker == "coordinator":
         return coordinator_worker(a)
     if a.worker:

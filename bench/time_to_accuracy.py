@@ -190,6 +190,7 @@ def main(argv=None):
     p.add_argument("--mpinn", default=str(Path(sys.executable).parent / "mpinn"))
     p.add_argument("--out", default=str(ROOT / "out" / "bench" / "time_to_accuracy.json"))
     a = p.parse_args(argv)
+    a.data = os.path.abspath(a.data)  # the runs start in the checkout, not in this directory
 
     started = time.perf_counter()
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import blas_info, current_rss_bytes, emit, peak_rss_bytes  # noqa: E402
+from common import blas_info, current_rss_bytes, emit, peak_rss_bytes, pss_bytes  # noqa: E402
 
 
 def main(argv=None):
@@ -71,12 +71,13 @@ def main(argv=None):
     X = problem.X
     # The shard's bytes as stored (X rows + y), whether held in memory or streamed.
     shard_bytes = X.shape[0] * X.shape[1] * np.dtype(X.dtype).itemsize + np.asarray(problem.y).nbytes
-    mine = {"rank": comm.rank, "peak_rss": peak_rss_bytes(), "rss_now": current_rss_bytes(),
+    mine = {"rank": comm.rank, "peak_rss": peak_rss_bytes(), "rss_now": current_rss_bytes(), "pss_now": pss_bytes(),
             "base_rss": base_rss, "shard_bytes": int(shard_bytes),
             "resident_data_bytes": int(X.nbytes + np.asarray(problem.y).nbytes + trainer.Y.nbytes),
             "model_bytes": int(model_bytes), "workspace_bytes": int(workspace),
             "load_seconds": load_seconds}
     ranks = comm.gather_json(mine)
+    trainer.release()  # --steps: the shared windows (--sync shm) are freed before MPI ends
     if comm.rank == 0:
         n = trainer.n_train
         secs = [h["seconds"] for h in history]

@@ -47,7 +47,7 @@ LOSSES = {
     "binary_log_loss": ("classify", "logistic", 1),
     "poisson": ("regress", "exp", 1),
 }
-SYNCS = ("allreduce", "sharded", "overlap")
+SYNCS = ("allreduce", "sharded", "shm", "overlap")
 
 
 def _trainer(comm, loss, sync, solver="adam", weighted=False, n=1100):

@@ -55,7 +55,7 @@ def test_allgather_closed_forms():
 
 
 def net(q=4, inter=(1e-6, 4e-11)):
-    intra = {"allreduce": (A, B), "reduce_scatter": (3e-6, 2e-10), "allgather": (4e-6, 3e-10)}
+    intra = {"allreduce": (A, B), "reduce_scatter": (3e-6, 2e-10), "allgather": (4e-6, 3e-10), "shm": (5e-7, 6e-11)}
     return {"intra": intra, "gamma": G, "inter": inter, "ranks_per_node": q}
 
 
@@ -99,6 +99,24 @@ def test_comm_of_each_mode():
                + sm.one_level("allgather", 2, 4 * (P + 3), 4e-6, 3e-10)
                + sm.one_level("allreduce", 2, 4, A, B, G))
     assert close(sm.comm_time("sharded", 2, P, n), sharded)
+
+
+def test_shm_two_levels_by_hand():
+    """shm: within a node of q = 4, two fences (2 lg 4 alpha_shm) and 3/4 of the buffer read and
+    added; at 8 ranks (2 nodes), + an inter-node Allreduce of each n/4 slice, 4 flows sharing
+    the link; its update covers P / 4 (the node's ranks), not P / 8."""
+    ae, be = 1e-6, 4e-11
+    n, P = net(q=4, inter=(ae, be)), 1 << 18
+    size = 4 * (P + 4)
+    within = 2 * 2 * 5e-7 + 0.75 * size * (6e-11 + G)
+    assert close(sm.comm_time("shm", 4, P, n), within)
+    assert close(sm.comm_time("shm", 2, P, n), 2 * 5e-7 + 0.5 * size * (6e-11 + G))
+    slice_ = size / 4  # 256 KiB + 4: Rabenseifner on 2 nodes
+    across = 2 * ae + 2 * 0.5 * slice_ * (4 * be) + 0.5 * slice_ * G
+    assert close(sm.comm_time("shm", 8, P, n), within + across)
+    pp = parts()
+    assert sm.step_time(8, "shm", 1, pp, n)["update"] == pytest.approx(sm.step_time(4, "shm", 1, pp, n)["update"])
+    assert sm.step_time(4, "shm", 1, pp, n)["update"] == pytest.approx(sm.step_time(4, "sharded", 1, pp, n)["update"])
 
 
 def parts(P=1 << 20, per_param=1e-9, per_row=1e-5):
@@ -166,7 +184,7 @@ def test_fit_recovers_the_formula_parameters():
 
 def test_scaling_table_efficiency_and_batches():
     table = sm.scaling_table([1, 2, 4], parts(), net(), batch=256, rows_per_rank=128)
-    assert len(table) == 2 * 2 * 3
+    assert len(table) == 2 * len(sm.MODES) * 3
     for row in table:
         if row["ranks"] == 1:
             assert row["efficiency"] == pytest.approx(1.0) and row["speedup"] == pytest.approx(1.0)

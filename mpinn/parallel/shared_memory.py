@@ -131,7 +131,7 @@ class SharedMemory(StepStrategy):
         self._grads.fence()
         self._grads.free()
         self._params.free()
-        self._grads = self._params = None
+        self._grads = self._params = self.grad = self._scalars = None  # their memory is gone
         self.params = params
         for comm in {id(c): c for c in (self.node, self.cross) if c is not self.comm}.values():
             comm.free()

@@ -286,7 +286,7 @@ class Trainer:
                     if metrics_file:
                         metrics_file.write(record)
                 if reason == "diverged":
-                    self._release()
+                    self.release()
                     raise TrainingDiverged(
                         f"training diverged: loss is {loss} at epoch {loop.epoch}; try a smaller --lr")
                 if reason not in (None, "preempted"):
@@ -303,13 +303,13 @@ class Trainer:
         finally:
             if metrics_file:
                 metrics_file.close()
-        self._release()
+        self.release()
         self.stop_reason = reason
         self.train_seconds = train_seconds
         self.wall_seconds = time.perf_counter() - start
         return self
 
-    def _release(self):  # collective: shared parameter memory (--sync shm) copied out and freed
+    def release(self):  # collective: shared parameter memory (--sync shm) copied out and freed
         self.params = self.sync.release() if self.sync else self.params
 
     def _epoch_breakdown(self):
