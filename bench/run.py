@@ -53,7 +53,7 @@ SYNC_FLAG = {"replicated": "allreduce", "sharded": "sharded", "shm": "shm"}  # s
 class Bench:
     def __init__(self, a):
         self.a = a
-        self.out = Path(a.out)
+        self.out = Path(a.out).resolve()  # the workers run from the repo root
         self.out.mkdir(parents=True, exist_ok=True)
         self.results = {"started": datetime.datetime.now().isoformat(timespec="seconds")}
         self.lines = []

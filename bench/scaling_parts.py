@@ -254,12 +254,13 @@ def collective_curves(comm, budget, rounds, elems, reps_max=300):
         for i, n in enumerate(elems):
             # shm: --sync shm's exchange (shared_memory.py): each rank's segment in a shared
             # window, fence, this rank sums its slice of every segment, fence.
-            grads, params = node.shared_arrays(n, np.float32, "each"), node.shared_arrays(n, np.float32, "first")
+            # n gradient floats (+ the 4 scalars each segment carries).
+            grads, params = node.shared_arrays(n + 4, np.float32, "each"), node.shared_arrays(n, np.float32, "first")
             shm = SharedMemory.__new__(SharedMemory)
-            shm.n, shm._grads, shm._params, shm.cross = n - 4, grads, params, Comm(MPI.COMM_SELF)
-            shm.lo, shm.hi = (n - 4) * comm.Get_rank() // size, (n - 4) * (comm.Get_rank() + 1) // size
+            shm.n, shm._grads, shm._params, shm.cross = n, grads, params, Comm(MPI.COMM_SELF)
+            shm.lo, shm.hi = n * comm.Get_rank() // size, n * (comm.Get_rank() + 1) // size
             shm._mine = np.zeros(shm.hi - shm.lo + 4, dtype=np.float32)
-            buf = grads.segments[comm.Get_rank()]
+            buf = grads.segments[comm.Get_rank()][:n]
             buf[...] = 1.0
             src = np.full(n, 0.5, dtype=np.float32)  # the "new gradient", rewritten before each call
             recv = np.empty(n // size, dtype=np.float32)
