@@ -106,7 +106,7 @@ def test_fused_finish_equals_finish_gradient_then_step():
 def test_auto_shards_only_big_models_on_several_ranks():
     assert resolve_sync("auto", 1, 10**6) == "allreduce"
     assert resolve_sync("auto", 2, 100) == "allreduce"
-    assert resolve_sync("auto", 2, 10**6) == "sharded"
+    assert resolve_sync("auto", 2, 10**6) == "shm"
     assert resolve_sync("allreduce", 8, 10**6) == "allreduce"
 
 
@@ -271,3 +271,17 @@ def test_shm_refuses_nodes_of_different_sizes(tmp_path):
     assert proc.returncode == 2 and lines and all("--sync shm needs the same number of ranks on every node" in line
                                                   for line in lines), proc.stderr
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+
+
+def test_auto_takes_shm_for_big_models_and_sharded_where_shm_cannot_run(tmp_path):
+    """auto on 3 ranks, 38,474 parameters: shm on one node; with nodes of 2 + 1 ranks, sharded
+    (the explicit --sync shm exits 2 there, above)."""
+    from launch import run
+
+    data = tmp_path / "digits.h5"
+    run(["data", "digits", data])
+    args = ["train", "--data", data, "--hidden", "512", "--epochs", "1"]
+    one_node = run(args, np_=3)
+    assert "sync shm (shared memory within nodes of 3 rank(s))" in one_node.stdout, one_node.stdout
+    uneven = run(args, np_=3, env=clean_env(MPINN_SHM_NODES="2"))
+    assert ", sync sharded," in uneven.stdout, uneven.stdout

@@ -85,7 +85,8 @@ def _train_args(p):
                    "parameters), sharded (each rank updates its 1/N slice: reduce-scatter + allgather), shm (the "
                    "ranks of a node share one parameter copy and read each other's gradients in shared "
                    "memory; Allreduce of slices across nodes) or "
-                   "auto (default: sharded on 2+ ranks for models of 32k+ parameters), all the same model; "
+                   "auto (default: shm on 2+ ranks for models of 32k+ parameters, sharded where shm cannot run), "
+                   "all the same model; "
                    "or local:K (model averaging: each rank steps alone on its rows of each batch, one "
                    "Allreduce of the models every K steps; the result depends on the rank count)")
     g.add_argument("--sync-warmup-steps", type=int,

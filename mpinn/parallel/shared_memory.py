@@ -28,9 +28,30 @@ FAKE_NODES_ENV = "MPINN_SHM_NODES"
 SCALARS = 4  # loss, batch weight, stop flag, penalty
 
 
+SHM_DIR = "/dev/shm"  # where MPICH and Open MPI back shared windows on Linux
+
+
+class SharedMemoryUnavailable(InputError):
+    """--sync shm cannot run on these nodes (an explicit --sync shm exits 2; auto falls back)."""
+
+
 def fake_nodes() -> int:
     value = os.environ.get(FAKE_NODES_ENV, "")
     return int(value) if value.isdigit() else 0
+
+
+def shm_free_bytes():
+    """Free bytes in /dev/shm (None where there is no such file system to ask)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def window_bytes(n_params, itemsize, node_size):
+    """What a node's windows take: a gradient segment per rank and one parameter copy."""
+    return ((n_params + SCALARS) * node_size + n_params) * itemsize
 
 
 class SharedMemory(StepStrategy):
@@ -42,11 +63,22 @@ class SharedMemory(StepStrategy):
         self.comm, self.model, self.alpha = comm, model, alpha
         n = self.n = model.n_params
         self.node, self.cross = comm.split_nodes(fake_nodes())
-        sizes = np.array([self.node.size, -self.node.size], dtype=np.int64)
-        comm.allreduce(sizes, "max")
-        if sizes[0] != -sizes[1]:
-            raise InputError(f"--sync shm needs the same number of ranks on every node "
-                             f"(nodes have {-sizes[1]} to {sizes[0]})")
+        # Every rank learns the same verdict: node sizes, and room for the windows on every node.
+        need = window_bytes(n, np.dtype(model.dtype).itemsize, self.node.size)
+        free = shm_free_bytes()
+        short = need if free is not None and self.node.rank == 0 and free < 2 * need else 0
+        facts = np.array([self.node.size, -self.node.size, short, -(free or 0) if short else 0], dtype=np.int64)
+        comm.allreduce(facts, "max")
+        problem = None
+        if facts[0] != -facts[1]:
+            problem = f"--sync shm needs the same number of ranks on every node (nodes have {-facts[1]} to {facts[0]})"
+        elif facts[2]:
+            problem = (f"--sync shm: {SHM_DIR} has {-facts[3] / 1e6:.0f} MB free on a node, its windows need "
+                       f"{facts[2] / 1e6:.0f} MB (with room to spare: twice that)")
+        if problem:
+            for c in {id(c): c for c in (self.node, self.cross) if c is not comm}.values():
+                c.free()
+            raise SharedMemoryUnavailable(problem)
         self.nodes = self.cross.size
         bounds = even_bounds(n, self.node.size)
         self.lo, self.hi = bounds[self.node.rank], bounds[self.node.rank + 1]

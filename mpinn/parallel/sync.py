@@ -32,20 +32,21 @@ from __future__ import annotations
 from mpinn.options import parse_sync
 from mpinn.parallel.allreduce import Overlapped, Replicated
 from mpinn.parallel.local_averaging import LocalAveraging
-from mpinn.parallel.shared_memory import SharedMemory
+from mpinn.parallel.shared_memory import SharedMemory, SharedMemoryUnavailable
 from mpinn.parallel.sharded import Sharded
 
-# `auto` shards when there is more than one rank and the model has at least this many
-# parameters; below it the two extra small collectives cost more than the shared update saves
-# (docs/performance.md, "Choosing --sync").
+# `auto` takes shm (or, where shm cannot run, sharded) when there is more than one rank and
+# the model has at least this many parameters; below it the extra small calls cost more than
+# the shared update saves (docs/performance.md, "Choosing auto").
 AUTO_SHARD_MIN_PARAMS = 1 << 15
 
 
 def resolve_sync(name, size, n_params):
-    """The strategy `auto` stands for with ``size`` ranks and ``n_params`` parameters."""
+    """The strategy `auto` stands for with ``size`` ranks and ``n_params`` parameters (shm,
+    measured fastest on big models, falls back to sharded where make_sync finds it cannot run)."""
     if name != "auto":
         return name
-    return "sharded" if size > 1 and n_params >= AUTO_SHARD_MIN_PARAMS else "allreduce"
+    return "shm" if size > 1 and n_params >= AUTO_SHARD_MIN_PARAMS else "allreduce"
 
 
 def make_sync(name, comm, model, params, optimizer_factory, alpha, *, warmup_steps=0, optimizer=None, clock=None):
@@ -56,6 +57,11 @@ def make_sync(name, comm, model, params, optimizer_factory, alpha, *, warmup_ste
     if kind == "local":
         replicated = Replicated(comm, model, params, optimizer_factory, alpha, optimizer)
         return LocalAveraging(comm, model, params, replicated, every, warmup_steps, clock)
-    kind = {"allreduce": Replicated, "sharded": Sharded, "shm": SharedMemory, "overlap": Overlapped}[
-        resolve_sync(kind, comm.size, model.n_params)]
+    resolved = resolve_sync(kind, comm.size, model.n_params)
+    if resolved == "shm" and kind == "auto":
+        try:
+            return SharedMemory(comm, model, params, optimizer_factory, alpha, optimizer)
+        except SharedMemoryUnavailable:  # agreed on every rank: unequal nodes, or no room for the windows
+            resolved = "sharded"
+    kind = {"allreduce": Replicated, "sharded": Sharded, "shm": SharedMemory, "overlap": Overlapped}[resolved]
     return kind(comm, model, params, optimizer_factory, alpha, optimizer)
