@@ -257,9 +257,9 @@ def collective_curves(comm, budget, rounds, elems, reps_max=300):
             # n gradient floats (+ the 4 scalars each segment carries).
             grads, params = node.shared_arrays(n + 4, np.float32, "each"), node.shared_arrays(n, np.float32, "first")
             shm = SharedMemory.__new__(SharedMemory)
-            shm.n, shm._grads, shm._params, shm.cross = n, grads, params, Comm(MPI.COMM_SELF)
+            shm.n, shm._grads, shm._params, shm.node, shm.nodes = n, grads, params, node, 1
             shm.lo, shm.hi = n * comm.Get_rank() // size, n * (comm.Get_rank() + 1) // size
-            shm._mine = np.zeros(shm.hi - shm.lo + 4, dtype=np.float32)
+            shm._wire()
             buf = grads.segments[comm.Get_rank()][:n]
             buf[...] = 1.0
             src = np.full(n, 0.5, dtype=np.float32)  # the "new gradient", rewritten before each call

@@ -253,9 +253,9 @@ def test_shm_ranks_of_a_node_share_one_parameter_copy(world):
     assert sync.params[0] == 12345.0
     assert sync.optimizer.n_params == sync.hi - sync.lo
     assert world.allreduce(sync.hi - sync.lo) == sync.nodes * tr.model.n_params
-    # Parameters 1/L of one copy, the own gradient segment, the slice sum: (1 + 2/L) P floats.
+    # Parameters 1/L of one copy and the own gradient segment (the slice is summed in it): (1 + 1/L) P floats.
     n, itemsize, nodes = tr.model.n_params, tr.model.dtype.itemsize, sync.node.size
-    assert sync.held_bytes() - sync.state_bytes() <= (n * (1 + 2 / nodes) + 16) * itemsize
+    assert sync.held_bytes() - sync.state_bytes() <= (n * (1 + 1 / nodes) + 16) * itemsize
     sync.release()
 
 

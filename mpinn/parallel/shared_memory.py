@@ -2,9 +2,10 @@
 memory, with no message and no copy into MPI's buffers (sync.py compares the strategies).
 
 Each rank's backward writes [gradient | loss | weight | stop flag | penalty] into its own
-segment of a node-wide window. After a fence, node rank r sums slice r of every segment in
-rank order (at 2 ranks a + b: the Allreduce's bits), and every rank sums the four scalars of
-all segments. Across nodes, the ranks with the same node index Allreduce their slice sums
+segment of a node-wide window. After a fence, node rank r sums slice r of every segment into
+slice r of its own segment, which no other rank reads, in a fixed order (its own first, then
+the next ranks'; at 2 ranks a + b: the Allreduce's bits, whatever the timing), and every rank
+sums the four scalars of all segments in rank order. Across nodes, the ranks with the same node index Allreduce their slice sums
 (P / ranks-per-node each): the two-level step. Each rank then updates its slice of the one
 parameter copy of the node (a window on node rank 0's memory) with its own slice of the
 optimizer state, and a second fence makes the new parameters every rank's next forward input.
@@ -90,13 +91,19 @@ class SharedMemory(StepStrategy):
         if self.node.rank == 0:
             self.params[...] = params
         self._params.fence()
-        # My slice's sum, then the four scalars: the one buffer the cross-node Allreduce sums.
-        self._mine = np.zeros(self.hi - self.lo + SCALARS, dtype=model.dtype)
+        self._wire()
         self._own_weights = weight_ranges(model, self.lo, self.hi)
         # Each slice's penalty is counted once in the job: by the first node's copy of it.
         self._counts_penalty = self.cross.rank == 0
         self.decay = [(a - self.lo, b - self.lo) for a, b in self._own_weights]
         self.optimizer = adopt_optimizer(optimizer, optimizer_factory, n, self.lo, self.hi)
+
+    def _wire(self):
+        """The views the reduction works on (also for bench/scaling_parts.py's exchange sweep)."""
+        segments, r = self._grads.segments, self.node.rank
+        self._sum = segments[r][self.lo:self.hi]  # my slice's sum, in place
+        self._others = [s[self.lo:self.hi] for s in segments[r + 1:] + segments[:r]]
+        self._sums = np.zeros(SCALARS, dtype=segments[r].dtype)  # the scalars' sums, my own
 
     def describe(self):
         """The start line's words: which level each reduction uses."""
@@ -111,27 +118,30 @@ class SharedMemory(StepStrategy):
         scalars[3] = self.model.penalty(self.params, self._own_weights) \
             if self.alpha and self._counts_penalty else 0.0
         t = time.perf_counter()
-        mine = self.reduce()
+        grad, sums = self.reduce()
         spent = time.perf_counter() - t
-        weight = float(mine[k + 1])
-        self.optimizer.step(self.params[self.lo:self.hi], mine[:k], weight, self.alpha, self.decay)
+        weight = float(sums[1])
+        self.optimizer.step(self.params[self.lo:self.hi], grad, weight, self.alpha, self.decay)
         t = time.perf_counter()
         self.publish()
         self.comm_seconds += spent + time.perf_counter() - t
         self.reductions += 1
-        return float(mine[k]), weight, float(mine[k + 3]), bool(mine[k + 2] > 0)
+        return float(sums[0]), weight, float(sums[3]), bool(sums[2] > 0)
 
     def reduce(self):
-        """My slice of the gradient summed over the job, then the four scalars' sums."""
-        n, lo, hi, k, mine = self.n, self.lo, self.hi, self.hi - self.lo, self._mine
+        """(my slice of the gradient summed over the job, the four scalars' sums)."""
+        n, total, sums = self.n, self._sum, self._sums
         self._grads.fence()  # every rank's gradient is written
+        for part in self._others:  # a fixed order: the bits do not depend on timing
+            total += part
         segments = self._grads.segments
-        np.copyto(mine[:k], segments[0][lo:hi])
-        np.copyto(mine[k:], segments[0][n:])
-        for segment in segments[1:]:  # a fixed order: the bits do not depend on timing
-            mine[:k] += segment[lo:hi]
-            mine[k:] += segment[n:]
-        return self.cross.allreduce_sum(mine)  # the other nodes' sums of my slice (none on one node)
+        np.copyto(sums, segments[0][n:])
+        for segment in segments[1:]:
+            sums += segment[n:]
+        if self.nodes > 1:  # the other nodes' sums of my slice and of the scalars
+            self.cross.allreduce_sum(total)
+            self.cross.allreduce_sum(sums)
+        return total, sums
 
     def publish(self):
         """Wait until every slice is updated (and every segment read): the next forward's input."""
@@ -141,8 +151,7 @@ class SharedMemory(StepStrategy):
         """Bytes of parameters, gradient and optimizer state this rank holds; the node's one
         parameter copy counts 1/(ranks on the node) here."""
         itemsize = np.dtype(self.model.dtype).itemsize
-        return (self.n * itemsize // self.node.size + (self.n + SCALARS) * itemsize + self._mine.nbytes
-                + self.state_bytes())
+        return self.n * itemsize // self.node.size + (self.n + SCALARS) * itemsize + self.state_bytes()
 
     def optimizer_state(self):
         """Collective: (scalars, full-length arrays on rank 0; None elsewhere). Every node
@@ -163,7 +172,7 @@ class SharedMemory(StepStrategy):
         self._grads.fence()
         self._grads.free()
         self._params.free()
-        self._grads = self._params = self.grad = self._scalars = None  # their memory is gone
+        self._grads = self._params = self.grad = self._scalars = self._sum = self._others = None  # memory gone
         self.params = params
         for comm in {id(c): c for c in (self.node, self.cross) if c is not self.comm}.values():
             comm.free()
