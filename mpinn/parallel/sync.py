@@ -13,7 +13,7 @@ rank. The update rule itself stays in nn/optim.py (no MPI); only the communicati
              update is elementwise, so the parameters are those of ``allreduce`` up to the
              order of the cross-rank sums (bit for bit at N = 2, where a + b = b + a).
   shm        the ranks of one node read each other's gradients in MPI-3 shared memory, sum
-             and update one slice each of the node's one parameter copy; across nodes, one
+             and update one slice each of the node's one parameter copy; across nodes, an
              Allreduce of each slice among the ranks with the same node index
              (shared_memory.py). Bit for bit ``allreduce`` at N = 2.
   overlap    ``allreduce`` with one Iallreduce per layer started as backward produces it
