@@ -5,10 +5,11 @@ Each rank's backward writes [gradient | loss | weight | stop flag | penalty] int
 segment of a node-wide window. After a fence, node rank r sums slice r of every segment into
 slice r of its own segment, which no other rank reads, in a fixed order (its own first, then
 the next ranks'; at 2 ranks a + b: the Allreduce's bits, whatever the timing), and every rank
-sums the four scalars of all segments in rank order. Across nodes, the ranks with the same node index Allreduce their slice sums
-(P / ranks-per-node each): the two-level step. Each rank then updates its slice of the one
-parameter copy of the node (a window on node rank 0's memory) with its own slice of the
-optimizer state, and a second fence makes the new parameters every rank's next forward input.
+sums the four scalars of all segments in rank order. Across nodes, the ranks with the same
+node index Allreduce their slice sums (P / ranks-per-node each): the two-level step. Each rank
+then updates its slice of the node's one parameter copy (a window on node rank 0's memory)
+with its own slice of the optimizer state, and a second fence makes the new parameters every
+rank's next forward input.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from mpinn.parallel.step import StepStrategy, adopt_optimizer
 # runs the cross-node level too.
 FAKE_NODES_ENV = "MPINN_SHM_NODES"
 SCALARS = 4  # loss, batch weight, stop flag, penalty
-
-
 SHM_DIR = "/dev/shm"  # where MPICH and Open MPI back shared windows on Linux
 
 
@@ -111,7 +110,7 @@ class SharedMemory(StepStrategy):
         return level + (f", Allreduce of 1/{self.node.size} across {self.nodes} nodes" if self.nodes > 1 else "")
 
     def step(self, xb, yb, sw, weight, after_grad, batch_rows=None):
-        scalars, k = self._scalars, self.hi - self.lo
+        scalars = self._scalars
         scalars[0] = self.model.loss_grad_sum(self.params, xb, yb, self.grad, sw)
         scalars[1] = weight
         scalars[2] = after_grad(self.grad)
