@@ -37,7 +37,7 @@ export MPINN_MPIEXEC := $(MPIEXEC) $(MPIEXEC_FLAGS)
 
 OUT := out
 
-.PHONY: install run test test-serial test-mpi bench clean
+.PHONY: install run test test-serial test-mpi test-slurm bench clean
 .DEFAULT_GOAL := run
 
 install: $(VENV)/.installed
@@ -65,6 +65,17 @@ test-serial: install
 
 test-%: install
 	timeout --kill-after=30 $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $* $(BIN)/python -m pytest -q -p no:cacheprovider --with-mpi -m mpi
+
+# run/slurm.sbatch and run/search.sbatch under a real one-node Slurm (Debian's slurm-wlm + munge,
+# installed when missing; root). Skips with one line where Slurm cannot be had.
+SLURM_STATE ?= /tmp/mpinn-slurm
+test-slurm: install
+	@status=0; SLURM_STATE=$(SLURM_STATE) tests/slurm/one_node.sh start || status=$$?; \
+	if [ $$status -eq 3 ]; then echo "test-slurm: skipped: no Slurm here, and it cannot be installed"; exit 0; fi; \
+	[ $$status -eq 0 ] || exit $$status; \
+	SLURM_CONF=$(SLURM_STATE)/slurm.conf timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q \
+	    -p no:cacheprovider tests/test_slurm.py; status=$$?; \
+	SLURM_STATE=$(SLURM_STATE) tests/slurm/one_node.sh stop; exit $$status
 
 # Benchmarks, not part of `make test`: tables of ratios (docs/performance.md), a few minutes.
 # BENCH_FLAGS e.g. --quick, --ompi-venv DIR (Open MPI wheel venv), --torch-python PY.

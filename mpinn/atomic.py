@@ -48,14 +48,24 @@ def write_text_atomic(path, text):
         raise
 
 
-def check_writable_dir(directory, what):
-    """Create ``directory`` if needed and prove a file can be made in it (InputError if not):
-    a bad directory fails before the work, not after hours of it."""
+def check_writable_dir(directory, what, create=True):
+    """Prove a file can be made in ``directory`` (InputError if not): a bad directory fails
+    before the work, not after hours of it. ``create=False`` leaves a missing directory
+    uncreated (its nearest existing parent is probed instead), so a run that fails before its
+    first write leaves nothing behind."""
     import tempfile
 
+    probe = directory
+    if not create:
+        while probe and not os.path.isdir(probe) and not os.path.lexists(probe):
+            parent = os.path.dirname(os.path.abspath(probe))
+            probe = None if parent == os.path.abspath(probe) else parent
+        if probe and not os.path.isdir(probe):
+            raise InputError(f"{what}: {probe} is not a directory")
     try:
-        os.makedirs(directory, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-").close()
+        if create:
+            os.makedirs(directory, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-").close()
     except OSError as exc:
         raise InputError(f"{what}: directory {directory} is not writable ({exc.strerror})") from None
 

@@ -25,7 +25,10 @@ export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-$OMP_NUM_THREADS}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
 
 mpinn=$(command -v mpinn) || { echo "$0: mpinn is not on PATH (activate the venv: . .venv/bin/activate)" >&2; exit 2; }
-read -r -a launcher <<< "${MPIEXEC:-mpiexec}"
+# MPIEXEC as shell words, quotes honoured: a launcher's path may hold spaces.
+split_words() { local -n into=$1; mapfile -t into < <(printf '%s' "$2" | xargs -r printf '%s\n'); (( ${#into[@]} )) \
+    || { echo "$0: cannot split $3 into words: $2" >&2; exit 2; }; }
+split_words launcher "${MPIEXEC:-mpiexec}" MPIEXEC
 
 # Pin each rank to a core so the OS does not migrate it away from its caches; never when
 # oversubscribed (two pinned ranks could share one core while another idles).

@@ -32,11 +32,14 @@ export OPENBLAS_NUM_THREADS="$OMP_NUM_THREADS"
 export MKL_NUM_THREADS="$OMP_NUM_THREADS"
 
 mpinn=$(command -v mpinn) || { echo "$0: mpinn is not on PATH (activate the venv)" >&2; exit 2; }
-read -r -a launcher <<< "${MPIEXEC:-mpiexec}"
+# MPIEXEC as shell words, quotes honoured: a launcher's path may hold spaces.
+split_words() { local -n into=$1; mapfile -t into < <(printf '%s' "$2" | xargs -r printf '%s\n'); (( ${#into[@]} )) \
+    || { echo "$0: cannot split $3 into words: $2" >&2; exit 2; }; }
+split_words launcher "${MPIEXEC:-mpiexec}" MPIEXEC
 launcher+=(-n "$np" --hostfile "$nodefile")
 
 if [[ $# -eq 0 && -n "${MPINN_ARGS:-}" ]]; then
-    read -r -a args <<< "$MPINN_ARGS"
+    split_words args "$MPINN_ARGS" MPINN_ARGS
     set -- ${args[@]+"${args[@]}"}
 fi
 if [[ $# -eq 0 ]]; then

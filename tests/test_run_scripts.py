@@ -85,6 +85,30 @@ def test_local_sh_trains_on_two_ranks(tmp_path, iris):
     load_latest(ckpt)
 
 
+@pytest.mark.parametrize("script", ["local.sh", "slurm.sbatch", "pbs.sh"])
+def test_a_launcher_and_data_whose_paths_hold_spaces(tmp_path, iris, script):
+    """MPIEXEC is split as shell words, quotes honoured (the Makefile quotes a venv path with a space)."""
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    real = Path(shutil.which(shlex.split(mpiexec())[0]))
+    (folder / "bin dir").symlink_to(real.parent, target_is_directory=True)  # Hydra finds its proxy beside it
+    launcher = folder / "bin dir" / real.name
+    data = folder / "iris data.h5"
+    shutil.copy(iris, data)
+    args = ["--data", str(data), "--hidden", "10", "--epochs", "5"]
+    env = clean_env(MPIEXEC=f"{shlex.quote(str(launcher))} {' '.join(shlex.split(mpiexec())[1:])}",
+                    SLURM_NTASKS=2, SLURM_SUBMIT_DIR=folder, SLURM_JOB_ID=5, PBS_O_WORKDIR=folder, PBS_JOBID=5,
+                    MPINN_ARGS=shlex.join(args))
+    nodefile = folder / "node file"
+    nodefile.write_text("localhost\nlocalhost\n")
+    env["PBS_NODEFILE"] = str(nodefile)
+    cmd = {"local.sh": [str(RUN / script), "2", *args, "--checkpoint", str(folder / "checkpoints" / "5")],
+           "slurm.sbatch": [str(RUN / script), *args], "pbs.sh": [str(RUN / script)]}[script]
+    proc = run(cmd, env, folder)
+    assert "done: 5 epochs" in proc.stdout, proc.stdout + proc.stderr
+    load_latest(folder / "checkpoints" / "5")
+
+
 def test_local_sh_rejects_a_bad_rank_count(tmp_path):
     proc = subprocess.run([str(RUN / "local.sh"), "two"], env=clean_env(), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)

@@ -10,13 +10,14 @@ is checked as `mpinn train` checks it, before any training. Registered by app.bu
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
 import warnings
 
 from mpinn.atomic import check_output_file
-from mpinn.cli.common import say
+from mpinn.cli.common import EXIT_INTERRUPTED, EXIT_PREEMPTED, say
 from mpinn.errors import InputError
 
 # Grid keys: the `mpinn train` options that are estimator parameters, and three data options.
@@ -235,11 +236,22 @@ def cmd_search(args):
     search._task_hook = _fault_hook(comm.rank)
     from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 
+    from mpinn.parallel.faults import Interrupted, Preempted, Preemption
+
     start = time.time()
-    with warnings.catch_warnings():  # short runs are normal in a search; failures are in the table
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", FitFailedWarning)
-        search.fit(X, y)
+    try:
+        with warnings.catch_warnings():  # short runs are normal in a search; failures are in the table
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FitFailedWarning)
+            search.fit(X, y)
+    except (Preempted, Interrupted) as exc:  # the search's words, not those of the fit it stopped
+        kept = (f"the finished tasks are recorded in {args.checkpoint}; run it again with --resume for the rest"
+                if args.checkpoint else "no --checkpoint: the finished tasks are not kept")
+        # The rank that noticed the signal named it in the message every rank raised.
+        named = re.search(r"\bSIG[A-Z0-9]+", str(exc))
+        signal = named.group(0) if named else Preemption.signal_name or "a signal"
+        say(f"mpinn: search stopped by {signal}; {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_PREEMPTED
     seconds = time.time() - start
     if bar:
         bar.clear()

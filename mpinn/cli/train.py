@@ -151,7 +151,7 @@ def cmd_train(args):
 
     def check_outputs():
         if checkpointer:
-            checkpointer.check_writable()
+            checkpointer.check_writable(fresh=not cfg.resume)
         if cfg.metrics:
             check_output_file(cfg.metrics, "--metrics")
 

@@ -124,9 +124,21 @@ class Checkpointer:
         self.directory, self.comm, self.keep = directory, comm, keep
         self.last_path = None
 
-    def check_writable(self):
-        """Called on rank 0 before training: a bad directory fails now, not after hours."""
-        check_writable_dir(self.directory, "--checkpoint")
+    def check_writable(self, fresh=False):
+        """Called on rank 0 before training: a bad directory fails now, not after hours. The
+        directory itself is made by the first save. ``fresh``: refuse a directory that already
+        holds checkpoints, so two runs never mix in one (``--resume`` continues that run)."""
+        if fresh and self.holds_checkpoints():
+            raise InputError(f"--checkpoint: {self.directory} already holds another run's checkpoints; add --resume "
+                             "to continue that run, or give a new folder")
+        check_writable_dir(self.directory, "--checkpoint", create=False)
+
+    def holds_checkpoints(self):
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return False
+        return any(name == LATEST or NAME.match(name) for name in names)
 
     def save(self, trainer):
         path = os.path.join(self.directory, f"ckpt-{trainer.epoch:06d}-{trainer.step_in_epoch:06d}.h5")
@@ -147,6 +159,7 @@ class Checkpointer:
     def _write(self, path, trainer, state):
         if take_write_fault():
             raise OSError(errno.ENOSPC, "No space left on device (injected by MPINN_FAULT)")
+        os.makedirs(self.directory, exist_ok=True)
         save_trainer(path, trainer, state)
         fsync_dir(self.directory)  # the checkpoint's directory entry is durable before `latest` names it
         write_text_atomic(os.path.join(self.directory, LATEST), os.path.basename(path) + "\n")
