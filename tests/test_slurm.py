@@ -26,13 +26,15 @@ RUN = ROOT / "run"
 BIN = Path(sys.executable).parent
 DEADLINE = 720  # seconds for every job, requeues included
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL")
-# Training slowed by sleeping (MPINN_SLOW) to ~100 s, longer than the 30-60 s Slurm gives a job
-# before its SIGUSR1, while leaving the CPUs to the searches.
+# Training slowed by sleeping (MPINN_SLOW: each step sleeps 199x its compute) to ~100 s, longer
+# than the 30-60 s Slurm gives a job before its SIGUSR1, with the CPUs left to the others.
 TRAIN = ["--test-fraction", "0.2", "--seed", "42", "--hidden", "10", "--solver", "sgd", "--epochs", "1500",
          "--log-every", "250"]
 SLOW = "0:200;1:200"
-# 36 short tasks: some finish before the SIGUSR1, some after the requeue.
-GRID = 'hidden = [[32], [64]]\nlr = [0.001, 0.003, 0.01]\nalpha = [0.0001, 0.01]\nepochs = 60\nsolver = "sgd"\n'
+# 36 tasks of ~6 s (slowed the same way, on each group's rank): some finish before the SIGUSR1,
+# the others after the requeue.
+GRID = 'hidden = [[32], [64]]\nlr = [0.001, 0.003, 0.01]\nalpha = [0.0001, 0.01]\nepochs = 20\nsolver = "sgd"\n'
+SEARCH_SLOW = "0:50"
 SEARCH = ["--cv", "3"]
 MISMATCH = "separate 1-rank jobs"
 
@@ -115,7 +117,8 @@ def runs(tmp_path_factory):
         via = {"MPIEXEC": shlex.quote(mpiexec)} if launcher == "mpiexec" else {}
         jobs["train", launcher] = sbatch(base / f"train {launcher}", RUN / "slurm.sbatch", train, MPINN_SLOW=SLOW,
                                          **via)
-        jobs["search", launcher] = sbatch(base / f"search {launcher}", RUN / "search.sbatch", search, **via)
+        jobs["search", launcher] = sbatch(base / f"search {launcher}", RUN / "search.sbatch", search,
+                                          MPINN_SLOW=SEARCH_SLOW, **via)
     # Plain srun under MpiDefault=none: N copies of a 1-rank MPI; every copy must stop.
     plain = base / "plain srun"
     plain.mkdir()

@@ -235,6 +235,7 @@ class _FitMLP(_BaseMLP):
         return trainer.params
 
     def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental):
+        from mpinn.parallel.balance import SLOW_ENV, parse_slow
         from mpinn.parallel.faults import FAULT_ENV, parse_faults
         from mpinn.train.loop import LoopState, Trainer, TrainingDiverged
 
@@ -256,7 +257,8 @@ class _FitMLP(_BaseMLP):
                           checkpointer=checkpointer, model=model, params=params, random_state=rs,
                           optimizer=optimizer, loop=loop, format_line=_verbose_line,
                           extra_state=lambda: self._checkpoint_meta(trainer),
-                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank))
+                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank),
+                          slow=parse_slow(os.environ.get(SLOW_ENV), comm.size))
         try:
             trainer.fit()
         except TrainingDiverged:
