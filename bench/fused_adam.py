@@ -6,7 +6,7 @@
 Times optim's step (gradient finish included: L2 on the weights, division by the batch
 weight) on the big MLP's 669,706 parameters, as 12+ blocked numpy passes (MPINN_NUMBA=0's
 path) and as one compiled loop, for adam and sgd in float32 and float64, and checks that both
-leave the same bits. docs/performance.md, "A compiled update".
+leave the same bits. docs/performance.md, "The compiled update".
 """
 
 from __future__ import annotations
