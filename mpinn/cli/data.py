@@ -45,17 +45,25 @@ def add_data_commands(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-stratify", action="store_true", help="plain random split even for class labels")
     p.set_defaults(func=cmd_data_split)
-    p = data.add_parser("convert", help="CSV, NPY or NPZ to mpinn's HDF5 layout")
+    p = data.add_parser("convert", help="CSV, Parquet, NPY or NPZ to mpinn's HDF5 layout")
     p.add_argument("input")
     p.add_argument("out")
     p.add_argument("--label-column", help="label column name or index (default: last)")
-    p.add_argument("--task", choices=["classify", "regress"])
+    p.add_argument("--no-label", action="store_true",
+                   help="every column is a feature, the file has no labels (rows to predict on)")
+    p.add_argument("--task", choices=["classify", "regress"],
+                   help="stored in the file: `mpinn train --task auto` follows it")
     p.add_argument("--chunk-rows", type=int)
     p.add_argument("--na", choices=["fail", "drop"], default="fail",
                    help="rows with a missing value: fail naming the line (default) or drop them")
     p.add_argument("--features", help="CSV: feature columns to keep, names or 0-based indices, comma-separated")
     p.add_argument("--drop", help="CSV: columns to leave out, names or 0-based indices, comma-separated")
     p.add_argument("--delimiter", default=",", help="CSV: field separator, one character (default ','; 'tab' for tabs)")
+    p.add_argument("--categorical", default="auto",
+                   help="CSV/Parquet: columns to one-hot encode: auto (default: every text column), none, "
+                        "or names / 0-based indices, comma-separated")
+    p.add_argument("--unknown-category", choices=["error", "zeros"], default="error",
+                   help="a category the model never saw, at eval/predict: error (default) or all-zero indicators")
     p.set_defaults(func=cmd_data_convert)
 
 
@@ -116,7 +124,9 @@ def cmd_data_convert(args):
         if label is not None and label.lstrip("-").isdigit():
             label = int(label)
         summary = convert(args.input, args.out, label_column=label, chunk_rows=args.chunk_rows, task=args.task,
-                          na=args.na, features=args.features, drop=args.drop, delimiter=args.delimiter)
+                          na=args.na, features=args.features, drop=args.drop, delimiter=args.delimiter,
+                          categorical=args.categorical, no_label=args.no_label,
+                          unknown_category=args.unknown_category)
         for note in summary.pop("notes", []):
             print(f"note: {note}")
         print(f"wrote {args.out}: {json.dumps(summary)}")
