@@ -1,4 +1,4 @@
-"""`mpinn data iris|synthetic|digits|info|split|convert`: making and converting data files.
+"""`mpinn data iris|synthetic|digits|diabetes|info|split|convert`: making and converting data files.
 
 Rank 0 alone does the work (under mpiexec the other ranks return at once); the datasets
 themselves are mpinn.data.builtin. Registered on the `mpinn` parser by app.build_parser.
@@ -31,6 +31,10 @@ def add_data_commands(sub):
     p = data.add_parser("digits", help="write scikit-learn's digits data (1797 x 64, 10 classes; needs sklearn)")
     p.add_argument("out")
     p.set_defaults(func=cmd_data_digits)
+    p = data.add_parser("diabetes", help="write scikit-learn's diabetes data (442 x 10, a regression target; "
+                                          "needs sklearn)")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_data_diabetes)
     p = data.add_parser("info", help="shapes, dtypes, chunks, class balance and NaN count of a data file")
     p.add_argument("file")
     p.add_argument("--x-name", default="X")
@@ -95,6 +99,17 @@ def cmd_data_digits(args):
         X, y, names = load_digits()
         write_hdf5(args.out, X, y, class_names=names)
         print(f"wrote {args.out}: digits, {X.shape[0]} rows x {X.shape[1]} features, 10 classes")
+    return 0
+
+
+def cmd_data_diabetes(args):
+    from mpinn.data.builtin import load_diabetes, write_hdf5
+
+    if env_rank() == 0:
+        X, y, names = load_diabetes()
+        # The target is integral-valued: the stored task keeps --task auto from classifying it.
+        write_hdf5(args.out, X, y, feature_names=names, attrs={"task": "regress"})
+        print(f"wrote {args.out}: diabetes, {X.shape[0]} rows x {X.shape[1]} features, regress")
     return 0
 
 

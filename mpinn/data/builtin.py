@@ -42,6 +42,17 @@ def load_digits():
     bunch = sk_load_digits()
     return bunch.data.astype(np.float64), bunch.target.astype(np.int64), [str(i) for i in range(10)]
 
+
+def load_diabetes():
+    """scikit-learn's diabetes data (442 x 10; the target is a disease progression score, an
+    integer from 25 to 346: a regression target that looks like class labels); needs scikit-learn."""
+    try:
+        from sklearn.datasets import load_diabetes as sk_load_diabetes
+    except ImportError:
+        raise InputError("data diabetes: needs scikit-learn: pip install 'mpinn[sklearn]'") from None
+    bunch = sk_load_diabetes()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.float64), list(bunch.feature_names)
+
 # ---------------------------------------------------------------- writing
 
 def _int_at_least(value, name, minimum=1, where="make_synthetic"):

@@ -157,6 +157,8 @@ def encode_table(X, input_columns, categories, policy, what="X"):
         unknown = ~onehot.any(axis=1)
         if unknown.any() and policy == "error":
             i = int(np.argmax(unknown))
+            if text[i] is None:
+                raise InputError(f"{what}: row {i} has a missing value in categorical column {c!r}")
             raise InputError(f"{what}: row {i} has category {text[i]!r} in column {c!r}, which the model never saw "
                              "(convert the training data with --unknown-category zeros to encode it as all zeros)")
         parts.append(onehot)
@@ -164,11 +166,8 @@ def encode_table(X, input_columns, categories, policy, what="X"):
 
 
 def _category_text(value):
-    """A cell as the category text convert stores (None/NaN -> '' so it matches no category)."""
+    """A cell as the category text convert stores (str of the value; None when missing, which
+    matches no category)."""
     if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(value)
-    return str(value)
+        return None
+    return str(value).strip()
