@@ -216,6 +216,8 @@ def test_an_estimator_fitted_on_a_dataframe_keeps_its_names(tmp_path):
     np.testing.assert_array_equal(est.predict_proba(X[X.columns[::-1]]), est.predict_proba(X.to_numpy(float)))
     with pytest.raises(ValueError, match="missing 'organic'"):
         est.predict(X.rename(columns={"organic": "bio"}))
+    sk = est.to_sklearn(by_name=True)  # scikit-learn's ColumnTransformer takes the columns by name
+    np.testing.assert_allclose(sk.predict_proba(X[X.columns[::-1]]), est.predict_proba(X), rtol=0, atol=1e-12)
     est.fit(X.to_numpy(float), df["quality"])  # refitted on an array: no names any more
     assert not hasattr(est, "feature_names_in_")
 

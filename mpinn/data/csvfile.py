@@ -153,13 +153,15 @@ def _numbers(cells, name, src, lines, unit, hint=""):
 
 
 def _column_kind(cells):
-    """'number', 'bool' or 'text' from the cells that are not missing."""
+    """'number', 'bool', 'text' or 'mixed' (numbers and text: a mistyped number, most likely)
+    from the cells that are not missing."""
     present = [c for c in cells if c not in NA_STRINGS]
-    if all(is_number(c) for c in present):
+    numbers = sum(is_number(c) for c in present)
+    if numbers == len(present):
         return "number"
     if all(c in BOOL_TEXT for c in present):
         return "bool"
-    return "text"
+    return "mixed" if numbers else "text"
 
 
 def _categorical_columns(spec, n_cols, header, src):
@@ -223,7 +225,8 @@ def encode_cells(header, rows, lines, src, label_column=None, *, na="fail", feat
             blocks.append(np.array([BOOL_TEXT.get(c, np.nan) for c in cells]).reshape(-1, 1))
             out_names.append(names[j])
         else:
-            hint = " (--categorical auto one-hot encodes text columns)" if chosen != "auto" else ""
+            hint = " (--categorical auto one-hot encodes text columns)" if kind == "text" else \
+                f" (--categorical {names[j]} one-hot encodes its values)" if kind == "mixed" else ""
             blocks.append(_numbers(cells, names[j], src, lines, unit, hint).reshape(-1, 1))
             out_names.append(names[j])
     X = np.hstack(blocks)

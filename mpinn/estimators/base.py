@@ -154,10 +154,15 @@ class _BaseMLP:
 
     # ---- export -----------------------------------------------------------------------------
 
-    def to_sklearn(self):
+    def to_sklearn(self, by_name=None):
         """A fitted sklearn.neural_network estimator with these weights (needs scikit-learn); for
         a model trained with feature scaling (``scaler_``), a Pipeline of scikit-learn's scaler
-        with the same statistics and that estimator."""
+        with the same statistics and that estimator.
+
+        ``by_name``: put a ColumnTransformer first that takes a DataFrame's columns by name
+        (``feature_names_in_``), in any order, one-hot encoding categorical ones; the result then
+        takes DataFrames only. None (default): only for a model with categorical columns, whose
+        raw input is a table anyway; arrays keep working with any other model."""
         try:
             from sklearn import neural_network
         except ImportError:
@@ -190,7 +195,11 @@ class _BaseMLP:
                 lb.fit(self.classes_)
             est._label_binarizer = lb
         steps = []
-        if getattr(self, "feature_names_in_", None) is not None:  # a DataFrame's columns by name
+        if by_name is None:
+            by_name = bool((getattr(self, "encoding_", None) or {}).get("categories"))
+        if by_name and getattr(self, "feature_names_in_", None) is None:
+            raise ValueError("to_sklearn(by_name=True) needs a model that knows its feature names (feature_names_in_)")
+        if by_name:  # a DataFrame's columns by name
             steps.append(self._sklearn_columns())
         if getattr(self, "scaler_", None) is not None:
             steps.append(self.scaler_.to_sklearn())
