@@ -129,6 +129,13 @@ def test_unseen_category_is_an_error_or_zeros_as_chosen(tmp_path):
         run(["data", "convert", tmp_path / "wine.csv", tmp_path / f"{policy}.h5", "--unknown-category", policy])
         run(["train", "--data", tmp_path / f"{policy}.h5", "--hidden", "4", "--epochs", "2",
              "--checkpoint", tmp_path / policy, "--quiet"])
+    from mpinn.data.convert import info, split
+
+    split(tmp_path / "zeros.h5", tmp_path / "a.h5", tmp_path / "b.h5")  # both halves keep the encoding
+    for half in ("a.h5", "b.h5"):
+        with h5py.File(tmp_path / half) as f:
+            assert json.loads(f.attrs["encoding"])["unknown_category"] == "zeros"
+    assert info(tmp_path / "a.h5")["categorical"] == {"region": 3}
     proc = run(["predict", "--model", tmp_path / "error", "--data", tmp_path / "new.h5", "--out",
                 tmp_path / "p.h5"], np_=2, check=False)
     assert proc.returncode == 2

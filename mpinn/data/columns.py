@@ -39,7 +39,7 @@ def encoded_names(columns, categories):
     """Feature names after encoding: each categorical column replaced by its indicators, in place."""
     out = []
     for c in columns:
-        out.extend(indicator(c, v) for v in categories[c]) if c in categories else out.append(c)
+        out += [indicator(c, v) for v in categories[c]] if c in categories else [c]
     return out
 
 
@@ -50,10 +50,13 @@ def _indicators(encoding):
 
 
 def _differ(want, have, what):
-    missing = [n for n in want if n not in have]
-    extra = [n for n in have if n not in want]
-    parts = ([f"missing {', '.join(map(repr, missing[:5]))}{' ...' if len(missing) > 5 else ''}"] if missing else []) \
-        + ([f"unexpected {', '.join(map(repr, extra[:5]))}{' ...' if len(extra) > 5 else ''}"] if extra else [])
+    """The one error for names that differ: which are missing, which unexpected (five of each)."""
+    def listed(label, names):
+        return [f"{label} {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}"] if names else []
+
+    parts = listed("missing", [n for n in want if n not in have]) + listed("unexpected", [n for n in have if n not in want])
+    if not parts:  # the same names, one of them twice
+        parts = ["a column name repeats"]
     return InputError(f"{what}: feature names differ from the model's ({'; '.join(parts)})")
 
 

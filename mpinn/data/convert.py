@@ -231,6 +231,10 @@ def info(path, *, x_name="X", y_name="y", block_rows=65536):
                "y": {"name": y_name, "dtype": "string" if meta.y_kind == "str" else str(Y.dtype),
                      "shape": list(Y.shape), "chunks": Y.chunks},
                "non_finite_feature_values": nan_values, "rows_with_non_finite_features": nan_rows}
+        if meta.task:
+            out["task"] = meta.task
+        if meta.encoding:
+            out["categorical"] = {c: len(v) for c, v in meta.encoding["categories"].items()}
         if meta.y_kind in ("int", "str") and Y.ndim == 1:
             y = Y.asstr()[()] if meta.y_kind == "str" else Y[()]
             labels, counts = np.unique(y, return_counts=True)
