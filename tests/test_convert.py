@@ -97,10 +97,14 @@ def test_unnamed_index_column_is_not_a_feature(tmp_path):
     X, _, attrs = read(tmp_path / "o.h5")
     np.testing.assert_array_equal(X[:, 0], np.array(IRIS_X)[:, 0])
     assert attrs["feature_names"] == ["sepal_length"]
-    # An unnamed first column that is not 0..n-1 stays a feature, and the note says so.
+    # An unnamed first column of other values is the index of a row subset: dropped too, and
+    # the note shows its first values; --features keeps it.
     (tmp_path / "shuffled.csv").write_text(",a,label\n3,0.5,0\n1,1.5,1\n2,2.5,0\n")
     summary = convert(tmp_path / "shuffled.csv", tmp_path / "s.h5")
-    assert summary["features"] == 2 and "kept as a feature" in summary["notes"][0]
+    assert summary["features"] == 1 and summary["notes"] == [
+        "shuffled.csv: the first column has no name (3, 1, 2): read as the index pandas writes, and dropped "
+        "(--features 0,... keeps it)"]
+    assert convert(tmp_path / "shuffled.csv", tmp_path / "s.h5", features="0,a")["features"] == 2
 
 
 def test_semicolon_delimiter(tmp_path):
@@ -145,7 +149,7 @@ def test_feature_selection(tmp_path):
         with pytest.raises(InputError, match=message):
             convert(src, tmp_path / "bad.h5", **kwargs)
     np.save(tmp_path / "a.npy", np.ones((3, 3)))
-    with pytest.raises(InputError, match="apply to CSV input only"):
+    with pytest.raises(InputError, match="apply to CSV and Parquet input only"):
         convert(tmp_path / "a.npy", tmp_path / "bad.h5", features="0")
     assert not (tmp_path / "bad.h5").exists()
 

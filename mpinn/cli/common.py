@@ -85,25 +85,32 @@ def _short(value):
 
 
 def problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
-    """This rank's shard of a file, checked against a fitted model."""
+    """This rank's shard of a file, checked against a fitted model; the file's columns taken by
+    name when both name them (data/columns.py: reordered, categories matched)."""
     import h5py
     import numpy as np
 
     from mpinn.data import hdf5 as datamod
+    from mpinn.data.columns import plan_columns
     from mpinn.data.partition import make_shard
-    from mpinn.parallel.agree import on_root
+    from mpinn.parallel.agree import collective_check, on_root
     from mpinn.train.problem import Problem
 
     info = datamod.DataInfo(**on_root(
         comm, lambda: datamod.inspect(path, x_name, y_name, require_y=with_y).to_json()))
-    if info.n_features != fitted.n_features_in_:
+    plan = plan_columns(fitted.feature_names, fitted.encoding, info.feature_names, info.encoding, path)
+    if plan is None and info.n_features != fitted.n_features_in_:
         raise InputError(f"{path}: {info.n_features} features but the model expects {fitted.n_features_in_}")
     shard = make_shard(info.n_rows, comm.rank, comm.size, "block")
     with h5py.File(path, "r") as f:
         X, y = datamod.read_shard(f, info, shard, fitted.coefs_[0].dtype, with_y=with_y)
+    if plan is not None:
+        collective_check(comm, plan.unseen_problem(X, info.feature_names, path,
+                                                   int(shard.rows[0]) if shard.count else 0))
+        X = plan.apply(X)
     classes = None if fitted.classes_ is None else np.asarray(fitted.classes_)
     return Problem(task=fitted.task, X=X, y=y, shard=shard, train_rows=np.zeros(0, np.int64),
-                   n_features=info.n_features, classes=classes, class_names=fitted.class_names), info
+                   n_features=fitted.n_features_in_, classes=classes, class_names=fitted.class_names), info
 
 
 def load_on_all(comm, path):

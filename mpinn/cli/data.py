@@ -1,4 +1,4 @@
-"""`mpinn data iris|synthetic|digits|info|split|convert`: making and converting data files.
+"""`mpinn data iris|synthetic|digits|diabetes|info|split|convert`: making and converting data files.
 
 Rank 0 alone does the work (under mpiexec the other ranks return at once); the datasets
 themselves are mpinn.data.builtin. Registered on the `mpinn` parser by app.build_parser.
@@ -31,6 +31,10 @@ def add_data_commands(sub):
     p = data.add_parser("digits", help="write scikit-learn's digits data (1797 x 64, 10 classes; needs sklearn)")
     p.add_argument("out")
     p.set_defaults(func=cmd_data_digits)
+    p = data.add_parser("diabetes", help="write scikit-learn's diabetes data (442 x 10, a regression target; "
+                                          "needs sklearn)")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_data_diabetes)
     p = data.add_parser("info", help="shapes, dtypes, chunks, class balance and NaN count of a data file")
     p.add_argument("file")
     p.add_argument("--x-name", default="X")
@@ -45,17 +49,25 @@ def add_data_commands(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-stratify", action="store_true", help="plain random split even for class labels")
     p.set_defaults(func=cmd_data_split)
-    p = data.add_parser("convert", help="CSV, NPY or NPZ to mpinn's HDF5 layout")
+    p = data.add_parser("convert", help="CSV, Parquet, NPY or NPZ to mpinn's HDF5 layout")
     p.add_argument("input")
     p.add_argument("out")
     p.add_argument("--label-column", help="label column name or index (default: last)")
-    p.add_argument("--task", choices=["classify", "regress"])
+    p.add_argument("--no-label", action="store_true",
+                   help="every column is a feature, the file has no labels (rows to predict on)")
+    p.add_argument("--task", choices=["classify", "regress"],
+                   help="stored in the file: `mpinn train --task auto` follows it")
     p.add_argument("--chunk-rows", type=int)
     p.add_argument("--na", choices=["fail", "drop"], default="fail",
                    help="rows with a missing value: fail naming the line (default) or drop them")
     p.add_argument("--features", help="CSV: feature columns to keep, names or 0-based indices, comma-separated")
     p.add_argument("--drop", help="CSV: columns to leave out, names or 0-based indices, comma-separated")
     p.add_argument("--delimiter", default=",", help="CSV: field separator, one character (default ','; 'tab' for tabs)")
+    p.add_argument("--categorical", default="auto",
+                   help="CSV/Parquet: columns to one-hot encode: auto (default: every text column), none, "
+                        "or names / 0-based indices, comma-separated")
+    p.add_argument("--unknown-category", choices=["error", "zeros"], default="error",
+                   help="a category the model never saw, at eval/predict: error (default) or all-zero indicators")
     p.set_defaults(func=cmd_data_convert)
 
 
@@ -90,6 +102,17 @@ def cmd_data_digits(args):
     return 0
 
 
+def cmd_data_diabetes(args):
+    from mpinn.data.builtin import load_diabetes, write_hdf5
+
+    if env_rank() == 0:
+        X, y, names = load_diabetes()
+        # The target is integral-valued: the stored task keeps --task auto from classifying it.
+        write_hdf5(args.out, X, y, feature_names=names, attrs={"task": "regress"})
+        print(f"wrote {args.out}: diabetes, {X.shape[0]} rows x {X.shape[1]} features, regress")
+    return 0
+
+
 def cmd_data_info(args):
     from mpinn.data.convert import info
 
@@ -116,7 +139,9 @@ def cmd_data_convert(args):
         if label is not None and label.lstrip("-").isdigit():
             label = int(label)
         summary = convert(args.input, args.out, label_column=label, chunk_rows=args.chunk_rows, task=args.task,
-                          na=args.na, features=args.features, drop=args.drop, delimiter=args.delimiter)
+                          na=args.na, features=args.features, drop=args.drop, delimiter=args.delimiter,
+                          categorical=args.categorical, no_label=args.no_label,
+                          unknown_category=args.unknown_category)
         for note in summary.pop("notes", []):
             print(f"note: {note}")
         print(f"wrote {args.out}: {json.dumps(summary)}")

@@ -196,6 +196,8 @@ def cmd_train(args):
         if not cfg.checkpoint:  # said before training, while there is time to add it
             print("mpinn: note: no --checkpoint: the trained model will not be saved "
                   "(add --checkpoint DIR to keep it)", file=sys.stderr, flush=True)
+    if comm.rank == 0 and trainer.problem.task_warning:  # even with --quiet: the run may be the wrong kind
+        print(f"mpinn: warning: {trainer.problem.task_warning}", file=sys.stderr, flush=True)
     try:
         trainer.fit()
     finally:

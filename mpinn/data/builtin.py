@@ -42,6 +42,17 @@ def load_digits():
     bunch = sk_load_digits()
     return bunch.data.astype(np.float64), bunch.target.astype(np.int64), [str(i) for i in range(10)]
 
+
+def load_diabetes():
+    """scikit-learn's diabetes data (442 x 10; the target is a disease progression score, an
+    integer from 25 to 346: a regression target that looks like class labels); needs scikit-learn."""
+    try:
+        from sklearn.datasets import load_diabetes as sk_load_diabetes
+    except ImportError:
+        raise InputError("data diabetes: needs scikit-learn: pip install 'mpinn[sklearn]'") from None
+    bunch = sk_load_diabetes()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.float64), list(bunch.feature_names)
+
 # ---------------------------------------------------------------- writing
 
 def _int_at_least(value, name, minimum=1, where="make_synthetic"):
@@ -74,9 +85,10 @@ def write_hdf5(path, X, y, *, x_name="X", y_name="y", class_names=None, feature_
     The file is built under a temporary name in the target directory and renamed over `path`
     only when complete, so a crash or a bad input never leaves a half-written or clobbered file.
     Datasets are contiguous by default, so that a rank's row range is a single hyperslab read.
+    ``y`` None writes features only (rows to predict on).
     """
     X = _as_array(X, "X", (2,))
-    y = _as_array(y, "y", (1, 2), X.shape[0])
+    y = None if y is None else _as_array(y, "y", (1, 2), X.shape[0])
     if x_name == y_name:
         raise InputError(f"write_hdf5: x_name and y_name are both '{x_name}'")
     for names in (feature_names, class_names):
@@ -85,7 +97,7 @@ def write_hdf5(path, X, y, *, x_name="X", y_name="y", class_names=None, feature_
     if feature_names is not None and len(feature_names) != X.shape[1]:
         raise InputError(f"write_hdf5: {len(feature_names)} feature names for {X.shape[1]} columns")
     if class_names is not None:
-        if y.dtype.kind != "i" or y.ndim != 1:
+        if y is None or y.dtype.kind != "i" or y.ndim != 1:
             raise InputError("write_hdf5: class_names given but y is not 1-D integer labels")
         if y.min() < 0 or y.max() >= len(class_names):
             raise InputError(f"write_hdf5: labels span {y.min()}..{y.max()} but there are "
@@ -102,7 +114,7 @@ def write_hdf5(path, X, y, *, x_name="X", y_name="y", class_names=None, feature_
     if not os.path.isdir(directory):
         raise InputError(f"write_hdf5: output directory does not exist: {directory}")
     def fill(f):
-        for name, data in ((x_name, X), (y_name, y)):
+        for name, data in ((x_name, X), (y_name, y)) if y is not None else ((x_name, X),):
             rows = None if chunk_rows is None else min(chunk_rows, len(data))
             chunks = None if rows is None else (rows, *data.shape[1:])
             f.create_dataset(name, data=data, chunks=chunks)

@@ -28,6 +28,9 @@ class DataInfo:
     y_shape: list
     y_kind: str  # "int", "float" or "str"
     class_names: list | None = None
+    feature_names: list | None = None   # `data convert`'s column names (after one-hot encoding)
+    encoding: dict | None = None        # categorical columns: columns.make_encoding
+    task: str | None = None             # `data convert --task`, which --task auto follows
 
     def to_json(self):
         return dict(self.__dict__)
@@ -69,11 +72,15 @@ def inspect(path, x_name="X", y_name="y", *, require_y=True) -> DataInfo:
                 raise InputError(f"{path}: string labels {y_name!r} must be 1-D, has shape {Y.shape}")
             y_shape = list(Y.shape)
             y_kind = "str" if is_text else "int" if Y.dtype.kind in "iub" else "float"
-        class_names = f.attrs.get("class_names")
-        if class_names is not None:
-            class_names = json.loads(class_names)
+        meta = {k: json.loads(f.attrs[k]) for k in ("class_names", "feature_names", "encoding") if k in f.attrs}
+        task = f.attrs.get("task")
+        if task is not None and task not in ("classify", "regress"):
+            raise InputError(f"{path}: attribute 'task' is {task!r}; expected 'classify' or 'regress'")
+        if meta.get("feature_names") is not None and len(meta["feature_names"]) != X.shape[1]:
+            meta.pop("feature_names")  # written by another tool for another layout: not used
         return DataInfo(str(path), x_name, y_name, int(X.shape[0]), int(X.shape[1]),
-                        y_shape, y_kind, class_names)
+                        y_shape, y_kind, meta.get("class_names"), meta.get("feature_names"),
+                        meta.get("encoding"), None if task is None else str(task))
 
 
 def read_shard(h5file, info: DataInfo, shard, dtype, *, with_y=True, with_x=True):

@@ -10,7 +10,7 @@ import inspect
 
 import numpy as np
 
-from mpinn.data import inputs
+from mpinn.data import columns, inputs
 from mpinn.nn import optim
 from mpinn.estimators.params import validate_params
 from mpinn.nn.activations import HIDDEN_ACTIVATIONS
@@ -119,10 +119,28 @@ class _BaseMLP:
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with appropriate arguments "
                 "before using this estimator.")
 
+    def _by_name(self, X):
+        """A DataFrame's columns in the order (and categorical encoding) the model was trained
+        with, when the model knows its feature names; anything else as given."""
+        names = getattr(self, "feature_names_in_", None)
+        if names is None or not columns.is_table(X):
+            return X
+        encoding = getattr(self, "encoding_", None) or {}
+        return columns.encode_table(X, [str(n) for n in names], encoding.get("categories", {}),
+                                    encoding.get("unknown_category", "error"))
+
+    def _encoded_feature_names(self):
+        """The model's input features by name (categorical columns as ``column=category``), or None."""
+        names = getattr(self, "feature_names_in_", None)
+        if names is None:
+            return None
+        encoding = getattr(self, "encoding_", None) or {}
+        return columns.encoded_names([str(n) for n in names], encoding.get("categories", {}))
+
     def _forward(self, X):
         """Output activations for X on this rank alone (no communication)."""
         self._check_fitted()
-        X = inputs.check_X(X)
+        X = inputs.check_X(self._by_name(X))
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
@@ -136,10 +154,15 @@ class _BaseMLP:
 
     # ---- export -----------------------------------------------------------------------------
 
-    def to_sklearn(self):
+    def to_sklearn(self, by_name=None):
         """A fitted sklearn.neural_network estimator with these weights (needs scikit-learn); for
         a model trained with feature scaling (``scaler_``), a Pipeline of scikit-learn's scaler
-        with the same statistics and that estimator."""
+        with the same statistics and that estimator.
+
+        ``by_name``: put a ColumnTransformer first that takes a DataFrame's columns by name
+        (``feature_names_in_``), in any order, one-hot encoding categorical ones; the result then
+        takes DataFrames only. None (default): only for a model with categorical columns, whose
+        raw input is a table anyway; arrays keep working with any other model."""
         try:
             from sklearn import neural_network
         except ImportError:
@@ -171,8 +194,38 @@ class _BaseMLP:
             else:
                 lb.fit(self.classes_)
             est._label_binarizer = lb
+        steps = []
+        if by_name is None:
+            by_name = bool((getattr(self, "encoding_", None) or {}).get("categories"))
+        if by_name and getattr(self, "feature_names_in_", None) is None:
+            raise ValueError("to_sklearn(by_name=True) needs a model that knows its feature names (feature_names_in_)")
+        if by_name:  # a DataFrame's columns by name
+            steps.append(self._sklearn_columns())
         if getattr(self, "scaler_", None) is not None:
+            steps.append(self.scaler_.to_sklearn())
+        if steps:
             from sklearn.pipeline import make_pipeline
 
-            return make_pipeline(self.scaler_.to_sklearn(), est)
+            return make_pipeline(*steps, est)
         return est
+
+    def _sklearn_columns(self):
+        """scikit-learn's ColumnTransformer that takes a DataFrame's columns by name, in the
+        model's order, one-hot encoding the categorical ones with the model's categories
+        (OneHotEncoder's handle_unknown: 'error', or 'ignore' for all-zero indicators)."""
+        import pandas as pd
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import OneHotEncoder
+
+        names = [str(n) for n in self.feature_names_in_]
+        encoding = getattr(self, "encoding_", None) or {}
+        cats = encoding.get("categories", {})
+        unknown = "ignore" if encoding.get("unknown_category") == "zeros" else "error"
+        parts = [(f"c{j}", OneHotEncoder(categories=[list(cats[n])], handle_unknown=unknown, dtype=np.float64)
+                  if n in cats else "passthrough", [n]) for j, n in enumerate(names)]
+        transformer = ColumnTransformer(parts, sparse_threshold=0)
+        # Fitted on a frame of the model's categories: the encoders learn nothing else.
+        rows = max([1] + [len(v) for v in cats.values()])
+        frame = pd.DataFrame({n: [cats[n][i % len(cats[n])] for i in range(rows)] if n in cats else [0.0] * rows
+                              for n in names})
+        return transformer.fit(frame)

@@ -31,6 +31,9 @@ def to_npz(model, out):
     arrays["out_activation"] = np.array(model.out_activation_)
     if _task(model) == "classify":
         arrays["classes"] = np.asarray(model.classes_)
+    names = model._encoded_feature_names() if hasattr(model, "_encoded_feature_names") else None
+    if names:  # the input features in order (categorical columns as column=category)
+        arrays["feature_names"] = np.asarray(names)
     scaler = getattr(model, "scaler_", None)
     if scaler is not None:  # x -> (x - scaler_mean) / scaler_scale, or x * scaler_scale + scaler_min
         from mpinn.preprocessing.training import scaler_kind

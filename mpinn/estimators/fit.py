@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from mpinn.data import inputs
+from mpinn.data import columns, inputs
 from mpinn.parallel.agree import share_random_state
 from mpinn.estimators.base import STOCHASTIC, _BaseMLP
 from mpinn.nn.model import MLP
@@ -99,6 +99,12 @@ class _FitMLP(_BaseMLP):
         hidden = self._validate_params()
         comm = self._get_comm()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        names = None
+        if columns.is_table(X):  # as scikit-learn: string column names are kept as feature_names_in_
+            if not first_pass and getattr(self, "feature_names_in_", None) is not None:
+                X = self._by_name(X)  # continuing: taken by name, as predict does
+            elif all(isinstance(c, str) for c in X.columns):
+                names = [str(c) for c in X.columns]
         Xl, yl, wl, shard, n_rows, y_all = self._read(X, y, sample_weight, comm)
         if first_pass:  # a loaded `mpinn train --scale` model's scaling belongs to its old weights
             self.__dict__.pop("scaler_", None)
@@ -109,6 +115,11 @@ class _FitMLP(_BaseMLP):
         n_features = Xl.shape[1]
         if first_pass:
             self.n_features_in_ = n_features
+            self.__dict__.pop("encoding_", None)
+            if names is None:
+                self.__dict__.pop("feature_names_in_", None)
+            else:
+                self.feature_names_in_ = np.asarray(names, dtype=object)
         elif n_features != self.n_features_in_:
             raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
@@ -138,7 +149,8 @@ class _FitMLP(_BaseMLP):
             train_rows, val = self._split_validation(Xl, Yl, wl, shard, rs, comm)
         problem = Problem(task="classify" if self._classifier else "regress", X=Xl, y=yl, shard=shard,
                           train_rows=train_rows, n_features=n_features, classes=getattr(self, "classes_", None),
-                          n_outputs=n_outputs, Y=Yl, sample_weight=wl, **val)
+                          n_outputs=n_outputs, Y=Yl, sample_weight=wl, feature_names=self._encoded_feature_names(),
+                          encoding=getattr(self, "encoding_", None), **val)
         resolved = dict(hidden=tuple(hidden), dtype=np.dtype(dtype).name,
                         batch_size=self._batch_rows(len(train_rows)) if self.solver in STOCHASTIC else "auto")
         if incremental:

@@ -9,7 +9,10 @@ the labels were their codes (so classes_ and predict give 'setosa', not 0). scik
 classes_ sorted; names whose codes are in another order have the output units reordered to
 match (and the optimizer state with them). A run with --scale carries its fitted scaler as
 ``scaler_``: predict, predict_proba and score apply it to raw features, partial_fit and
-warm-start fits train on scaled features, and to_sklearn() returns a Pipeline.
+warm-start fits train on scaled features, and to_sklearn() returns a Pipeline. A run on a
+data file that names its columns has ``feature_names_in_`` (the table's columns) and, with
+categorical columns, ``encoding_``: predict on a DataFrame takes its columns by name and
+one-hot encodes them as `mpinn data convert` did.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def from_checkpoint(attrs, arrays):
     scaler = scaler_from_arrays(arrays)
     if scaler is not None:
         est.scaler_ = scaler
+    names, encoding = attrs.get("feature_names"), attrs.get("encoding")
+    if names:  # the data file's columns: a DataFrame's are taken by name (base._by_name)
+        est.feature_names_in_ = np.asarray(encoding["input_columns"] if encoding else names, dtype=object)
+        est.encoding_ = encoding
     if est.solver == "lbfgs":
         est.n_iter_, est.loss_, est.t_ = meta["n_iter"], meta["loss"], 0
         return est

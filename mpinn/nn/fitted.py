@@ -34,10 +34,13 @@ class FittedMLP:
 
     ``classes_`` are the labels as the data file stores them (codes when it has class names),
     ``labels_`` the original labels predict returns; ``scaler`` (preprocessing/scalers.py) scales the
-    features the way training did, before the first layer."""
+    features the way training did, before the first layer. ``feature_names`` and ``encoding``
+    (the data file's, data/columns.py) let callers match a file's columns by name; None for
+    models trained on unnamed columns."""
 
     def __init__(self, coefs, intercepts, *, activation, output, task, classes=None,
-                 class_names=None, config=None, history=None, loss_curve=None, scaler=None):
+                 class_names=None, config=None, history=None, loss_curve=None, scaler=None,
+                 feature_names=None, encoding=None):
         self.coefs_ = [np.asarray(c) for c in coefs]
         self.intercepts_ = [np.asarray(b) for b in intercepts]
         self.activation = activation
@@ -47,6 +50,8 @@ class FittedMLP:
         self.class_names = class_names
         self.labels_ = None if classes is None else class_labels(classes, class_names)
         self.scaler = scaler
+        self.feature_names = feature_names
+        self.encoding = encoding
         self.config = config or {}
         self.history = history or []
         self.loss_curve_ = loss_curve or []

@@ -14,7 +14,8 @@ Layout (docs/data-format.md):
     attrs: mpinn_format="mpinn-checkpoint", mpinn_format_version, mpinn_version,
            config (JSON), model (JSON: layer_sizes, activation, output, dtype, task, n_rows, split),
            classes (JSON), class_names (JSON), epoch, state (JSON scalars: step in epoch, RNG
-           position, optimizer scalars, stopping counters, history), checksum (sha256)
+           position, optimizer scalars, stopping counters, history), checksum (sha256);
+           feature_names (JSON) and encoding (JSON) when the data named its columns
 
 A directory holds ckpt-EEEEEE-SSSSSS.h5 files (epoch, step) and a file `latest` naming the
 newest; the newest K are kept. Both the checkpoint and the pointer are replaced atomically,
@@ -45,6 +46,9 @@ LATEST = "latest"
 NAME = re.compile(r"^ckpt-(\d{6,})-(\d{6,})\.h5$")
 # Attributes covered by the checksum, besides every array under /state.
 _CHECKED_ATTRS = ("config", "model", "classes", "class_names", "state")
+# ... and these when present: the data file's feature names and categorical encoding
+# (checkpoints written before them have neither, and keep their checksum).
+_OPTIONAL_ATTRS = ("feature_names", "encoding")
 
 
 def _checksum(arrays, attrs):
@@ -55,6 +59,9 @@ def _checksum(arrays, attrs):
         h.update(a.tobytes())
     for name in _CHECKED_ATTRS:
         h.update(f"{name}={attrs[name]}".encode())
+    for name in _OPTIONAL_ATTRS:
+        if name in attrs:
+            h.update(f"{name}={attrs[name]}".encode())
     return h.hexdigest()
 
 
@@ -98,6 +105,9 @@ def save_trainer(path, trainer, state):
         "class_names": json.dumps(problem.class_names),
         "state": json.dumps(scalars),
     }
+    for name in _OPTIONAL_ATTRS:
+        if getattr(problem, name, None) is not None:
+            attrs[name] = json.dumps(getattr(problem, name))
     checksum = _checksum(arrays, attrs)
 
     def fill(f):
@@ -209,6 +219,7 @@ def read_checkpoint(path):
             if f.attrs.get("mpinn_format") != FORMAT:
                 raise InputError(f"{path}: not an mpinn checkpoint")
             raw = {k: f.attrs[k] for k in _CHECKED_ATTRS}
+            raw.update({k: f.attrs[k] for k in _OPTIONAL_ATTRS if k in f.attrs})
             stored = f.attrs["checksum"]
             arrays = {}
             f["state"].visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
@@ -243,4 +254,5 @@ def load_model(path) -> FittedMLP:
                      output=meta["output"], task=meta["task"], classes=attrs["classes"],
                      class_names=attrs["class_names"], config=attrs["config"],
                      history=attrs["state"]["history"], loss_curve=arrays["loss_curve"].tolist(),
-                     scaler=scaler_from_arrays(arrays))
+                     scaler=scaler_from_arrays(arrays), feature_names=attrs.get("feature_names"),
+                     encoding=attrs.get("encoding"))

@@ -35,11 +35,15 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
 
     from mpinn.data import hdf5 as datamod
     from mpinn.atomic import AtomicH5
-    from mpinn.parallel.agree import on_root
+    from mpinn.data.columns import plan_columns
+    from mpinn.parallel.agree import collective_check, on_root
 
     info = datamod.DataInfo(**on_root(
         comm, lambda: datamod.inspect(path, x_name, require_y=False).to_json()))
-    if info.n_features != fitted.n_features_in_:
+    # The file's columns by name when the model and the file both name them (reordered,
+    # categories matched); by position otherwise.
+    plan = plan_columns(fitted.feature_names, fitted.encoding, info.feature_names, info.encoding, path)
+    if plan is None and info.n_features != fitted.n_features_in_:
         raise InputError(f"{path}: {info.n_features} features but the model expects {fitted.n_features_in_}")
     n, size = info.n_rows, comm.size
     per_round = max(int(round_rows), size)
@@ -61,7 +65,11 @@ def predict_to_file(fitted, path, x_name, out, comm, round_rows=ROUND_ROWS):
                 hi = min(lo + per_round, n)
                 bounds = even_bounds(hi - lo, size, lo)
                 a, b = bounds[comm.rank], bounds[comm.rank + 1]
-                scores = fitted.forward(X[a:b]) if b > a else np.zeros((0, fitted.n_outputs_))
+                rows = X[a:b] if b > a else np.zeros((0, info.n_features))
+                if plan is not None:  # a collective check every round, on every rank alike
+                    collective_check(comm, plan.unseen_problem(rows, info.feature_names, path, a))
+                    rows = plan.apply(rows)
+                scores = fitted.forward(rows) if b > a else np.zeros((0, fitted.n_outputs_))
                 scores = comm.gather_rows(np.ascontiguousarray(scores, dtype=np.float64))
                 if comm.rank == 0:
                     outputs.write(lo, scores)

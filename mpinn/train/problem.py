@@ -40,6 +40,9 @@ class Problem:
     class_names: list | None = None
     n_outputs: int = 1
     task_reason: str | None = None    # why --task auto chose ``task`` (the start line says it)
+    task_warning: str | None = None   # --task auto chose classification with suspiciously many classes
+    feature_names: list | None = None  # the data file's feature names, kept by the model
+    encoding: dict | None = None       # the data file's categorical encoding (data/columns.py)
     test_X: np.ndarray | None = None   # this rank's test rows
     test_y: np.ndarray | None = None
     # Set by the estimators (estimators/fit.py); the CLI leaves them None.
@@ -204,7 +207,9 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
 
         X = StreamingRows(cfg.data, info.x_name, shard, info.n_features, cfg.dtype, chunk_rows=chunk_rows)
     reason = None
-    if task == "auto":
+    if task == "auto" and info.task:
+        task, reason = info.task, f"auto: the data file says {info.task} (data convert --task)"
+    elif task == "auto":
         task, reason = auto_task(comm, info, y, shard)
     check_values(comm, X, y, cfg.data, task, shard)
 
@@ -220,10 +225,12 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
             test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
         check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
 
-    classes, n_outputs = None, 1
+    classes, n_outputs, warning = None, 1, None
     if task == "classify":
         train_local = y[train_rows.local] if cfg.test_fraction else y
         classes = find_classes(comm, [train_local])
+        if reason and not info.task and len(classes) > info.n_rows / 10:
+            warning = many_classes_warning(cfg.data, len(classes), info.n_rows)
         if test_y is not None:
             unseen = np.setdiff1d(labels_as_classes(test_y, classes), classes)
             collective_check(comm, f"test labels {unseen[:5].tolist()} do not occur in the training data"
@@ -232,7 +239,15 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         n_outputs = 1 if len(info.y_shape) == 1 else info.y_shape[1]
     return Problem(task=task, X=X, y=y, shard=shard, train_rows=train_rows,
                    n_features=info.n_features, classes=classes, class_names=info.class_names, n_outputs=n_outputs,
-                   test_X=test_X, test_y=test_y, stream=X if stream else None, task_reason=reason)
+                   test_X=test_X, test_y=test_y, stream=X if stream else None, task_reason=reason,
+                   task_warning=warning, feature_names=info.feature_names, encoding=info.encoding)
+
+
+def many_classes_warning(path, n_classes, n_rows):
+    """--task auto chose classification, but the labels look like a numeric target."""
+    return (f"{path}: --task auto chose classification with {n_classes} classes for {n_rows} rows "
+            "(more than one class per 10 rows): if the labels are a numeric target, pass --task regress "
+            "(or convert with --task regress)")
 
 
 def reshard(problem, cfg, comm, shares):
