@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from mpinn.data import inputs
+from mpinn.errors import warnings_shown_by_rank0
 from mpinn.parallel.agree import share_random_state
 from mpinn.estimators.base import STOCHASTIC, _BaseMLP
 from mpinn.nn.model import MLP
@@ -358,16 +359,15 @@ class _FitMLP(_BaseMLP):
 
 def _warn_convergence(comm, message):
     """scikit-learn's ConvergenceWarning, raised on every rank (so filters, catch_warnings and
-    pytest.warns see it alike everywhere) but shown once per job: on ranks > 0 a last-place
-    'ignore' filter hides it unless the program's own filters ask for it."""
+    pytest.warns see it alike everywhere) but shown once per job, by rank 0, whatever the
+    program's filters (-W default, PYTHONWARNINGS)."""
     category = inputs.sklearn_or_own("ConvergenceWarning")
-    if comm.rank > 0:
-        warnings.filterwarnings("ignore", category=category, append=True)
     # Point at the first frame outside mpinn: the line that called fit (or a Pipeline's).
     frame, level, package = sys._getframe(0), 1, os.path.dirname(os.path.abspath(__file__))
     while frame is not None and frame.f_code.co_filename.startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    with warnings_shown_by_rank0(comm.rank):
+        warnings.warn(message, category, stacklevel=level)
 
 
 def _verbose_line(record):
