@@ -10,7 +10,8 @@ import time
 
 
 class MetricsWriter:
-    """One record per epoch: JSON lines, or CSV when the file name ends in .csv.
+    """One record per epoch: JSON lines, or CSV when the file name ends in .csv. A JSON lines
+    file starts each run with the record ``first`` (the CLI: the resolved configuration).
 
     A resumed run appends to the file of the run it continues. CSV columns are fixed by the
     first record written (or the existing header); later keys outside them are dropped.
@@ -42,6 +43,12 @@ class MetricsWriter:
 
     def close(self):
         self.fh.close()
+
+
+def epoch_records(lines):
+    """The epoch records of a JSON lines metrics file's ``lines``, without the run records
+    (``{"config": ...}``, one per run and per resume) that come before a run's epochs."""
+    return [r for r in (json.loads(line) for line in lines if line.strip()) if "config" not in r]
 
 
 PROGRESS = ("auto", "on", "off")
