@@ -14,7 +14,6 @@ the next collective, the other ranks).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 import warnings
@@ -30,10 +29,19 @@ class TrackingWarning(UserWarning):
 
 
 def check_available(comm, option="--mlflow"):
-    """Collective: InputError on every rank when MLflow is not installed (rank 0's view: the
-    other ranks never import it)."""
-    if not on_root(comm, lambda: importlib.util.find_spec("mlflow") is not None):
-        raise InputError(f"{option} needs MLflow, which is not installed: pip install '{EXTRA}'")
+    """Collective: InputError on every rank when rank 0 cannot import MLflow (the other ranks
+    never import it). Imported here, before any data loads, since the run will need it."""
+
+    def importable():
+        try:
+            import mlflow  # noqa: F401
+        except ImportError as exc:
+            return _one_line(exc)
+        return None
+
+    problem = on_root(comm, importable)
+    if problem:
+        raise InputError(f"{option} needs MLflow ({problem}): pip install '{EXTRA}'")
 
 
 def epoch_metrics(record):
