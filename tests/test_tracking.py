@@ -98,3 +98,33 @@ def test_a_failure_after_the_start_is_one_warning_and_training_goes_on():
     assert tracker.client.calls == 1 and not tracker.active
     assert said == ["MLflow: logging epoch 1 failed (ConnectionError: tracking server went away); "
                     "tracking stopped, training goes on"]
+
+
+def test_an_estimator_logs_one_run_per_fit(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    import numpy as np
+
+    import mpinn
+
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    X = np.random.RandomState(0).normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    est = mpinn.MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0, mlflow="est",
+                              checkpoint=tmp_path / "ck")
+    with pytest.warns(mpinn.estimators.fit.inputs.sklearn_or_own("ConvergenceWarning")):
+        est.fit(X, y)
+    est.partial_fit(X, y)  # not tracked
+    client = mlflow.tracking.MlflowClient(store.as_uri())
+    (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert found.info.run_name == "est" and found.info.status == "FINISHED"
+    assert found.data.params["hidden_layer_sizes"] == "(4,)" and found.data.params["max_iter"] == "5"
+    assert "mlflow" not in found.data.params and "comm" not in found.data.params
+    history = sorted((m.step, m.value) for m in client.get_metric_history(found.info.run_id, "loss"))
+    assert history == list(enumerate(est.loss_curve_[:5], start=1))
+    assert [a.path for a in client.list_artifacts(found.info.run_id, "checkpoint")] == \
+        ["checkpoint/ckpt-000005-000000.h5"]
+    assert mpinn.load(tmp_path / "ck").get_params()["mlflow"] is None  # where to log is not the model's
+    with pytest.raises(ValueError, match="'mlflow' parameter"):
+        mpinn.MLPClassifier(mlflow=1).fit(X, y)

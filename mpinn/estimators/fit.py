@@ -145,15 +145,43 @@ class _FitMLP(_BaseMLP):
         if incremental:
             resolved["epochs"] = 1  # partial_fit: one epoch
         cfg = config_from_estimator(self, **resolved)
-        if self.solver == "lbfgs":
-            params = self._fit_lbfgs(cfg, problem, comm, model, params, rs, checkpointer)
-        else:
-            params = self._fit_stochastic(cfg, problem, comm, model, params, rs, checkpointer, incremental)
+        tracker = self._start_tracking(comm) if self.mlflow and not incremental else None
+        try:
+            if self.solver == "lbfgs":
+                params = self._fit_lbfgs(cfg, problem, comm, model, params, rs, checkpointer)
+                if tracker:
+                    tracker.log_epoch({"epoch": self.n_iter_, "loss": self.loss_})
+            else:
+                params = self._fit_stochastic(cfg, problem, comm, model, params, rs, checkpointer, incremental,
+                                              tracker)
+        except BaseException as exc:
+            if tracker:
+                from mpinn.parallel.faults import Preempted
+
+                tracker.end("KILLED" if isinstance(exc, (Preempted, KeyboardInterrupt)) else "FAILED")
+            raise
+        if tracker:
+            if checkpointer and checkpointer.last_path:
+                tracker.log_checkpoint(checkpointer.last_path)
+            tracker.end()
         if not np.isfinite(params).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              "values and need to be preprocessed.")
         self._set_coefs(model, params)
         return self
+
+    def _start_tracking(self, comm):
+        """fit's one MLflow run (``mlflow``: True, or the run name), rank 0's; collective, so MLflow
+        missing or a run that cannot start is the same InputError on every rank. partial_fit
+        does not track: each call is one epoch."""
+        from mpinn.train.tracking import MlflowTracker, check_available
+
+        option = f"mlflow={self.mlflow!r}"
+        check_available(comm, option)
+        tracker = MlflowTracker(comm, None if self.mlflow is True else self.mlflow, option=option)
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("comm", "mlflow")}
+        tracker.start(params, tags={"mpinn.estimator": type(self).__name__})
+        return tracker
 
     def _batch_rows(self, n_train):
         """sklearn's batch size rule: 'auto' is min(200, n), out-of-range sizes clipped with a
@@ -235,7 +263,7 @@ class _FitMLP(_BaseMLP):
             checkpointer.save(trainer)
         return trainer.params
 
-    def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental):
+    def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental, tracker=None):
         from mpinn.parallel.faults import FAULT_ENV, parse_faults
         from mpinn.train.loop import LoopState, Trainer, TrainingDiverged
 
@@ -257,7 +285,7 @@ class _FitMLP(_BaseMLP):
                           checkpointer=checkpointer, model=model, params=params, random_state=rs,
                           optimizer=optimizer, loop=loop, format_line=_verbose_line,
                           extra_state=lambda: self._checkpoint_meta(trainer),
-                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank))
+                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), tracker=tracker)
         try:
             trainer.fit()
         except TrainingDiverged:
@@ -325,7 +353,7 @@ class _FitMLP(_BaseMLP):
         """JSON stored in checkpoints so mpinn.load returns this estimator."""
         params = {}
         for k, v in self.get_params(deep=False).items():
-            if k == "comm" or (k == "random_state" and not isinstance(v, (int, type(None)))):
+            if k in ("comm", "mlflow") or (k == "random_state" and not isinstance(v, (int, type(None)))):
                 continue
             if k == "hidden_layer_sizes":
                 v = list(v) if hasattr(v, "__iter__") else [v]
