@@ -78,10 +78,9 @@ class MlflowTracker:
         """Collective: rank 0 creates the run and logs ``params``; InputError on every rank if it cannot."""
 
         def create():
+            from mlflow import get_tracking_uri
             from mlflow.entities import Param, RunTag
             from mlflow.tracking import MlflowClient
-
-            from mlflow import get_tracking_uri
 
             try:
                 client = MlflowClient()
