@@ -35,7 +35,7 @@ def train(data, out, ranks, slow, extra, epochs):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=bench_env(extra={"MPINN_SLOW": slow}))
     if proc.returncode:
         raise SystemExit(proc.stdout + proc.stderr)
-    records = [json.loads(line) for line in open(metrics)]
+    records = [r for r in map(json.loads, open(metrics)) if "epoch" in r]  # not the config record
     rates = [r["samples_per_second"] for r in records[1:]]
     return {"samples_per_second": sum(rates) / len(rates), "records": records, "checkpoint": metrics.with_suffix(".ck")}
 

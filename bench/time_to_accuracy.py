@@ -83,7 +83,7 @@ def run_train(a, n, flags, metrics):
                 pass
     records = []
     if Path(metrics).exists():
-        records = [json.loads(l) for l in Path(metrics).read_text().splitlines() if l.strip()]
+        records = [r for r in (json.loads(l) for l in Path(metrics).read_text().splitlines() if l.strip()) if "epoch" in r]
     return {"cmd": cmd, "returncode": proc.returncode, "wall": wall, "summary": summary,
             "records": records, "stderr": proc.stderr[-2000:] if proc.returncode else ""}
 

@@ -13,6 +13,7 @@ from launch import clean_env, run
 from mpinn.parallel.balance import (MIN_WINDOW, Balancer, check_interval, parse_slow, proportional_shares,
                            window_speed)
 from mpinn.errors import InputError
+from mpinn.train.logs import epoch_records
 from mpinn.options import parse_balance
 
 # ---- the share rule, serially -------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_random_shard_on_8_ranks_trains_the_one_rank_block_model(syn, tmp_path):
 
 
 def _records(path):
-    return [json.loads(line) for line in open(path)]
+    return epoch_records(open(path))
 
 
 def test_dynamic_balance_moves_rows_off_a_slow_rank_and_keeps_the_model(syn, tmp_path):

@@ -27,7 +27,8 @@ def test_classic_iris_example_distributed(iris, tmp_path):
     # rank 0 alone prints: one start line, epoch lines 1, 100, ..., 1000, the done line, JSON.
     lines = proc.stdout.strip().splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == 11
-    records = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    config, *records = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    assert config["config"]["hidden"] == [10] and config["config"]["epochs"] == 1000 and config["ranks"] == 2
     assert [r["epoch"] for r in records] == list(range(1, 1001))
     assert records[-1]["loss"] == pytest.approx(summary["final_loss"], rel=1e-15)
     model = mpinn.load(summary["checkpoint"])

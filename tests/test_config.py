@@ -1,5 +1,6 @@
 """`mpinn train --config job.toml`: file values, flag overrides, unknown keys, --print-config."""
 
+import json
 import sys
 
 import numpy as np
@@ -42,10 +43,19 @@ def test_flags_override_the_file_and_print_config_round_trips(iris, tmp_path):
     assert TrainConfig.from_dict(resolved).to_toml() == out  # the printed file is a valid --config
 
 
-def test_resolved_config_is_written_next_to_metrics(iris, tmp_path):
-    run(["train", "--data", iris, "--hidden", "5", "--epochs", "2", "--quiet", "--metrics", tmp_path / "m.jsonl"])
+def test_resolved_config_is_written_next_to_metrics_and_first_in_them(iris, tmp_path):
+    proc = run(["train", "--data", iris, "--hidden", "5", "--epochs", "2", "--metrics", tmp_path / "m.jsonl"])
     resolved = tomllib.loads((tmp_path / "m.config.toml").read_text())
     assert resolved["hidden"] == [5] and resolved["epochs"] == 2
+    first = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
+    assert first["ranks"] == 1 and TrainConfig.from_dict(first["config"]).to_toml() == (tmp_path / "m.config.toml").read_text()
+    assert "resolved configuration" not in proc.stdout and "hidden = [5]" not in proc.stdout  # not by default
+
+
+def test_verbose_prints_the_resolved_configuration(iris, tmp_path):
+    out = run(["train", "--data", iris, "--hidden", "5", "--epochs", "1", "--verbose"]).stdout
+    config = out.split("# resolved configuration\n", 1)[1].split("mpinn ", 1)[0]  # up to the start line
+    assert config == TrainConfig.from_dict({"data": str(iris), "hidden": [5], "epochs": 1}).to_toml()
 
 
 @pytest.mark.parametrize("text,message", [

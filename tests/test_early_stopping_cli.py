@@ -3,7 +3,6 @@ best weights restored), the same epochs and weights as the estimators with early
 on 1 and 2 ranks, also across a preemption and a resume on another rank count. Both hold out
 their rows with mpinn.train.early_stopping.hold_out."""
 
-import json
 
 import h5py
 import numpy as np
@@ -13,6 +12,7 @@ import mpinn
 from launch import clean_env, run
 from mpinn.train.config import TrainConfig
 from mpinn.errors import InputError
+from mpinn.train.logs import epoch_records
 
 ESTIMATOR = dict(hidden_layer_sizes=(8,), learning_rate_init=0.01, max_iter=300, batch_size=32, random_state=1,
                  n_iter_no_change=5, early_stopping=True)
@@ -45,7 +45,7 @@ def _assert_same(cli, est, metrics=None):
     assert diff <= 1e-12
     np.testing.assert_allclose(cli.validation_scores_, est.validation_scores_, rtol=0, atol=1e-12)
     if metrics is not None:
-        scores = [json.loads(line)["validation_score"] for line in open(metrics)]
+        scores = [r["validation_score"] for r in epoch_records(open(metrics))]
         np.testing.assert_allclose(scores, est.validation_scores_, rtol=0, atol=1e-12)
 
 

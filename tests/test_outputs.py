@@ -12,7 +12,8 @@ def test_csv_and_jsonl_metrics_hold_the_same_records(tmp_path):
               "--quiet"]
     run([*common, "--metrics", tmp_path / "m.jsonl"])
     run([*common, "--metrics", tmp_path / "m.csv"])
-    records = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    first, *records = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    assert first["config"]["hidden"] == [6] and first["ranks"] == 1  # the resolved configuration; CSV has none
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert len(records) == len(rows) == 4
     for rec, row in zip(records, rows):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from launch import clean_env, on_terminal, run
-from mpinn.train.logs import EpochLines, ProgressBar, duration
+from mpinn.train.logs import EpochLines, ProgressBar, duration, epoch_line, seconds_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--hidden", "8", "--epochs", "2", "--batch-size", "50", "--seed", "1"]
@@ -93,3 +93,13 @@ def test_cli_epoch_lines(data):
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
     assert all(line.endswith(" left") for line in epochs)
     assert "[#" not in proc.stdout
+
+
+def test_step_times_have_three_significant_digits():
+    """Small data's steps take microseconds: printed to 3 digits in s, ms or us, never 0.000s."""
+    cases = {0.0: "0s", 4.123e-7: "0.412us", 0.000412345: "412us", 0.0009996: "1ms", 0.00312: "3.12ms",
+             0.0312: "31.2ms", 0.3125: "312ms", 1.234: "1.23s", 12.34: "12.3s", 123.4: "123s"}
+    assert {s: seconds_text(s) for s in cases} == cases
+    line = epoch_line({"epoch": 3, "loss": 0.5, "seconds": 0.00123, "samples_per_second": 1e5,
+                       "compute_seconds": 0.000456, "comm_seconds": 0.0, "data_seconds": 2.5e-5})
+    assert "  1.23ms  100,000 samples/s (compute 456us, comm 0s, data 25us)" in line

@@ -130,7 +130,8 @@ def test_package_builds_without_setuptools_warnings(tmp_path):
     assert (tmp_path / "lib" / "mpinn" / "_data" / "iris.csv").is_file()
 
 
-def test_convergence_warning_is_printed_once_per_job(tmp_path):
+@pytest.mark.parametrize("python_flags", [[], ["-W", "default"]])  # a filter that shows every warning
+def test_convergence_warning_is_printed_once_per_job(tmp_path, python_flags):
     script = tmp_path / "fit.py"
     script.write_text(textwrap.dedent("""
         import warnings
@@ -147,10 +148,33 @@ def test_convergence_warning_is_printed_once_per_job(tmp_path):
             mpinn.MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
         print(f"rank {MPI.COMM_WORLD.rank} caught {len(caught)}", flush=True)
     """))
-    cmd = command([], np_=2)[:-1] + [sys.executable, str(script)]  # mpiexec -n 2 python fit.py
+    cmd = command([], np_=2)[:-1] + [sys.executable, *python_flags, str(script)]  # mpiexec -n 2 python fit.py
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=clean_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(re.findall(r"rank (\d) caught (\d)", proc.stdout)) == [("0", "1"), ("1", "1")], proc.stdout
     assert proc.stderr.count("ConvergenceWarning: Stochastic Optimizer") == 1, proc.stderr
     assert proc.stderr.count("ConvergenceWarning: lbfgs failed to converge") == 1, proc.stderr
     assert f"{script}:10: ConvergenceWarning" in proc.stderr  # points at the line that called fit
+
+
+def test_a_warning_every_rank_raises_is_shown_once_yet_errors_everywhere(tmp_path):
+    """errors.warnings_shown_by_rank0, which the CLI's main wraps every command in: shown by rank 0
+    even under -W default; -W error still raises on every rank (no rank left waiting)."""
+    script = tmp_path / "warn.py"
+    script.write_text(textwrap.dedent("""
+        import warnings
+        from mpi4py import MPI
+        from mpinn.errors import warnings_shown_by_rank0
+
+        try:
+            with warnings_shown_by_rank0(MPI.COMM_WORLD.rank):
+                warnings.warn("raised by every rank")
+        except UserWarning:
+            print(f"rank {MPI.COMM_WORLD.rank} raised", flush=True)
+    """))
+    for flag, shown, raised in (("default", 1, []), ("error", 0, ["rank 0 raised", "rank 1 raised"])):
+        cmd = command([], np_=2)[:-1] + [sys.executable, "-W", flag, str(script)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=clean_env(), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.count("UserWarning: raised by every rank") == shown, proc.stderr
+        assert sorted(re.findall(r"rank \d raised", proc.stdout)) == raised, proc.stdout  # lines may interleave

@@ -21,7 +21,7 @@ from mpinn.cli.plot import add_plot_command
 from mpinn.cli.predict import add_predict_command
 from mpinn.cli.search import add_search_command
 from mpinn.cli.train import add_train_command
-from mpinn.errors import InputError, JobError
+from mpinn.errors import InputError, JobError, warnings_shown_by_rank0
 from mpinn.parallel.faults import Interrupted
 
 
@@ -39,7 +39,8 @@ def main(argv=None):
     limit_blas_threads()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings_shown_by_rank0(env_rank()):  # a warning every rank raises is shown once
+            return args.func(args)
     except InputError as exc:
         say(f"mpinn: error: {exc}", file=sys.stderr)
         return EXIT_INPUT

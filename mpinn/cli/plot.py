@@ -7,6 +7,7 @@ import json
 
 from mpinn.cli.common import env_rank
 from mpinn.errors import InputError
+from mpinn.train.logs import epoch_records
 
 
 def require_pyplot():
@@ -26,7 +27,7 @@ def read_metrics(path):
         with open(path, newline="") as fh:
             if path.lower().endswith(".csv"):
                 return [{k: float(v) if v != "" else None for k, v in row.items()} for row in csv.DictReader(fh)]
-            return [json.loads(line) for line in fh if line.strip()]
+            return epoch_records(fh)
     except FileNotFoundError:
         raise InputError(f"metrics file not found: {path}") from None
     except (ValueError, json.JSONDecodeError) as exc:

@@ -104,8 +104,13 @@ def _train_args(p):
                         "starts fresh when DIR has none")
     g.add_argument("--metrics", help="write one record per epoch to this file: JSON lines, or CSV if it ends in .csv")
     g.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    g.add_argument("--mlflow", nargs="?", const=True, metavar="RUN_NAME",
+                   help="log one MLflow run for the job from rank 0 (to MLFLOW_TRACKING_URI): the configuration as "
+                        "params, every epoch's metrics, the final checkpoint; needs the mlflow extra")
     g.add_argument("--log-every", type=int, help="print every N-th epoch line (default 1)")
     g.add_argument("--quiet", action="store_true", help="no start and per-epoch lines, only the result")
+    g.add_argument("--verbose", action="store_true",
+                   help="also print the resolved configuration as TOML before training (it is always in --metrics)")
     g.add_argument("--progress", choices=["auto", "on", "off"],
                    help="progress bar within each epoch: auto (default: only on a terminal a person watches; "
                         "never under Open MPI, which gives ranks a pseudo-terminal even when writing to a file), on, off")
@@ -130,6 +135,7 @@ def cmd_train(args):
     from mpinn.parallel.agree import on_root
     from mpinn.train.problem import load_problem
     from mpinn.train.loop import Trainer
+    from mpinn.train.tracking import MlflowTracker, check_available
 
     # From here on SIGTERM/SIGUSR1/SIGINT only set a flag: every rank stops at the same step,
     # checkpoints and exits 75 (130 for SIGINT alone), one line from rank 0, no traceback.
@@ -137,6 +143,7 @@ def cmd_train(args):
     Preemption.install(SIGNALS)
     cfg, options = config_from_args(args)
     log_every, quiet, as_json = options.get("log_every", 1), options.get("quiet", False), options.get("json", False)
+    verbose = options.get("verbose", False)
     if not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"--log-every: must be an integer >= 1, got {log_every!r}")
     progress_mode = options.get("progress", "auto")
@@ -146,6 +153,9 @@ def cmd_train(args):
         say(cfg.to_toml(), end="")
         return 0
     comm = world()
+    mlflow = options.get("mlflow", False)
+    if mlflow:
+        check_available(comm)  # before the data loads: one line naming the extra, exit 2
     slow = parse_slow(os.environ.get(SLOW_ENV), comm.size)  # the same value, hence verdict, on every rank
     checkpointer = Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints) if cfg.checkpoint else None
 
@@ -168,23 +178,34 @@ def cmd_train(args):
             bar.clear()
         print(line, flush=True)
 
+    def warn(message):  # rank 0's alone (the tracker's failures)
+        if bar:
+            bar.clear()
+        print(f"mpinn: warning: {message}", file=sys.stderr, flush=True)
+
     # A live bar where a person watches (ProgressBar.wanted), never in batch logs.
     progress = (lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)) if bar else None
+    tracker = MlflowTracker(comm, None if mlflow is True else mlflow, on_failure=warn) if mlflow else None
     trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
                       log=(lambda line: None) if quiet else log, progress=progress,
                       format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping,
-                      faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow)
+                      faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow,
+                      metrics_first={"config": cfg.to_dict(), "ranks": comm.size, "mpinn": __version__},
+                      tracker=tracker)
     # From here on the trainer's Problem is the one trained on (held-out rows, moved rows); the
     # loaded one must not keep its rows in memory.
     del problem
     if cfg.resume:
         _resume(trainer, cfg, comm, resumed)
+    if tracker:  # collective; the last check before anything is written: a run that cannot start is exit 2
+        tracker.start(cfg.to_dict(), tags={"mpinn.version": __version__})
     if comm.rank == 0:
         if cfg.metrics:  # the resolved configuration next to the metrics it produced
             with open(os.path.splitext(cfg.metrics)[0] + ".config.toml", "w") as fh:
                 fh.write(cfg.to_toml())
-    if comm.rank == 0 and not quiet:
+    if comm.rank == 0 and verbose:
         print("# resolved configuration\n" + cfg.to_toml(), end="", flush=True)
+    if comm.rank == 0 and not quiet:
         task = trainer.problem.task + (f" ({trainer.problem.task_reason})" if trainer.problem.task_reason else "")
         print(f"mpinn {__version__}: {comm.size} rank(s), {task}, layers {trainer.model.layer_sizes}, "
               f"{len(trainer.problem.train_rows)} train rows, batch {trainer.batch_size}, solver {cfg.solver}, "
@@ -200,8 +221,16 @@ def cmd_train(args):
         print(f"mpinn: warning: {trainer.problem.task_warning}", file=sys.stderr, flush=True)
     try:
         trainer.fit()
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
     finally:
         trainer.problem.close()
+    if tracker:  # rank 0 only does anything here
+        if checkpointer and checkpointer.last_path:  # the final one (a preempted run's, to resume from)
+            tracker.log_checkpoint(checkpointer.last_path)
+        tracker.end("KILLED" if trainer.stop_reason == "preempted" else "FINISHED")
     if trainer.stop_reason == "preempted":
         if comm.rank == 0:
             if bar:

@@ -29,7 +29,7 @@ class MLPClassifier(_FitMLP):
     """Multi-layer perceptron classifier; sklearn's MLPClassifier, data-parallel under mpiexec.
 
     Parameters as sklearn 1.9's MLPClassifier plus solver='gd', batch_size='full',
-    class_weight, dtype, shard, sync, comm, checkpoint, checkpoint_every, keep_checkpoints.
+    class_weight, dtype, shard, sync, comm, checkpoint, checkpoint_every, keep_checkpoints, mlflow.
     See docs/api.md.
     """
 
@@ -42,7 +42,7 @@ class MLPClassifier(_FitMLP):
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  class_weight=None, dtype=None, shard="block", sync="auto", comm=None, checkpoint=None,
-                 checkpoint_every=0, keep_checkpoints=3):
+                 checkpoint_every=0, keep_checkpoints=3, mlflow=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -74,6 +74,7 @@ class MLPClassifier(_FitMLP):
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
+        self.mlflow = mlflow
 
     def _output(self):
         return self._coding.output
@@ -199,7 +200,7 @@ class MLPRegressor(_FitMLP):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_fun=15000, dtype=None, shard="block", sync="auto", comm=None, checkpoint=None,
-                 checkpoint_every=0, keep_checkpoints=3):
+                 checkpoint_every=0, keep_checkpoints=3, mlflow=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -231,6 +232,7 @@ class MLPRegressor(_FitMLP):
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
+        self.mlflow = mlflow
 
     def _validate_params(self):
         if self.loss not in ("squared_error", "poisson"):

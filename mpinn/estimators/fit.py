@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from mpinn.data import columns, inputs
+from mpinn.errors import warnings_shown_by_rank0
 from mpinn.parallel.agree import share_random_state
 from mpinn.estimators.base import STOCHASTIC, _BaseMLP
 from mpinn.nn.model import MLP
@@ -156,15 +157,43 @@ class _FitMLP(_BaseMLP):
         if incremental:
             resolved["epochs"] = 1  # partial_fit: one epoch
         cfg = config_from_estimator(self, **resolved)
-        if self.solver == "lbfgs":
-            params = self._fit_lbfgs(cfg, problem, comm, model, params, rs, checkpointer)
-        else:
-            params = self._fit_stochastic(cfg, problem, comm, model, params, rs, checkpointer, incremental)
+        tracker = self._start_tracking(comm) if self.mlflow and not incremental else None
+        try:
+            if self.solver == "lbfgs":
+                params = self._fit_lbfgs(cfg, problem, comm, model, params, rs, checkpointer)
+                if tracker:
+                    tracker.log_epoch({"epoch": self.n_iter_, "loss": self.loss_})
+            else:
+                params = self._fit_stochastic(cfg, problem, comm, model, params, rs, checkpointer, incremental,
+                                              tracker)
+        except BaseException as exc:
+            if tracker:
+                from mpinn.parallel.faults import Preempted
+
+                tracker.end("KILLED" if isinstance(exc, (Preempted, KeyboardInterrupt)) else "FAILED")
+            raise
+        if tracker:
+            if checkpointer and checkpointer.last_path:
+                tracker.log_checkpoint(checkpointer.last_path)
+            tracker.end()
         if not np.isfinite(params).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              "values and need to be preprocessed.")
         self._set_coefs(model, params)
         return self
+
+    def _start_tracking(self, comm):
+        """fit's one MLflow run (``mlflow``: True, or the run name), rank 0's; collective, so MLflow
+        missing or a run that cannot start is the same InputError on every rank. partial_fit
+        does not track: each call is one epoch."""
+        from mpinn.train.tracking import MlflowTracker, check_available
+
+        option = f"mlflow={self.mlflow!r}"
+        check_available(comm, option)
+        tracker = MlflowTracker(comm, None if self.mlflow is True else self.mlflow, option=option)
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("comm", "mlflow")}
+        tracker.start(params, tags={"mpinn.estimator": type(self).__name__})
+        return tracker
 
     def _batch_rows(self, n_train):
         """sklearn's batch size rule: 'auto' is min(200, n), out-of-range sizes clipped with a
@@ -246,7 +275,7 @@ class _FitMLP(_BaseMLP):
             checkpointer.save(trainer)
         return trainer.params
 
-    def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental):
+    def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental, tracker=None):
         from mpinn.parallel.balance import SLOW_ENV, parse_slow
         from mpinn.parallel.faults import FAULT_ENV, parse_faults
         from mpinn.train.loop import LoopState, Trainer, TrainingDiverged
@@ -269,7 +298,7 @@ class _FitMLP(_BaseMLP):
                           checkpointer=checkpointer, model=model, params=params, random_state=rs,
                           optimizer=optimizer, loop=loop, format_line=_verbose_line,
                           extra_state=lambda: self._checkpoint_meta(trainer),
-                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank),
+                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), tracker=tracker,
                           slow=parse_slow(os.environ.get(SLOW_ENV), comm.size))
         try:
             trainer.fit()
@@ -338,7 +367,7 @@ class _FitMLP(_BaseMLP):
         """JSON stored in checkpoints so mpinn.load returns this estimator."""
         params = {}
         for k, v in self.get_params(deep=False).items():
-            if k == "comm" or (k == "random_state" and not isinstance(v, (int, type(None)))):
+            if k in ("comm", "mlflow") or (k == "random_state" and not isinstance(v, (int, type(None)))):
                 continue
             if k == "hidden_layer_sizes":
                 v = list(v) if hasattr(v, "__iter__") else [v]
@@ -372,16 +401,15 @@ class _FitMLP(_BaseMLP):
 
 def _warn_convergence(comm, message):
     """scikit-learn's ConvergenceWarning, raised on every rank (so filters, catch_warnings and
-    pytest.warns see it alike everywhere) but shown once per job: on ranks > 0 a last-place
-    'ignore' filter hides it unless the program's own filters ask for it."""
+    pytest.warns see it alike everywhere) but shown once per job, by rank 0, whatever the
+    program's filters (-W default, PYTHONWARNINGS)."""
     category = inputs.sklearn_or_own("ConvergenceWarning")
-    if comm.rank > 0:
-        warnings.filterwarnings("ignore", category=category, append=True)
     # Point at the first frame outside mpinn: the line that called fit (or a Pipeline's).
     frame, level, package = sys._getframe(0), 1, os.path.dirname(os.path.abspath(__file__))
     while frame is not None and frame.f_code.co_filename.startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    with warnings_shown_by_rank0(comm.rank):
+        warnings.warn(message, category, stacklevel=level)
 
 
 def _verbose_line(record):

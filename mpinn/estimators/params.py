@@ -60,6 +60,8 @@ def validate_params(est, *, solvers, schedules, activations):
     sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
     if any(not isinstance(s, numbers.Integral) or s <= 0 for s in sizes):
         raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+    if not isinstance(est.mlflow, (type(None), bool, str)) or est.mlflow == "":
+        bad("mlflow", "None, a bool or a run name (a non-empty str)")
     if est.dtype not in (None, "float32", "float64", np.float32, np.float64):
         bad("dtype", "None, 'float32' or 'float64'")
     try:

@@ -254,7 +254,8 @@ def _same(v):
 
 
 # Options of `mpinn train` that are not part of the model's configuration.
-CLI_ONLY = {"json": bool, "quiet": bool, "log_every": int, "progress": str}
+# --mlflow: true, or a run name (tracking.py); not in TrainConfig, so not in checkpoints.
+CLI_ONLY = {"json": bool, "quiet": bool, "verbose": bool, "log_every": int, "progress": str, "mlflow": (bool, str)}
 _FLOATS = {"validation_fraction", "warmup_epochs", "test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
 _INTS = {"sync_warmup_steps", "batch_per_rank", "epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
 _BOOLS = {"early_stopping", "nesterov", "resume", "stream"}
@@ -284,7 +285,7 @@ def _coerce(key, value):
 
 
 def _checked(key, value, types):
-    if isinstance(value, bool) and types is not bool:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
         ok = False
     else:
         ok = isinstance(value, types)

@@ -10,13 +10,16 @@ import time
 
 
 class MetricsWriter:
-    """One record per epoch: JSON lines, or CSV when the file name ends in .csv.
+    """One record per epoch: JSON lines, or CSV when the file name ends in .csv. A JSON lines
+    file starts each run with the record ``first`` (the CLI: the resolved configuration).
 
     A resumed run appends to the file of the run it continues. CSV columns are fixed by the
     first record written (or the existing header); later keys outside them are dropped.
     """
 
-    def __init__(self, path, append=False):
+    def __init__(self, path, append=False, first=None):
+        """``first``: a record written before the epochs (a JSON lines file only: a CSV's
+        columns are the epochs'), e.g. the run's resolved configuration."""
         self.path = path
         self.csv = path.lower().endswith(".csv")
         self.columns = None
@@ -24,6 +27,9 @@ class MetricsWriter:
             with open(path, newline="") as fh:
                 self.columns = next(csv.reader(fh), None)
         self.fh = open(path, "a" if append else "w", newline="" if self.csv else None)
+        if first is not None and not self.csv:
+            self.fh.write(json.dumps(first) + "\n")
+            self.fh.flush()
 
     def write(self, record):
         if not self.csv:
@@ -37,6 +43,12 @@ class MetricsWriter:
 
     def close(self):
         self.fh.close()
+
+
+def epoch_records(lines):
+    """The epoch records of a JSON lines metrics file's ``lines``, without the run records
+    (``{"config": ...}``, one per run and per resume) that come before a run's epochs."""
+    return [r for r in (json.loads(line) for line in lines if line.strip()) if "config" not in r]
 
 
 PROGRESS = ("auto", "on", "off")
@@ -106,6 +118,18 @@ def duration(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def seconds_text(seconds):
+    """A duration to 3 significant digits in s, ms or us: 1.23s, 45.6ms, 312us (1234s past 1000 s)."""
+    if seconds <= 0:
+        return "0s"
+    seconds = float(f"{seconds:.3g}")  # rounded first, so 0.9996 ms reads 1ms, not 1000us
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if seconds >= scale:
+            value = seconds / scale
+            return (f"{value:.3g}" if value < 1000 else f"{value:.0f}") + unit
+    return f"{seconds / 1e-6:.3g}us"
+
+
 def epoch_line(r, max_epochs=None, seconds_left=None):
     """The CLI's line for one epoch record (``epoch N/MAX`` and the time left when given)."""
     test = ""
@@ -118,11 +142,12 @@ def epoch_line(r, max_epochs=None, seconds_left=None):
     rate = r["samples_per_second"]
     parts = ""
     if "compute_seconds" in r:
-        parts = f" (compute {r['compute_seconds']:.3f}s, comm {r['comm_seconds']:.3f}s, data {r['data_seconds']:.3f}s)"
+        parts = (f" (compute {seconds_text(r['compute_seconds'])}, comm {seconds_text(r['comm_seconds'])}, "
+                 f"data {seconds_text(r['data_seconds'])})")
     if "shares" in r:  # --balance dynamic or MPINN_SLOW: each rank's share of the rows and busy seconds
         parts += (f"  shares {'/'.join(f'{s:.3f}' for s in r['shares'])}"
-                  f"  rank compute {'/'.join(f'{t:.3f}' for t in r['rank_compute_seconds'])}s")
+                  f"  rank compute {'/'.join(seconds_text(t) for t in r['rank_compute_seconds'])}")
     epoch = f"{r['epoch']:5d}" if max_epochs is None else f"{r['epoch']:{len(str(max_epochs))}d}/{max_epochs}"
     left = "" if seconds_left is None else f"  {duration(seconds_left)} left"
-    return (f"epoch {epoch}  loss {r['loss']:.6f}{test}  {r['seconds']:.3f}s"
+    return (f"epoch {epoch}  loss {r['loss']:.6f}{test}  {seconds_text(r['seconds'])}"
             f"  {rate:,.0f} samples/s{parts}{left}" if rate else f"epoch {epoch}  loss {r['loss']:.6f}{test}{left}")

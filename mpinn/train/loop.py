@@ -53,19 +53,24 @@ class Trainer:
 
     def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None, model=None,
                  params=None, random_state=None, optimizer=None, loop=None, format_line=epoch_line,
-                 extra_state=None, progress=None, sync=None, faults=None, slow=None, hold_out=False):
+                 extra_state=None, progress=None, sync=None, faults=None, slow=None, hold_out=False,
+                 metrics_first=None, tracker=None):
         """The optional model, params, random_state, optimizer and loop let the estimators pass
         their own (warm start, partial_fit, sklearn's draw order); by default they are made here.
         ``sync`` overrides cfg.sync (e.g. 'overlap', a benchmark option). ``faults`` maps a
         global step to the fault this rank injects there (faults.parse_faults; tests only).
         ``slow`` maps a rank to the factor by which it is made slower (balance.parse_slow).
         ``hold_out`` (`mpinn train --early-stopping`): hold out cfg.validation_fraction of the
-        training rows as the estimators do (early_stopping.hold_out), after the initial weights."""
+        training rows as the estimators do (early_stopping.hold_out), after the initial weights.
+        ``metrics_first``: the record the metrics file starts with (the CLI's resolved
+        configuration). ``tracker``: rank 0's run in a tracking service (tracking.py), given
+        every epoch record the metrics file gets."""
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
         self.log_every, self.checkpointer = log_every, checkpointer
         self.format_line = format_line  # the estimators print sklearn's verbose lines
         self.extra_state = extra_state  # callable -> JSON dict stored in checkpoints (estimators)
         self.progress = progress        # rank 0 on a terminal: progress(epoch, step, n_steps)
+        self.metrics_first, self.tracker = metrics_first, tracker
         self.model = model if model is not None else build_model(problem, cfg)
         # One RandomState for init and per-epoch shuffles, drawn in sklearn's order.
         self.random_state = random_state if random_state is not None else np.random.RandomState(cfg.seed)
@@ -227,7 +232,7 @@ class Trainer:
     def fit(self):
         cfg, comm, loop = self.cfg, self.comm, self.loop
         # A resumed run appends to the metrics of the run it continues.
-        metrics_file = MetricsWriter(cfg.metrics, append=loop.epoch > 0) if cfg.metrics and comm.rank == 0 else None
+        metrics_file = MetricsWriter(cfg.metrics, append=loop.epoch > 0, first=self.metrics_first) if cfg.metrics and comm.rank == 0 else None
         start = time.perf_counter()
         self._first_epoch = loop.epoch
         train_seconds = 0.0
@@ -285,6 +290,8 @@ class Trainer:
                         self.log(self.format_line(record))
                     if metrics_file:
                         metrics_file.write(record)
+                    if self.tracker:
+                        self.tracker.log_epoch(record)
                 if reason == "diverged":
                     self.release()
                     raise TrainingDiverged(
