@@ -45,7 +45,7 @@ def test_resume_when_only_rank_0_sees_the_checkpoint_directory(iris, tmp_path, n
     node0.mkdir()
     others.mkdir()
     args = [*TRAIN, "--data", iris, "--checkpoint", "ck", "--json"]
-    full = run([*args, "--epochs", "6"], cwd=node0, np_=1)
+    full = run([*TRAIN, "--data", iris, "--checkpoint", "ck-full", "--json", "--epochs", "6"], cwd=node0, np_=1)
     first = run([*args, "--epochs", "3"], cwd=node0, np_=1)
     assert first.returncode == 0
     # Resume with 6 epochs: MPMD launch, rank 0 in node0, ranks 1.. in node1 (no ck/ there).
