@@ -180,6 +180,8 @@ def test_no_label_rows_stored_task_and_the_many_classes_warning(tmp_path):
     assert '"labels": "none"' in out
     with h5py.File(tmp_path / "rows.h5") as f:
         assert "y" not in f and f["X"].shape == (442, 10)
+    report = json.loads(run(["data", "info", tmp_path / "rows.h5", "--json"]).stdout)
+    assert report["labels"] == "none" and report["rows"] == 442 and "y" not in report
     run(["predict", "--model", tmp_path / "ck", "--data", tmp_path / "rows.h5", "--out", tmp_path / "p.h5"], np_=2)
     with h5py.File(tmp_path / "p.h5") as f:
         np.testing.assert_allclose(f["y_pred"][()], model.predict(bunch.data), rtol=0, atol=1e-12)

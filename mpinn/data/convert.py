@@ -209,32 +209,47 @@ def convert(in_path, out_path, *, label_column=None, x_name="X", y_name="y", chu
 # ---------------------------------------------------------------- inspection and splitting
 
 
-def _open_data(path, x_name, y_name):
+def _open_data(path, x_name, y_name, require_y=True):
     from mpinn.data.hdf5 import inspect
 
-    info = inspect(path, x_name, y_name)
+    info = inspect(path, x_name, y_name, require_y=require_y)
     return info, h5py.File(path, "r")
+
+
+def _has_labels(path, y_name):
+    """False for a file without ``y_name`` (`convert --no-label`); True where inspect should judge."""
+    if not (os.path.exists(path) and h5py.is_hdf5(path)):
+        return True
+    with h5py.File(path, "r") as f:
+        return y_name in f
 
 
 def info(path, *, x_name="X", y_name="y", block_rows=65536):
     """Shapes, dtypes, chunking, class balance and NaN count; reads the file in row blocks."""
-    meta, f = _open_data(path, x_name, y_name)
+    labelled = _has_labels(path, y_name)
+    meta, f = _open_data(path, x_name, y_name, require_y=labelled)
     with f:
-        X, Y = f[x_name], f[y_name]
+        X = f[x_name]
         nan_rows = nan_values = 0
         for start in range(0, meta.n_rows, block_rows):
             bad = ~np.isfinite(X[start:start + block_rows])
             nan_values += int(bad.sum())
             nan_rows += int(bad.any(axis=1).sum())
         out = {"file": str(path), "rows": meta.n_rows, "features": meta.n_features,
-               "x": {"name": x_name, "dtype": str(X.dtype), "chunks": X.chunks},
-               "y": {"name": y_name, "dtype": "string" if meta.y_kind == "str" else str(Y.dtype),
-                     "shape": list(Y.shape), "chunks": Y.chunks},
-               "non_finite_feature_values": nan_values, "rows_with_non_finite_features": nan_rows}
+               "x": {"name": x_name, "dtype": str(X.dtype), "chunks": X.chunks}}
+        if labelled:
+            Y = f[y_name]
+            out["y"] = {"name": y_name, "dtype": "string" if meta.y_kind == "str" else str(Y.dtype),
+                        "shape": list(Y.shape), "chunks": Y.chunks}
+        else:
+            out["labels"] = "none"  # features only (`convert --no-label`), as convert reports it
+        out.update(non_finite_feature_values=nan_values, rows_with_non_finite_features=nan_rows)
         if meta.task:
             out["task"] = meta.task
         if meta.encoding:
             out["categorical"] = {c: len(v) for c, v in meta.encoding["categories"].items()}
+        if not labelled:
+            return out
         if meta.y_kind in ("int", "str") and Y.ndim == 1:
             y = Y.asstr()[()] if meta.y_kind == "str" else Y[()]
             labels, counts = np.unique(y, return_counts=True)
