@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -174,8 +175,9 @@ def launch(a, cmd):
 
 def worker_command(ranks, *args):
     """`mpiexec -n RANKS python bench/search.py --worker ...`."""
-    mpiexec = os.environ.get("MPINN_MPIEXEC") or str(Path(sys.executable).parent / "mpiexec")
-    return [*mpiexec.split(), "-n", str(ranks), sys.executable, __file__, "--worker", *map(str, args)]
+    launcher = os.environ.get("MPINN_MPIEXEC")  # shell words: a quoted path may hold spaces
+    mpiexec = shlex.split(launcher) if launcher else [str(Path(sys.executable).parent / "mpiexec")]
+    return [*mpiexec, "-n", str(ranks), sys.executable, __file__, "--worker", *map(str, args)]
 
 
 def repeated(a, cmd):

@@ -3,11 +3,12 @@
 folder that already holds another run. A run that fails before its first checkpoint leaves
 no folder behind."""
 
+import os
 import subprocess
 
 import pytest
 
-from launch import MPINN, TIMEOUT, clean_env, run
+from launch import BIN, MPINN, TIMEOUT, clean_env, run
 
 MISMATCH = "separate 1-rank jobs"
 
@@ -39,7 +40,7 @@ def test_info_and_the_estimators_refuse_it_too(iris, tmp_path):
     script = ("import mpinn, numpy as np\n"
               "try:\n    mpinn.MLPClassifier(max_iter=2).fit(np.zeros((4, 2)), [0, 1, 0, 1])\n"
               "except ValueError as exc:\n    print('refused:', exc)\n")
-    proc = subprocess.run([MPINN.replace("mpinn", "python"), "-c", script], capture_output=True, text=True,
+    proc = subprocess.run([os.path.join(BIN, "python"), "-c", script], capture_output=True, text=True,
                           timeout=TIMEOUT, env=clean_env(SLURM_STEP_NUM_TASKS=2))
     assert proc.returncode == 0 and "refused:" in proc.stdout and MISMATCH in proc.stdout, proc.stdout + proc.stderr
 

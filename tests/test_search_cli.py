@@ -3,6 +3,7 @@ one rank) and resumed on another rank count, bad grids, and error_score="raise" 
 
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,7 @@ def test_search_end_to_end_then_killed_and_resumed_on_another_rank_count(iris, t
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
     script = Path(__file__).resolve().parents[1] / "run" / "search.sbatch"
-    env = clean_env(SLURM_NTASKS=2, SLURM_SUBMIT_DIR=tmp_path, SLURM_JOB_ID=42, MPIEXEC=" ".join(mpiexec()))
+    env = clean_env(SLURM_NTASKS=2, SLURM_SUBMIT_DIR=tmp_path, SLURM_JOB_ID=42, MPIEXEC=shlex.join(mpiexec()))
     a = subprocess.run([str(script), *map(str, search_args(iris, grid)[1:])], capture_output=True, text=True,
                        timeout=180, env=env, cwd=tmp_path)
     assert a.returncode == 0, a.stderr
