@@ -255,3 +255,25 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("mpinn: error: data convert: reading Parquet needs pyarrow: "
                                    "pip install 'mpinn[parquet]'")
+
+
+def test_train_test_data_takes_its_columns_by_name(tmp_path):
+    """`train --test-data` matches the test file's columns to the training file's by name, as eval
+    and predict do: the same test metrics with the columns reversed; other names are refused."""
+    df = wine(120, seed=3).dropna()
+    train, test = df.iloc[:80], df.iloc[80:]
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    test[test.columns[::-1]].to_csv(tmp_path / "reversed.csv", index=False)
+    test.rename(columns={"alcohol": "abv"}).to_csv(tmp_path / "renamed.csv", index=False)
+    for name in ("train", "test", "reversed", "renamed"):
+        run(["data", "convert", tmp_path / f"{name}.csv", tmp_path / f"{name}.h5", "--label", "quality"])
+    args = ["train", "--data", tmp_path / "train.h5", "--hidden", "5", "--epochs", "4", "--seed", "1", "--json",
+            "--quiet"]
+    straight = json.loads(run([*args, "--test-data", tmp_path / "test.h5"], np_=2).stdout.splitlines()[-1])
+    reversed_ = json.loads(run([*args, "--test-data", tmp_path / "reversed.h5"], np_=2).stdout.splitlines()[-1])
+    assert straight["test_accuracy"] == reversed_["test_accuracy"]
+    assert straight["final_loss"] == reversed_["final_loss"]
+    proc = run([*args, "--test-data", tmp_path / "renamed.h5"], np_=2, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "feature names differ" in lines[0], proc.stderr

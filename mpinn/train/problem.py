@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mpinn.data import hdf5 as datamod
+from mpinn.data.columns import plan_columns
 from mpinn.errors import InputError
 from mpinn.data.partition import Shard, make_shard
 from mpinn.data.schedule import TrainRows, index_dtype, resolve_permutation, split_rows
@@ -184,11 +185,14 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         raise InputError(f"{cfg.data}: regression needs numeric targets, {info.y_name!r} holds strings")
     if task == "classify" and len(info.y_shape) != 1:
         raise InputError(f"{cfg.data}: classification needs 1-D labels, {info.y_name!r} has shape {info.y_shape}")
-    test_info = None
+    test_info = test_plan = None
     if cfg.test_data:
         test_info = datamod.DataInfo(**on_root(
             comm, lambda: datamod.inspect(cfg.test_data, cfg.x_name, cfg.y_name).to_json()))
-        if test_info.n_features != info.n_features:
+        # Columns by name when both files name them, as eval and predict take them.
+        test_plan = plan_columns(info.feature_names, info.encoding, test_info.feature_names, test_info.encoding,
+                                 cfg.test_data)
+        if test_plan is None and test_info.n_features != info.n_features:
             raise InputError(f"{cfg.test_data}: {test_info.n_features} features but training data "
                              f"{cfg.data} has {info.n_features}")
         if (test_info.y_kind == "str") != (info.y_kind == "str"):
@@ -223,6 +227,10 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         test_shard = make_shard(test_info.n_rows, comm.rank, comm.size, "block")
         with h5py.File(cfg.test_data, "r") as f:
             test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
+        if test_plan is not None:
+            collective_check(comm, test_plan.unseen_problem(test_X, test_info.feature_names, cfg.test_data,
+                                                            int(test_shard.rows[0]) if test_shard.count else 0))
+            test_X = test_plan.apply(test_X)
         check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
 
     classes, n_outputs, warning = None, 1, None
