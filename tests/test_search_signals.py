@@ -11,6 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
+import mpinn
+
 from launch import clean_env, mpiexec, run
 
 pytest.importorskip("sklearn")
@@ -138,3 +140,17 @@ def test_cli_search_whose_refit_is_preempted_exits_75(iris, tmp_path):
     proc = run(args, np_=2, check=False, timeout=120, env=clean_env(MPINN_FAULT="0:85:term"))
     assert proc.returncode == 75, proc.stdout + proc.stderr
     assert "preempted" in proc.stderr and (tmp_path / "r.csv").exists()
+    # The requeued job: --resume runs no task and continues the refit from its checkpoint, to the
+    # model an uninterrupted refit gives.
+    again = run([*args, "--resume"], np_=2, timeout=120)
+    assert "tasks run: 0 (done before: 2)" in again.stdout, again.stdout
+    whole = run(["search", "--data", iris, "--grid", grid, "--cv", 2, "--results", tmp_path / "whole.csv"], np_=2,
+                timeout=120)
+    assert whole.returncode == 0
+    resumed, uninterrupted = mpinn.load(tmp_path / "r-best"), mpinn.load(tmp_path / "whole-best")
+    for a, b in zip(resumed.coefs_ + resumed.intercepts_, uninterrupted.coefs_ + uninterrupted.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    # A new search (no --resume) into results whose refit folder holds checkpoints: refused first.
+    refused = run(args[:-2], np_=2, check=False, timeout=120)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "r-best" in lines[0], refused.stderr

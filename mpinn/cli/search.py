@@ -215,7 +215,11 @@ def cmd_search(args):
         if not args.no_refit:
             from mpinn.train.checkpoint import Checkpointer
 
-            Checkpointer(best_dir, None).check_writable()
+            refit = Checkpointer(best_dir, None)
+            if not args.resume and refit.holds_checkpoints():  # an earlier search's refit: never mixed
+                raise InputError(f"--results: the refit folder {best_dir} already holds checkpoints of an earlier run; "
+                                 "remove it or choose another --results (or continue that search with --resume)")
+            refit.check_writable()
 
     on_root(comm, check_outputs)
     data = {"x_name": fixed.pop("x_name", "X"), "y_name": fixed.pop("y_name", "y"), "task": fixed.pop("task", "auto")}
@@ -302,7 +306,8 @@ def _refit(args, values, best_dir):
 
     from mpinn.cli.train import cmd_train
 
-    return cmd_train(argparse.Namespace(data=args.data, checkpoint=best_dir, quiet=True, **values))
+    # A resumed search continues a refit that was preempted (its checkpoint is in best_dir).
+    return cmd_train(argparse.Namespace(data=args.data, checkpoint=best_dir, quiet=True, resume=args.resume, **values))
 
 
 def _describe(values):
