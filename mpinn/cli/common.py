@@ -93,8 +93,8 @@ def problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
     from mpinn.data import hdf5 as datamod
     from mpinn.data.columns import plan_columns
     from mpinn.data.partition import make_shard
-    from mpinn.parallel.agree import collective_check, on_root
-    from mpinn.train.problem import Problem
+    from mpinn.parallel.agree import on_root
+    from mpinn.train.problem import Problem, take_columns
 
     info = datamod.DataInfo(**on_root(
         comm, lambda: datamod.inspect(path, x_name, y_name, require_y=with_y).to_json()))
@@ -105,9 +105,7 @@ def problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
     with h5py.File(path, "r") as f:
         X, y = datamod.read_shard(f, info, shard, fitted.coefs_[0].dtype, with_y=with_y)
     if plan is not None:
-        collective_check(comm, plan.unseen_problem(X, info.feature_names, path,
-                                                   int(shard.rows[0]) if shard.count else 0))
-        X = plan.apply(X)
+        X = take_columns(comm, plan, X, info.feature_names, path, shard)
     classes = None if fitted.classes_ is None else np.asarray(fitted.classes_)
     return Problem(task=fitted.task, X=X, y=y, shard=shard, train_rows=np.zeros(0, np.int64),
                    n_features=fitted.n_features_in_, classes=classes, class_names=fitted.class_names), info

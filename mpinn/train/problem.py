@@ -228,9 +228,7 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
         with h5py.File(cfg.test_data, "r") as f:
             test_X, test_y = datamod.read_shard(f, test_info, test_shard, cfg.dtype)
         if test_plan is not None:
-            collective_check(comm, test_plan.unseen_problem(test_X, test_info.feature_names, cfg.test_data,
-                                                            int(test_shard.rows[0]) if test_shard.count else 0))
-            test_X = test_plan.apply(test_X)
+            test_X = take_columns(comm, test_plan, test_X, test_info.feature_names, cfg.test_data, test_shard)
         check_values(comm, test_X, test_y, cfg.test_data, task, test_shard)
 
     classes, n_outputs, warning = None, 1, None
@@ -249,6 +247,13 @@ def load_problem(cfg, comm, *, stream=False, chunk_rows=None) -> Problem:
                    n_features=info.n_features, classes=classes, class_names=info.class_names, n_outputs=n_outputs,
                    test_X=test_X, test_y=test_y, stream=X if stream else None, task_reason=reason,
                    task_warning=warning, feature_names=info.feature_names, encoding=info.encoding)
+
+
+def take_columns(comm, plan, X, names, path, shard):
+    """A shard's rows in the model's columns (data/columns.py's plan); an unseen category on any
+    rank is every rank's error."""
+    collective_check(comm, plan.unseen_problem(X, names, path, int(shard.rows[0]) if shard.count else 0))
+    return plan.apply(X)
 
 
 def many_classes_warning(path, n_classes, n_rows):
