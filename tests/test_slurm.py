@@ -79,7 +79,9 @@ def job_fields(job_id):
 def drive(jobs):
     """Wait for every job. Once a job has been requeued, lift its time limit and release it:
     Slurm holds a requeued job ~2 minutes (Reason=BeginTime), and the resumed run needs no
-    second interruption to prove the path."""
+    second interruption to prove the path. Released 5 s ahead, not now: slurmd refuses a launch
+    credential issued in the same second as the requeue revoked the old one ("Job credential
+    revoked", the job ends FAILED), which a release at once hit in a CI run."""
     start = time.monotonic()
     pending = dict(jobs)
     while pending and time.monotonic() - start < DEADLINE:
@@ -92,7 +94,7 @@ def drive(jobs):
             elif job["restarts"] >= 1 and not job.get("released"):
                 subprocess.run(["scontrol", "update", f"JobId={job['id']}", "TimeLimit=00:15:00"], check=True)
                 if fields.get("Reason") == "BeginTime":
-                    subprocess.run(["scontrol", "update", f"JobId={job['id']}", "StartTime=now"], check=True)
+                    subprocess.run(["scontrol", "update", f"JobId={job['id']}", "StartTime=now+5"], check=True)
                     job["released"] = True
         time.sleep(2)
     for job in pending.values():
