@@ -48,8 +48,11 @@ def limit_blas_threads():
 
 
 def say(*args, file=None, end="\n"):
-    """Print on rank 0 only."""
-    if env_rank() == 0:
+    """Print on rank 0 only (after a rank was lost, the survivors' rank 0)."""
+    from mpinn.parallel.comm import world_rank_if_started
+
+    rank = world_rank_if_started()
+    if (env_rank() if rank is None else rank) == 0:
         print(*args, file=file or sys.stdout, end=end, flush=True)
 
 

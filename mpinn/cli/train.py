@@ -92,6 +92,12 @@ def _train_args(p):
     g.add_argument("--sync-warmup-steps", type=int,
                    help="with --sync local:K: the first W steps of the run are allreduce steps (post-local SGD; "
                         "default 0)")
+    g.add_argument("--elastic", action="store_true",
+                   help="require elastic training: when a rank dies the others continue without it (ends with an "
+                        "uninterrupted run's model); on by itself where the MPI can (Open MPI 5 under "
+                        "`mpirun --with-ft ulfm`), exit 2 where it cannot")
+    g.add_argument("--min-ranks", type=int,
+                   help="elastic training: with fewer ranks left than this, checkpoint and exit 75 (default 1)")
     g.add_argument("--stream", action="store_true",
                    help="leave X in the file and read it in chunks with read-ahead (bounded memory); "
                         "needs --shuffle none or local")
@@ -131,6 +137,7 @@ def cmd_train(args):
     from mpinn.parallel.comm import world
     from mpinn.parallel.balance import SLOW_ENV, parse_slow
     from mpinn.parallel.faults import FAULT_ENV, SIGNALS, Preemption, parse_faults
+    from mpinn.train.elastic import Snapshots
     from mpinn.train.logs import PROGRESS, EpochLines, ProgressBar
     from mpinn.parallel.agree import on_root
     from mpinn.train.problem import load_problem
@@ -146,6 +153,9 @@ def cmd_train(args):
     verbose = options.get("verbose", False)
     if not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"--log-every: must be an integer >= 1, got {log_every!r}")
+    min_ranks = options.get("min_ranks", 1)
+    if not isinstance(min_ranks, int) or min_ranks < 1:
+        raise InputError(f"--min-ranks: must be an integer >= 1, got {min_ranks!r}")
     progress_mode = options.get("progress", "auto")
     if progress_mode not in PROGRESS:
         raise InputError(f"--progress: choose from {', '.join(PROGRESS)}, got {progress_mode!r}")
@@ -153,24 +163,25 @@ def cmd_train(args):
         say(cfg.to_toml(), end="")
         return 0
     comm = world()
+    elastic, why_not = _elastic_mode(comm, cfg, options.get("elastic", False))
     mlflow = options.get("mlflow", False)
     if mlflow:
         check_available(comm)  # before the data loads: one line naming the extra, exit 2
+    # Both by rank in the job as launched (a fault or a slow-down stays with its process).
     slow = parse_slow(os.environ.get(SLOW_ENV), comm.size)  # the same value, hence verdict, on every rank
-    checkpointer = Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints) if cfg.checkpoint else None
+    faults = parse_faults(os.environ.get(FAULT_ENV), comm.rank)
+    run = _Run(cfg, elastic, launched=list(range(comm.size)))
 
     def check_outputs():
-        if checkpointer:
-            checkpointer.check_writable(fresh=not cfg.resume)
+        if cfg.checkpoint:
+            Checkpointer(cfg.checkpoint, comm).check_writable(fresh=not cfg.resume)
         if cfg.metrics:
             check_output_file(cfg.metrics, "--metrics")
 
     on_root(comm, check_outputs)
-    problem = load_problem(cfg, comm)
     # Before the Trainer: the statistics cover every training row (--early-stopping's
     # validation rows too, as scikit-learn's Pipeline(scaler, MLP) does).
     resumed = _read_resume_checkpoint(cfg, comm) if cfg.resume else None
-    problem, scale = _scale(problem, cfg, comm, resumed)
     bar = ProgressBar() if comm.rank == 0 and not quiet and ProgressBar.wanted(progress_mode) else None
 
     def log(line):
@@ -186,15 +197,31 @@ def cmd_train(args):
     # A live bar where a person watches (ProgressBar.wanted), never in batch logs.
     progress = (lambda epoch, step, n: step % max(1, n // 50) == 0 and bar.update(epoch, step, n)) if bar else None
     tracker = MlflowTracker(comm, None if mlflow is True else mlflow, on_failure=warn) if mlflow else None
-    trainer = Trainer(cfg, problem, comm, checkpointer=checkpointer, log_every=log_every,
-                      log=(lambda line: None) if quiet else log, progress=progress,
-                      format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping,
-                      faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), slow=slow,
-                      metrics_first={"config": cfg.to_dict(), "ranks": comm.size, "mpinn": __version__},
-                      tracker=tracker)
-    # From here on the trainer's Problem is the one trained on (held-out rows, moved rows); the
-    # loaded one must not keep its rows in memory.
-    del problem
+    snapshots = Snapshots() if elastic else None
+
+    def build(comm, restart=None):
+        """The Trainer on ``comm``: fresh (scaled as --scale says or as the resumed checkpoint
+        was), or continuing an elastic snapshot (``restart``: its state and scaler)."""
+        problem = load_problem(cfg, comm)
+        if restart is None:
+            problem, run.scale = _scale(problem, cfg, comm, resumed)
+        else:
+            problem = scale_problem(problem, "none", comm, restart[3])
+        trainer = Trainer(cfg, problem, comm,
+                          checkpointer=Checkpointer(cfg.checkpoint, comm, keep=cfg.keep_checkpoints)
+                          if cfg.checkpoint else None,
+                          log_every=log_every, log=(lambda line: None) if quiet else log, progress=progress,
+                          format_line=EpochLines(cfg.epochs), hold_out=cfg.early_stopping, faults=faults,
+                          slow={i: slow[r] for i, r in enumerate(run.launched) if r in slow},
+                          metrics_first={"config": cfg.to_dict(), "ranks": comm.size, "mpinn": __version__},
+                          tracker=tracker if run.tracking else None, snapshots=snapshots)
+        if restart is not None:
+            trainer.restore(restart[1], restart[2])
+        return trainer
+
+    from mpinn.preprocessing.training import scale_problem
+
+    trainer = build(comm)
     if cfg.resume:
         _resume(trainer, cfg, comm, resumed)
     if tracker:  # collective; the last check before anything is written: a run that cannot start is exit 2
@@ -213,25 +240,25 @@ def cmd_train(args):
               f"shuffle {cfg.shuffle}, sync {trainer.sync.name if trainer.sync else '-'}"
               + (f" ({trainer.sync.describe()})" if trainer.sync and trainer.sync.describe() else "")
               + (f" (model averaging: the result depends on the rank count, {comm.size})"
-                 if trainer.sync and trainer.sync.local else "") + f", scale {scale}, {cfg.dtype}", flush=True)
+                 if trainer.sync and trainer.sync.local else "") + f", scale {run.scale}, {cfg.dtype}"
+              + (", elastic: yes" if elastic else f", elastic: no ({why_not})"), flush=True)
         if not cfg.checkpoint:  # said before training, while there is time to add it
             print("mpinn: note: no --checkpoint: the trained model will not be saved "
                   "(add --checkpoint DIR to keep it)", file=sys.stderr, flush=True)
     if comm.rank == 0 and trainer.problem.task_warning:  # even with --quiet: the run may be the wrong kind
         print(f"mpinn: warning: {trainer.problem.task_warning}", file=sys.stderr, flush=True)
     try:
-        trainer.fit()
+        comm, trainer = _fit_elastic(run, comm, trainer, snapshots, build, min_ranks) if elastic \
+            else (comm, _fit(trainer))
     except BaseException:
-        if tracker:
+        if tracker and run.tracking:
             tracker.end("FAILED")
         raise
-    finally:
-        trainer.problem.close()
-    if tracker:  # rank 0 only does anything here
-        if checkpointer and checkpointer.last_path:  # the final one (a preempted run's, to resume from)
-            tracker.log_checkpoint(checkpointer.last_path)
-        tracker.end("KILLED" if trainer.stop_reason == "preempted" else "FINISHED")
-    if trainer.stop_reason == "preempted":
+    if tracker and run.tracking:  # rank 0 only does anything here
+        if trainer.checkpointer and trainer.checkpointer.last_path:  # the final one (a preempted run's)
+            tracker.log_checkpoint(trainer.checkpointer.last_path)
+        tracker.end("KILLED" if trainer.stop_reason in ("preempted", "below_min_ranks") else "FINISHED")
+    if trainer.stop_reason in ("preempted", "below_min_ranks"):
         if comm.rank == 0:
             if bar:
                 bar.clear()
@@ -252,6 +279,94 @@ def cmd_train(args):
         if as_json:
             print(json.dumps(summary), flush=True)
     return 0
+
+
+class _Run:
+    """What one `mpinn train` keeps across elastic recoveries: the launched ranks still alive
+    (by their first rank), the scaling it ran with, whether rank 0's tracking run is alive."""
+
+    def __init__(self, cfg, elastic, launched):
+        self.cfg, self.elastic, self.launched = cfg, elastic, launched
+        self.scale = cfg.scale
+        self.tracking = True
+
+
+def _fit(trainer):
+    try:
+        trainer.fit()
+    finally:
+        trainer.problem.close()
+    return trainer
+
+
+def _elastic_mode(comm, cfg, asked):
+    """(on, why not): elastic where the MPI can survive a rank's death (ULFM) and the run's
+    strategy can be rebuilt on fewer ranks; --elastic where it cannot is exit 2."""
+    on, why = comm.elastic_support()
+    if on and cfg.sync == "shm":
+        on, why = False, "--sync shm"
+    elif on and cfg.solver == "lbfgs":
+        on, why = False, "--solver lbfgs"
+    if asked and not on:
+        raise InputError(f"--elastic: this run cannot survive a rank's death ({why}); it needs Open MPI 5 "
+                         "started with `mpirun --with-ft ulfm` (docs/reliability.md, \"Elastic training\")")
+    return on, why
+
+
+def _fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
+    """Train; when a rank dies, continue on the survivors from the newest snapshot all of them
+    hold (train/elastic.py), as often as it happens. Returns (the final comm, the trainer)."""
+    import time
+
+    from mpinn.parallel.comm import replace_world
+    from mpinn.parallel.faults import EXIT_PREEMPTED
+    from mpinn.train.elastic import truncate_metrics
+
+    cfg, failed_at = run.cfg, None
+    while True:
+        try:
+            if failed_at is not None:
+                started, (epoch, step) = time.perf_counter(), failed_at
+                failed_at = None
+                comm.revoke()  # ranks still inside a collective learn of it too
+                comm.agree_all(False)  # meets the survivors that finished and wait in the agreement below
+                comm, lost = comm.shrink()
+                replace_world(comm)
+                lost = [run.launched[r] for r in lost]
+                run.launched = [r for i, r in enumerate(run.launched) if run.launched[i] not in lost]
+                run.tracking = run.tracking and 0 not in lost  # rank 0's tracking run died with it
+                key, scalars, arrays, scaler = snapshots.agreed(comm)
+                trainer = build(comm, (key, scalars, arrays, scaler))
+                seconds = time.perf_counter() - started
+                who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}"
+                line = (f"{who} lost at epoch {epoch} step {step}; continuing on {comm.size} rank(s) "
+                        f"(recovery {seconds:.2f} s, from epoch {trainer.epoch} step {trainer.step_in_epoch})")
+                event = {"ranks": lost, "epoch": epoch, "step": step, "continued_on": comm.size,
+                         "replayed_from": {"epoch": trainer.epoch, "step": trainer.step_in_epoch},
+                         "recovery_seconds": seconds}
+                trainer.metrics_first = {**trainer.metrics_first, "rank_lost": event}
+                if comm.rank == 0:
+                    if cfg.metrics:
+                        truncate_metrics(cfg.metrics, trainer.epoch)
+                    print(f"mpinn: {line}", file=sys.stderr, flush=True)
+                if comm.size < min_ranks:
+                    if trainer.checkpointer:
+                        trainer.checkpointer.save(trainer)
+                    trainer.stop_reason, trainer.stop_exit_code = "below_min_ranks", EXIT_PREEMPTED
+                    trainer.stop_saved = bool(trainer.checkpointer)
+                    trainer.stop_message = (f"{comm.size} rank(s) left, fewer than --min-ranks {min_ranks}: "
+                                            f"stopped at epoch {trainer.epoch} step {trainer.step_in_epoch}")
+                    trainer.problem.close()
+                    return comm, trainer
+            _fit(trainer)
+            # Uniform even under failures: every survivor leaves here, or every one recovers.
+            if comm.agree_all(True):
+                return comm, trainer
+            failed_at = (trainer.epoch, trainer.step_in_epoch)
+        except BaseException as exc:
+            if not comm.is_process_failure(exc):
+                raise
+            failed_at = (trainer.epoch, trainer.step_in_epoch)
 
 
 def _read_resume_checkpoint(cfg, comm):

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from mpinn.errors import InputError
+from mpinn.parallel.launch import check_launch
 
 
 def _mpi():
@@ -277,6 +277,59 @@ class Comm:
         ``"first"``: one array on rank 0's memory (``.segments[0]``)."""
         return SharedWindow(self, length, np.dtype(dtype), owners)
 
+    # ---- process failures (ULFM: Open MPI 5 under `mpirun --with-ft ulfm`) ------------------
+
+    def elastic_support(self, environ=os.environ):
+        """(True, "") when this job can survive a rank's death, else (False, why)."""
+        if not hasattr(self.mpi, "Shrink"):
+            return False, "no MPI (one process)"
+        library = _mpi().Get_library_version()
+        if "Open MPI" not in library:
+            return False, f"{library.split()[0]} has no ULFM"
+        if environ.get("OMPI_MCA_mpi_ft_enable", "").lower() not in ("1", "true", "yes", "on"):
+            return False, "Open MPI without --with-ft ulfm"
+        return True, ""
+
+    def is_process_failure(self, exc: BaseException) -> bool:
+        """Is ``exc`` MPI's report that a rank died (or that a survivor revoked the channel)?"""
+        if "mpi4py.MPI" not in sys.modules or not isinstance(exc, _mpi().Exception):
+            return False
+        MPI = _mpi()
+        failures = {getattr(MPI, name, None) for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
+        return exc.Get_error_class() in failures - {None}
+
+    def revoke(self):
+        """Make every pending and future operation on this communicator fail on every rank, so
+        that ranks waiting elsewhere learn of a failure too."""
+        if self.size > 1:
+            try:
+                self.mpi.Revoke()
+            except _mpi().Exception:  # already revoked
+                pass
+
+    def agree_all(self, ok: bool) -> bool:
+        """Fault-tolerant and uniform: True on every survivor if all passed True and no rank
+        failed; False on every survivor otherwise (MPI_Comm_agree)."""
+        if self.size == 1:
+            return ok
+        try:
+            return bool(self.mpi.Agree(int(ok)))
+        except _mpi().Exception as exc:
+            if self.is_process_failure(exc):
+                return False
+            raise
+
+    def shrink(self):
+        """Collective over the survivors: (a Comm of the live ranks, this communicator's ranks
+        that are gone), ranks in the same order."""
+        MPI = _mpi()
+        new = self.mpi.Shrink()
+        old_group, new_group = self.mpi.Get_group(), new.Get_group()
+        kept = MPI.Group.Translate_ranks(new_group, list(range(new.Get_size())), old_group)
+        old_group.Free()
+        new_group.Free()
+        return Comm(new), sorted(set(range(self.size)) - set(kept))
+
     def abort(self, code: int = 1):
         """End every rank of the job now (a hang is worse than a lost rank)."""
         sys.stdout.flush()
@@ -329,40 +382,27 @@ class SharedWindow:
 _world = None
 
 
-class LaunchMismatch(InputError):
-    """Several launcher tasks, each with an MPI world of one rank."""
-
-
-# Task counts that launchers give each process they start: srun's step, PMI (MPICH's Hydra,
-# srun --mpi=pmi2), Open MPI's launcher. Not SLURM_NTASKS: a batch script has it too, and a
-# one-process command there (e.g. `mpinn data`) is right to see one rank.
-LAUNCHER_TASK_VARS = ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
-
-
-def check_launch(size: int, environ=os.environ):
-    """InputError when a launcher started several tasks but MPI sees a world of one: every
-    task would run alone, as a separate job, over the same files. Happens when srun cannot
-    start this MPI (Slurm's MpiDefault=none) or mpi4py was built against another MPI."""
-    if size != 1:
-        return
-    for name in LAUNCHER_TASK_VARS:
-        tasks = environ.get(name, "")
-        if tasks.isdigit() and int(tasks) > 1:
-            raise LaunchMismatch(
-                f"started as {tasks} separate 1-rank jobs ({name}={tasks}, but MPI sees 1 rank): the launcher could "
-                "not start this MPI; under Slurm use `srun --mpi=pmi2` (see `srun --mpi=list`) or "
-                "MPIEXEC=mpiexec, or build mpi4py against the site MPI (docs/clusters.md)")
-
-
 def world() -> Comm:
     """The job-wide communicator (MPI is initialised on first call, not at import). Refuses a
-    launch where each task is its own 1-rank world (check_launch)."""
+    launch where each task is its own 1-rank world (check_launch). After a rank was lost
+    (elastic training), the survivors' communicator."""
     global _world
     if _world is None:
         comm = Comm()
         check_launch(comm.size)
         _world = comm
     return _world
+
+
+def replace_world(comm: Comm):
+    """Make ``comm`` (the survivors, Comm.shrink) what world() returns from now on."""
+    global _world
+    _world = comm
+
+
+def world_rank_if_started():
+    """This process's rank in world() if MPI has been started here, else None (no MPI start)."""
+    return None if _world is None else _world.rank
 
 
 class SerialComm:

@@ -182,7 +182,7 @@ class LocalAveraging(StepStrategy):
             self.optimizer.t += int(stepped) - (steps - self._skipped)
         return total, bool(buf[head - 1] > 0)
 
-    def optimizer_state(self):
+    def optimizer_state(self, everywhere=False):
         """Collective: (scalars, arrays). Checkpoints are written at averages (epoch ends, and
         stops, which wait for an average), where every rank holds the same state; with one rank
         `since` may be nonzero, and is kept."""

@@ -65,11 +65,15 @@ class Sharded(StepStrategy):
         self.reductions += 1
         return float(gathered[end - 3]), weight, float(gathered[end - 1]), bool(gathered[end - 2] > 0)
 
-    def optimizer_state(self):
-        """Collective: (scalars, full-length arrays gathered on rank 0; None elsewhere)."""
+    def optimizer_state(self, everywhere=False):
+        """Collective: (scalars, full-length arrays gathered on rank 0, None elsewhere; on every
+        rank with ``everywhere``)."""
         scalars, arrays = self.optimizer.state()
-        full = {name: self.comm.gather_rows(arrays[name]) for name in sorted(arrays)}
-        return scalars, full
+        if everywhere:
+            n, block = self.n, self.block
+            counts = [min((r + 1) * block, n) - min(r * block, n) for r in range(self.comm.size)]
+            return scalars, {name: self.comm.allgather_rows(arrays[name], counts) for name in sorted(arrays)}
+        return scalars, {name: self.comm.gather_rows(arrays[name]) for name in sorted(arrays)}
 
     def load_optimizer_state(self, scalars, arrays):
         """From full-length arrays (a checkpoint of any mode and rank count)."""

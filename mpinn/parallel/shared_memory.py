@@ -152,7 +152,7 @@ class SharedMemory(StepStrategy):
         itemsize = np.dtype(self.model.dtype).itemsize
         return self.n * itemsize // self.node.size + (self.n + SCALARS) * itemsize + self.state_bytes()
 
-    def optimizer_state(self):
+    def optimizer_state(self, everywhere=False):  # never everywhere: elastic runs take no shm
         """Collective: (scalars, full-length arrays on rank 0; None elsewhere). Every node
         holds the same state; rank 0 gathers its own node's slices."""
         scalars, arrays = self.optimizer.state()

@@ -34,8 +34,9 @@ class StepStrategy:
         done, self._taken = self.reductions - self._taken, self.reductions
         return done
 
-    def optimizer_state(self):
-        """Collective: (scalars, full-length arrays); the arrays are valid on rank 0."""
+    def optimizer_state(self, everywhere=False):
+        """Collective: (scalars, full-length arrays); the arrays are valid on rank 0 (on every
+        rank with ``everywhere``: elastic snapshots)."""
         return self.optimizer.state()
 
     def load_optimizer_state(self, scalars, arrays):

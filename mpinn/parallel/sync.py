@@ -49,16 +49,20 @@ def resolve_sync(name, size, n_params):
     return "shm" if size > 1 and n_params >= AUTO_SHARD_MIN_PARAMS else "allreduce"
 
 
-def make_sync(name, comm, model, params, optimizer_factory, alpha, *, warmup_steps=0, optimizer=None, clock=None):
+def make_sync(name, comm, model, params, optimizer_factory, alpha, *, warmup_steps=0, optimizer=None, clock=None,
+              shared_memory=True):
     """The step strategy ``name`` ('auto', 'allreduce', 'sharded', 'shm', 'overlap', 'local:K') for
     this job; ``optimizer_factory(n)`` makes the optimizer over n parameters; ``clock()`` gives
-    the global steps done (local:K's warm-up counts them)."""
+    the global steps done (local:K's warm-up counts them). ``shared_memory=False``: `auto` never
+    takes shm (elastic training: a dead rank's window cannot be rebuilt from)."""
     kind, every = ("overlap", None) if name == "overlap" else parse_sync(name)
     if kind == "local":
         replicated = Replicated(comm, model, params, optimizer_factory, alpha, optimizer)
         return LocalAveraging(comm, model, params, replicated, every, warmup_steps, clock)
     resolved = resolve_sync(kind, comm.size, model.n_params)
-    if resolved == "shm" and kind == "auto":
+    if resolved == "shm" and kind == "auto" and not shared_memory:
+        resolved = "sharded"
+    elif resolved == "shm" and kind == "auto":
         try:
             return SharedMemory(comm, model, params, optimizer_factory, alpha, optimizer)
         except SharedMemoryUnavailable:  # agreed on every rank: unequal nodes, or no room for the windows

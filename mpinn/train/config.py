@@ -255,7 +255,8 @@ def _same(v):
 
 # Options of `mpinn train` that are not part of the model's configuration.
 # --mlflow: true, or a run name (tracking.py); not in TrainConfig, so not in checkpoints.
-CLI_ONLY = {"json": bool, "quiet": bool, "verbose": bool, "log_every": int, "progress": str, "mlflow": (bool, str)}
+CLI_ONLY = {"json": bool, "quiet": bool, "verbose": bool, "log_every": int, "progress": str, "mlflow": (bool, str),
+            "elastic": bool, "min_ranks": int}
 _FLOATS = {"validation_fraction", "warmup_epochs", "test_fraction", "lr", "power_t", "momentum", "beta_1", "beta_2", "epsilon", "alpha", "tol", "loss_target"}
 _INTS = {"sync_warmup_steps", "batch_per_rank", "epochs", "n_iter_no_change", "seed", "checkpoint_every", "keep_checkpoints"}
 _BOOLS = {"early_stopping", "nesterov", "resume", "stream"}

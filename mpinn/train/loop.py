@@ -54,7 +54,7 @@ class Trainer:
     def __init__(self, cfg, problem, comm, *, log=print, log_every=1, checkpointer=None, model=None,
                  params=None, random_state=None, optimizer=None, loop=None, format_line=epoch_line,
                  extra_state=None, progress=None, sync=None, faults=None, slow=None, hold_out=False,
-                 metrics_first=None, tracker=None):
+                 metrics_first=None, tracker=None, snapshots=None):
         """The optional model, params, random_state, optimizer and loop let the estimators pass
         their own (warm start, partial_fit, sklearn's draw order); by default they are made here.
         ``sync`` overrides cfg.sync (e.g. 'overlap', a benchmark option). ``faults`` maps a
@@ -64,7 +64,8 @@ class Trainer:
         training rows as the estimators do (early_stopping.hold_out), after the initial weights.
         ``metrics_first``: the record the metrics file starts with (the CLI's resolved
         configuration). ``tracker``: rank 0's run in a tracking service (tracking.py), given
-        every epoch record the metrics file gets."""
+        every epoch record the metrics file gets. ``snapshots``: elastic training's in-memory
+        snapshots (elastic.py), taken at the start, every few steps and at epoch ends."""
         self.cfg, self.problem, self.comm, self.log = cfg, problem, comm, log
         self.log_every, self.checkpointer = log_every, checkpointer
         self.format_line = format_line  # the estimators print sklearn's verbose lines
@@ -91,12 +92,13 @@ class Trainer:
             self.sync = make_sync(sync or cfg.sync, comm, self.model, params,
                                   lambda n: optimizer_from_config(cfg, n, self.model.dtype), cfg.alpha,
                                   warmup_steps=cfg.sync_warmup_steps, optimizer=optimizer,
-                                  clock=lambda: self.loop.global_step)
+                                  clock=lambda: self.loop.global_step, shared_memory=snapshots is None)
             self.params, self.optimizer = self.sync.params, self.sync.optimizer
         self.schedule = self._make_schedule()
         self.problem = replace(problem, train_rows=self.schedule.train)  # this shard's view of them
         self.Y = output_targets(self.problem, self.model)
         self.faults = faults or {}
+        self.snapshots = snapshots
         self.early_stopping = problem.val_X is not None
         self._ybuf = np.empty((0, self.Y.shape[1]), dtype=self.model.dtype)
         self._wbuf = np.empty(0, dtype=self.model.dtype)
@@ -207,6 +209,8 @@ class Trainer:
                     and loop.step_in_epoch < self.schedule.n_steps:
                 # The rows changed owners: continue the epoch on the new schedule, as a resume would.
                 steps = self.schedule.epoch(loop.epoch, loop.step_in_epoch)
+            if self.snapshots and loop.step_in_epoch < self.schedule.n_steps and self.snapshots.due(self):
+                self.snapshots.take(self, at_epoch_end=False)
         loss = loop.accumulated / self.n_train
         loop.accumulated, loop.step_in_epoch = 0.0, 0
         loop.epoch += 1
@@ -241,6 +245,8 @@ class Trainer:
         if reason is None and loop.epoch >= cfg.epochs:
             reason = "max_epochs"
         self._start_step = loop.global_step
+        if self.snapshots and reason is None:
+            self.snapshots.take(self, at_epoch_end=loop.step_in_epoch == 0)
         try:
             if 0 in self.faults:  # MPINN_FAULT step 0: a signal before the first step
                 inject(self.faults[0], self.comm.rank, 0, None)
@@ -302,6 +308,8 @@ class Trainer:
                     self._preempt()
                 elif self.checkpointer and (reason or (cfg.checkpoint_every and loop.epoch % cfg.checkpoint_every == 0)):
                     self.checkpointer.save(self)
+                if self.snapshots and reason is None:
+                    self.snapshots.take(self, at_epoch_end=True)
             if reason not in ("preempted", "diverged") and self._signalled():
                 # A signal after the last step's reduction (during the last evaluation or
                 # checkpoint) is not dropped: the run ends as preempted, its checkpoint written.
@@ -381,10 +389,12 @@ class Trainer:
 
     # ---- checkpoint state (train_state.py) ---------------------------------------------
 
-    def checkpoint_state(self):
+    def checkpoint_state(self, everywhere=False):
         """Collective: (JSON scalars, arrays) that make a resumed run continue bit for bit, on
-        any rank count and in either sync mode (optimizer state whole). Valid on rank 0."""
-        return train_state.checkpoint_state(self.loop, extra_state=self.extra_state, **self._stored_parts())
+        any rank count and in either sync mode (optimizer state whole). Valid on rank 0, or on
+        every rank with ``everywhere``."""
+        return train_state.checkpoint_state(self.loop, extra_state=self.extra_state, everywhere=everywhere,
+                                            **self._stored_parts())
 
     def restore(self, scalars, arrays):
         """Continue from ``checkpoint_state()`` as saved by any number of ranks."""

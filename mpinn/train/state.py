@@ -39,13 +39,13 @@ class LoopState:
 
 
 def checkpoint_state(loop, *, params, sync, random_state, schedule, balancing, n_train, batch_size,
-                     early_stopping, extra_state=None):
+                     early_stopping, extra_state=None, everywhere=False):
     """Collective: (JSON scalars, arrays) that make a resumed run continue bit for bit, on
     any rank count and in either sync mode (optimizer state whole). Valid on rank 0.
 
     ``sync`` is the step strategy (None for L-BFGS), ``balancing`` the rebalancing.LoadBalancing,
-    ``extra_state()`` JSON stored beside (the estimators')."""
-    opt_scalars, opt_arrays = sync.optimizer_state() if sync else ({}, {})
+    ``extra_state()`` JSON stored beside (the estimators'). ``everywhere``: valid on every rank."""
+    opt_scalars, opt_arrays = sync.optimizer_state(everywhere=everywhere) if sync else ({}, {})
     kind, key, pos, has_gauss, gauss = random_state.get_state()
     scalars = {name: getattr(loop, name) for name in LoopState.SCALARS}
     scalars.update({"best_loss": None if math.isinf(loop.best_loss) else loop.best_loss,
