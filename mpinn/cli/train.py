@@ -134,7 +134,7 @@ def config_from_args(args):
 
 def cmd_train(args):
     from mpinn.train.checkpoint import Checkpointer
-    from mpinn.parallel.comm import world
+    from mpinn.parallel.comm import replace_world, world
     from mpinn.parallel.balance import SLOW_ENV, parse_slow
     from mpinn.parallel.faults import FAULT_ENV, SIGNALS, Preemption, parse_faults
     from mpinn.train.elastic import Snapshots
@@ -164,6 +164,9 @@ def cmd_train(args):
         return 0
     comm = world()
     elastic, why_not = _elastic_mode(comm, cfg, options.get("elastic", False))
+    if elastic:  # revoke and shrink a copy: MPI_Finalize hangs after COMM_WORLD itself was revoked
+        comm = comm.dup()
+        replace_world(comm)
     mlflow = options.get("mlflow", False)
     if mlflow:
         check_available(comm)  # before the data loads: one line naming the extra, exit 2
@@ -319,7 +322,7 @@ def _fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
     import time
 
     from mpinn.parallel.comm import replace_world
-    from mpinn.parallel.faults import EXIT_PREEMPTED
+    from mpinn.parallel.faults import EXIT_PREEMPTED, inject
     from mpinn.train.elastic import truncate_metrics
 
     cfg, failed_at = run.cfg, None
@@ -330,8 +333,11 @@ def _fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
                 failed_at = None
                 comm.revoke()  # ranks still inside a collective learn of it too
                 comm.agree_all(False)  # meets the survivors that finished and wait in the agreement below
-                comm, lost = comm.shrink()
+                failed, (comm, lost) = comm, comm.shrink()
+                failed.free()
                 replace_world(comm)
+                if "recovery" in trainer.faults:  # tests: a death while the survivors recover
+                    inject(trainer.faults.pop("recovery"), comm.rank, "recovery", None)
                 lost = [run.launched[r] for r in lost]
                 run.launched = [r for i, r in enumerate(run.launched) if run.launched[i] not in lost]
                 run.tracking = run.tracking and 0 not in lost  # rank 0's tracking run died with it

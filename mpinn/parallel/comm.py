@@ -43,6 +43,9 @@ class Comm:
         self.allgather_calls = 0  # the sharded step's parameter exchange
         # The hot path's MPI handles, looked up once (the serial path never imports mpi4py).
         self._calls = self.size > 1 or calls_alone
+        # Non-blocking reductions started and not yet waited for: a revoke completes them (a
+        # request left pending on a revoked communicator hangs MPI_Finalize under ULFM).
+        self._pending = []
         self._in_place = self._sum = None
         if self._calls:
             self._in_place, self._sum = _mpi().IN_PLACE, _mpi().SUM
@@ -66,7 +69,9 @@ class Comm:
         self.iallreduce_calls += 1
         if not self._calls:
             return None
-        return self.mpi.Iallreduce(self._in_place, part, op=self._sum)
+        request = self.mpi.Iallreduce(self._in_place, part, op=self._sum)
+        self._pending.append(request)
+        return request
 
     def reduce_scatter_block_sum(self, send: np.ndarray, recv: np.ndarray) -> np.ndarray:
         """Sum ``send`` (N equal blocks) over all ranks; returns this rank's summed block, in
@@ -93,6 +98,8 @@ class Comm:
     def wait_all(self, requests):
         if self._calls and requests:
             _mpi().Request.Waitall(requests)
+            done = {id(r) for r in requests}
+            self._pending = [r for r in self._pending if id(r) not in done]
 
     # ---- setup and per-epoch ----------------------------------------------------------
 
@@ -306,6 +313,12 @@ class Comm:
                 self.mpi.Revoke()
             except _mpi().Exception:  # already revoked
                 pass
+        for request in self._pending:  # they end in error now; each must still be completed
+            try:
+                request.Wait()
+            except _mpi().Exception:
+                pass
+        self._pending = []
 
     def agree_all(self, ok: bool) -> bool:
         """Fault-tolerant and uniform: True on every survivor if all passed True and no rank
@@ -322,8 +335,10 @@ class Comm:
     def shrink(self):
         """Collective over the survivors: (a Comm of the live ranks, this communicator's ranks
         that are gone), ranks in the same order."""
+        global _ranks_lost
         MPI = _mpi()
         new = self.mpi.Shrink()
+        _ranks_lost = True
         old_group, new_group = self.mpi.Get_group(), new.Get_group()
         kept = MPI.Group.Translate_ranks(new_group, list(range(new.Get_size())), old_group)
         old_group.Free()
@@ -380,6 +395,17 @@ class SharedWindow:
 
 
 _world = None
+_ranks_lost = False  # a shrink happened in this process (Comm.shrink)
+
+
+def end_process_if_ranks_lost(code: int):
+    """After a rank was lost, end this process here with ``code``, without MPI_Finalize: under
+    Open MPI 5 with --with-ft ulfm it waits forever for the dead rank in some runs (seen in 2 of
+    10 sharded runs here). Output is flushed; files are closed by then."""
+    if _ranks_lost:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def world() -> Comm:

@@ -15,7 +15,8 @@ Fault injection, for tests: MPINN_FAULT="RANK:STEP:KIND" makes rank RANK, at glo
   usr1   send itself SIGUSR1          exit  os._exit(1) without a word
   nospace  its next checkpoint write fails with ENOSPC (as a full disk would)
   int    send itself SIGINT (Ctrl-C)
-STEP 0 means: once the data is loaded, before the first step (a signal during loading).
+STEP 0 means: once the data is loaded, before the first step (a signal during loading); STEP
+`recovery`: while the survivors of another rank's death recover (elastic training).
 Several faults may be given separated by ';'.
 """
 
@@ -132,7 +133,7 @@ def parse_faults(text, rank):
     for item in filter(None, (text or "").split(";")):
         try:
             r, step, kind = item.split(":")
-            r, step = int(r), int(step)
+            r, step = int(r), (step if step == "recovery" else int(step))
         except ValueError:
             raise ValueError(f"{FAULT_ENV}: expected RANK:STEP:KIND, got {item!r}") from None
         if kind not in KINDS:

@@ -1,0 +1,173 @@
+"""Elastic training: a rank dies (SIGKILL, MPINN_FAULT=R:STEP:kill) and the others go on.
+
+The runs under ULFM need Open MPI 5 launched with `mpirun --with-ft ulfm`: `make test-elastic`
+installs an Open MPI venv, runs this file with its python and sets MPINN_ULFM_MPIRUN to that
+launcher; elsewhere those tests skip. The MPICH tests (elastic is refused there, with a reason)
+run in `make test`. Every launch is under a timeout: a survivor left waiting fails the test.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from launch import MPINN, clean_env, run
+
+ULFM = os.environ.get("MPINN_ULFM_MPIRUN")
+needs_ulfm = pytest.mark.skipif(not ULFM, reason="needs Open MPI under --with-ft ulfm (make test-elastic)")
+TRAIN = ["--epochs", "10", "--hidden", "24", "--seed", "3", "--quiet"]
+LOST = re.compile(r"rank(?:s)? ([\d, ]+) lost at epoch (\d+) step (\d+); continuing on (\d+) rank\(s\) "
+                  r"\(recovery ([\d.]+) s, from epoch (\d+) step (\d+)\)")
+
+
+def ulfm(args, n, fault=None, timeout=120, cwd=None):
+    """`mpirun --with-ft ulfm -n N mpinn ARGS` with MPINN_FAULT; (CompletedProcess, seconds)."""
+    env = clean_env(**({"MPINN_FAULT": fault} if fault else {}))
+    cmd = [*shlex.split(ULFM), "-n", str(n), MPINN, *map(str, args)]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return proc, time.monotonic() - start
+
+
+def weights(directory):
+    latest = (directory / "latest").read_text().strip()
+    with h5py.File(directory / latest, "r") as f:
+        return [f[f"{kind}/{i}"][...] for kind in ("coefs", "intercepts") for i in range(len(f["coefs"]))]
+
+
+def assert_same_model(a, b, atol=1e-12):
+    for x, y in zip(weights(a), weights(b)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    path = tmp_path_factory.mktemp("elastic") / "digits.h5"
+    run(["data", "digits", path])
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(digits, tmp_path_factory):
+    """Uninterrupted 3-rank runs, one per strategy (the model does not depend on it)."""
+    if not ULFM:
+        pytest.skip("needs Open MPI under --with-ft ulfm")
+    base = tmp_path_factory.mktemp("reference")
+    out = {}
+    for name, extra in {"allreduce": [], "sharded": ["--sync", "sharded"], "small": ["--batch-size", "20"]}.items():
+        proc, _ = ulfm(["train", "--data", digits, *TRAIN, *extra, "--checkpoint", base / name], 3)
+        assert proc.returncode == 0, proc.stderr
+        out[name] = base / name
+    return out
+
+
+@needs_ulfm
+@pytest.mark.parametrize("sync", ["allreduce", "sharded"])
+@pytest.mark.parametrize("dead", [1, 0])
+def test_rank_killed_training_goes_on_with_the_uninterrupted_model(digits, reference, tmp_path, sync, dead):
+    proc, _ = ulfm(["train", "--data", digits, *TRAIN, "--sync", sync, "--checkpoint", tmp_path / "ck",
+                    "--metrics", tmp_path / "m.jsonl"], 3, fault=f"{dead}:40:kill")
+    assert proc.returncode == 0, proc.stderr
+    lost = LOST.search(proc.stderr)
+    assert lost, proc.stderr
+    assert lost.group(1) == str(dead) and lost.group(4) == "2"
+    # Step 40 of 9-step epochs is epoch 4's 4th: the survivors replay it from its start.
+    assert (lost.group(2), lost.group(3), lost.group(6), lost.group(7)) == ("4", "3", "4", "0")
+    assert_same_model(tmp_path / "ck", reference[sync])
+    records = [__import__("json").loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if "epoch" in r]
+    assert epochs == list(range(1, 11)), "each epoch recorded once, across the recovery"
+    events = [r["rank_lost"] for r in records if "rank_lost" in r]
+    assert [e["ranks"] for e in events] == [[dead]] and events[0]["continued_on"] == 2
+
+
+@needs_ulfm
+def test_death_inside_an_epoch_replays_from_the_last_snapshot_in_it(digits, reference, tmp_path):
+    # Batches of 20: 90 steps per epoch, a snapshot every 50 steps; killed at step 75.
+    proc, _ = ulfm(["train", "--data", digits, *TRAIN, "--batch-size", "20", "--checkpoint", tmp_path / "ck"], 3,
+                   fault="2:75:kill")
+    assert proc.returncode == 0, proc.stderr
+    lost = LOST.search(proc.stderr)
+    assert lost and (lost.group(6), lost.group(7)) == ("0", "50"), proc.stderr
+    assert_same_model(tmp_path / "ck", reference["small"])
+
+
+@needs_ulfm
+def test_two_of_four_ranks_lost_at_different_steps(digits, reference, tmp_path):
+    proc, _ = ulfm(["train", "--data", digits, *TRAIN, "--checkpoint", tmp_path / "ck"], 4,
+                   fault="3:20:kill;1:55:kill")
+    assert proc.returncode == 0, proc.stderr
+    lost = LOST.findall(proc.stderr)
+    assert [(m[0], m[3]) for m in lost] == [("3", "3"), ("1", "2")], proc.stderr
+    assert_same_model(tmp_path / "ck", reference["allreduce"])
+
+
+@needs_ulfm
+def test_local_averaging_continues_as_a_resume_on_fewer_ranks(digits, tmp_path):
+    args = ["train", "--data", digits, *TRAIN, "--sync", "local:4"]
+    proc, _ = ulfm([*args, "--checkpoint", tmp_path / "ck"], 3, fault="1:40:kill")
+    assert proc.returncode == 0, proc.stderr
+    lost = LOST.search(proc.stderr)
+    assert lost and lost.group(7) == "0", proc.stderr  # model averaging rolls back to an epoch's end
+    epoch = int(lost.group(6))
+    # Its documented rule: the model of a run stopped there and resumed on the survivors.
+    stopped = ["train", "--data", digits, *TRAIN[2:], "--sync", "local:4", "--checkpoint", tmp_path / "ref"]
+    assert ulfm([*stopped, "--epochs", epoch], 3)[0].returncode == 0
+    resumed, _ = ulfm([*stopped, "--epochs", "10", "--resume"], 2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_model(tmp_path / "ck", tmp_path / "ref")
+
+
+@needs_ulfm
+def test_below_min_ranks_checkpoints_exits_75_and_resume_equals(digits, reference, tmp_path):
+    proc, seconds = ulfm(["train", "--data", digits, *TRAIN, "--checkpoint", tmp_path / "ck", "--min-ranks", "3"], 3,
+                         fault="1:40:kill")
+    assert proc.returncode == 75, (proc.returncode, proc.stderr)
+    assert "fewer than --min-ranks 3" in proc.stderr and seconds < 60
+    resumed, _ = ulfm(["train", "--data", digits, *TRAIN, "--checkpoint", tmp_path / "ck", "--resume"], 2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_model(tmp_path / "ck", reference["allreduce"])
+
+
+@needs_ulfm
+def test_failure_during_recovery_is_recovered_too(digits, reference, tmp_path):
+    # Rank 2 dies while the survivors of rank 1's death recover; rank 0 finishes alone.
+    proc, _ = ulfm(["train", "--data", digits, *TRAIN, "--checkpoint", tmp_path / "ck"], 3,
+                   fault="1:40:kill;2:recovery:kill")
+    assert proc.returncode == 0, proc.stderr
+    assert "continuing on 1 rank(s)" in proc.stderr, proc.stderr
+    assert_same_model(tmp_path / "ck", reference["allreduce"])
+
+
+@needs_ulfm
+def test_failure_during_recovery_below_min_ranks_ends_every_survivor(digits, tmp_path):
+    proc, seconds = ulfm(["train", "--data", digits, *TRAIN, "--checkpoint", tmp_path / "ck", "--min-ranks", "2"],
+                         3, fault="1:40:kill;2:recovery:kill", timeout=90)
+    assert proc.returncode == 75, (proc.returncode, proc.stderr)
+    assert seconds < 30 + 20, seconds  # start-up and training included
+
+
+@needs_ulfm
+def test_ulfm_start_line_says_elastic(digits):
+    proc, _ = ulfm(["train", "--data", digits, "--epochs", "1", "--hidden", "8"], 2)
+    assert proc.returncode == 0, proc.stderr
+    assert ", elastic: yes" in proc.stdout
+
+
+def test_mpich_start_line_says_why_not_and_elastic_flag_is_exit_2(digits, tmp_path):
+    if ULFM:
+        pytest.skip("the MPICH behaviour; this run is Open MPI's")
+    proc = run(["train", "--data", digits, "--epochs", "1", "--hidden", "8"], np_=2)
+    assert re.search(r", elastic: no \(MPICH has no ULFM\)$", proc.stdout.splitlines()[0]), proc.stdout
+    bad = run(["train", "--data", digits, "--epochs", "1", "--elastic", "--checkpoint", tmp_path / "ck"], np_=2,
+              check=False)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpinn: error: --elastic: this run cannot survive"), bad.stderr
+    assert "MPICH has no ULFM" in lines[0] and not (tmp_path / "ck").exists()
+    assert run(["train", "--data", digits, "--min-ranks", "0"], check=False).returncode == 2
