@@ -12,6 +12,8 @@
 #   TIMEOUT          if set, the run is killed after this many seconds (coreutils timeout)
 #   BIND             core | socket | none | auto (default: core when NP <= cores, else none)
 #   OUT              output directory for the iris defaults (default: out)
+#   ELASTIC          1: add --with-ft ulfm (Open MPI's mpirun only): a rank's death does not end
+#                    the run (docs/reliability.md, "Elastic training")
 set -euo pipefail
 
 usage() { echo "usage: $0 NP [mpinn train args...]" >&2; exit 2; }
@@ -43,6 +45,12 @@ if [[ $bind != none ]]; then
         *HYDRA*) bind_flags=(-bind-to "$bind") ;;                     # MPICH, Intel MPI
         *"Open MPI"*|*OpenRTE*|*prterun*) bind_flags=(--bind-to "$bind") ;;
         *) bind=none ;;                                               # unknown launcher: leave it alone
+    esac
+fi
+if [[ "${ELASTIC:-0}" == 1 ]]; then
+    case "$("${launcher[0]}" --version 2>&1 | head -n 3)" in
+        *"Open MPI"*|*OpenRTE*|*prterun*) launcher+=(--with-ft ulfm) ;;
+        *) echo "$0: ELASTIC=1 needs Open MPI's mpirun (MPIEXEC=mpirun); ${launcher[0]} is not" >&2; exit 2 ;;
     esac
 fi
 echo "local.sh: $np ranks, binding $bind, $OMP_NUM_THREADS BLAS thread(s) per rank"

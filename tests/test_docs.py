@@ -20,7 +20,7 @@
                   `make ...` must pass `make -n ...` in the checkout (and a `BENCH_FLAGS=` value
                   must be accepted by bench/run.py); `python bench/X.py ARGS` must pass
                   `--help` with every `--option` of ARGS named in that help; `mpinn ...` (also
-                  after `mpiexec ... `) must parse with `mpinn.cli.app.build_parser()`;
+                  after `mpiexec`, `mpirun`, `srun` or `timeout`) must parse with `mpinn.cli.app.build_parser()`;
                   `python3 -m venv DIR` is accepted; `pip install ...` must name valid
                   requirements, and `.[extras]` only extras that setup.cfg defines. Any other
                   command fails the test.
@@ -358,7 +358,7 @@ def check_slow_command(words, where):
         check_pip(words[1:], where)
     elif "mpinn" in [Path(w).name for w in words]:
         at = [Path(w).name for w in words].index("mpinn")
-        assert at == 0 or name in ("mpiexec", "srun", "timeout"), f"{where}: `{shlex.join(words)}`"
+        assert at == 0 or name in ("mpiexec", "mpirun", "srun", "timeout"), f"{where}: `{shlex.join(words)}`"
         parse_mpinn(words[at + 1:], where)
     else:
         pytest.fail(f"{where}: `{shlex.join(words)}` is not allowed in a sh-slow block (see tests/test_docs.py)")

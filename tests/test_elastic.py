@@ -186,3 +186,16 @@ def test_bench_script_measures_overhead_and_recovery(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout.split("BENCH_JSON ", 1)[1])
     assert len(report["sharded"]["ratios"]) == 1 and report["recovery"]["recovery_seconds"] is not None
+
+
+@needs_ulfm
+def test_local_sh_elastic_survives_a_kill(digits, reference, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "run" / "local.sh"
+    launcher = shlex.split(ULFM)
+    launcher = [w for w in launcher if w not in ("--with-ft", "ulfm")]  # ELASTIC=1 adds them
+    env = clean_env(MPIEXEC=shlex.join(launcher), ELASTIC=1, MPINN_FAULT="2:40:kill", BIND="none")
+    proc = subprocess.run([str(script), "3", "--data", str(digits), *TRAIN, "--checkpoint", str(tmp_path / "ck")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert LOST.search(proc.stderr), proc.stderr
+    assert_same_model(tmp_path / "ck", reference["allreduce"])

@@ -115,6 +115,20 @@ def test_local_sh_rejects_a_bad_rank_count(tmp_path):
     assert proc.returncode == 2 and "usage:" in proc.stderr
 
 
+def test_elastic_needs_open_mpis_mpirun(tmp_path, iris):
+    """ELASTIC=1 adds --with-ft ulfm, which only Open MPI's mpirun knows (tests/test_elastic.py runs it there)."""
+    if "Open MPI" in subprocess.run([shlex.split(mpiexec())[0], "--version"], capture_output=True, text=True).stdout:
+        pytest.skip("this launcher is Open MPI's")
+    local = subprocess.run([str(RUN / "local.sh"), "2", "--data", str(iris)], env=clean_env(MPIEXEC=mpiexec(), ELASTIC=1),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert local.returncode == 2 and local.stderr.count("\n") == 1 and "ELASTIC=1 needs Open MPI" in local.stderr
+    batch = subprocess.run([str(RUN / "slurm.sbatch"), "--data", str(iris)],
+                           env=clean_env(ELASTIC=1, SLURM_NTASKS=2, SLURM_SUBMIT_DIR=tmp_path, SLURM_JOB_ID=7),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert batch.returncode == 2 and "ELASTIC=1 needs MPIEXEC=mpirun" in batch.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_slurm_sbatch_with_faked_job(tmp_path, iris):
     env = clean_env(SLURM_NTASKS=2, SLURM_CPUS_PER_TASK=1, SLURM_SUBMIT_DIR=tmp_path,
                     SLURM_JOB_ID=12345, MPIEXEC=mpiexec())

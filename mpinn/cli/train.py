@@ -14,6 +14,7 @@ import sys
 from mpinn import __version__
 from mpinn.atomic import check_output_file
 from mpinn.cli.common import say
+from mpinn.cli.elastic import Run, elastic_mode, fit, fit_elastic
 from mpinn.errors import InputError
 
 
@@ -163,7 +164,7 @@ def cmd_train(args):
         say(cfg.to_toml(), end="")
         return 0
     comm = world()
-    elastic, why_not = _elastic_mode(comm, cfg, options.get("elastic", False))
+    elastic, why_not = elastic_mode(comm, cfg, options.get("elastic", False))
     if elastic:  # revoke and shrink a copy: MPI_Finalize hangs after COMM_WORLD itself was revoked
         comm = comm.dup()
         replace_world(comm)
@@ -173,7 +174,7 @@ def cmd_train(args):
     # Both by rank in the job as launched (a fault or a slow-down stays with its process).
     slow = parse_slow(os.environ.get(SLOW_ENV), comm.size)  # the same value, hence verdict, on every rank
     faults = parse_faults(os.environ.get(FAULT_ENV), comm.rank)
-    run = _Run(cfg, elastic, launched=list(range(comm.size)))
+    run = Run(cfg, launched=list(range(comm.size)))
 
     def check_outputs():
         if cfg.checkpoint:
@@ -251,8 +252,8 @@ def cmd_train(args):
     if comm.rank == 0 and trainer.problem.task_warning:  # even with --quiet: the run may be the wrong kind
         print(f"mpinn: warning: {trainer.problem.task_warning}", file=sys.stderr, flush=True)
     try:
-        comm, trainer = _fit_elastic(run, comm, trainer, snapshots, build, min_ranks) if elastic \
-            else (comm, _fit(trainer))
+        comm, trainer = fit_elastic(run, comm, trainer, snapshots, build, min_ranks) if elastic \
+            else (comm, fit(trainer))
     except BaseException:
         if tracker and run.tracking:
             tracker.end("FAILED")
@@ -282,97 +283,6 @@ def cmd_train(args):
         if as_json:
             print(json.dumps(summary), flush=True)
     return 0
-
-
-class _Run:
-    """What one `mpinn train` keeps across elastic recoveries: the launched ranks still alive
-    (by their first rank), the scaling it ran with, whether rank 0's tracking run is alive."""
-
-    def __init__(self, cfg, elastic, launched):
-        self.cfg, self.elastic, self.launched = cfg, elastic, launched
-        self.scale = cfg.scale
-        self.tracking = True
-
-
-def _fit(trainer):
-    try:
-        trainer.fit()
-    finally:
-        trainer.problem.close()
-    return trainer
-
-
-def _elastic_mode(comm, cfg, asked):
-    """(on, why not): elastic where the MPI can survive a rank's death (ULFM) and the run's
-    strategy can be rebuilt on fewer ranks; --elastic where it cannot is exit 2."""
-    on, why = comm.elastic_support()
-    if on and cfg.sync == "shm":
-        on, why = False, "--sync shm"
-    elif on and cfg.solver == "lbfgs":
-        on, why = False, "--solver lbfgs"
-    if asked and not on:
-        raise InputError(f"--elastic: this run cannot survive a rank's death ({why}); it needs Open MPI 5 "
-                         "started with `mpirun --with-ft ulfm` (docs/reliability.md, \"Elastic training\")")
-    return on, why
-
-
-def _fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
-    """Train; when a rank dies, continue on the survivors from the newest snapshot all of them
-    hold (train/elastic.py), as often as it happens. Returns (the final comm, the trainer)."""
-    import time
-
-    from mpinn.parallel.comm import replace_world
-    from mpinn.parallel.faults import EXIT_PREEMPTED, inject
-    from mpinn.train.elastic import truncate_metrics
-
-    cfg, failed_at = run.cfg, None
-    while True:
-        try:
-            if failed_at is not None:
-                started, (epoch, step) = time.perf_counter(), failed_at
-                failed_at = None
-                comm.revoke()  # ranks still inside a collective learn of it too
-                comm.agree_all(False)  # meets the survivors that finished and wait in the agreement below
-                failed, (comm, lost) = comm, comm.shrink()
-                failed.free()
-                replace_world(comm)
-                if "recovery" in trainer.faults:  # tests: a death while the survivors recover
-                    inject(trainer.faults.pop("recovery"), comm.rank, "recovery", None)
-                lost = [run.launched[r] for r in lost]
-                run.launched = [r for i, r in enumerate(run.launched) if run.launched[i] not in lost]
-                run.tracking = run.tracking and 0 not in lost  # rank 0's tracking run died with it
-                key, scalars, arrays, scaler = snapshots.agreed(comm)
-                trainer = build(comm, (key, scalars, arrays, scaler))
-                seconds = time.perf_counter() - started
-                who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}"
-                line = (f"{who} lost at epoch {epoch} step {step}; continuing on {comm.size} rank(s) "
-                        f"(recovery {seconds:.2f} s, from epoch {trainer.epoch} step {trainer.step_in_epoch})")
-                event = {"ranks": lost, "epoch": epoch, "step": step, "continued_on": comm.size,
-                         "replayed_from": {"epoch": trainer.epoch, "step": trainer.step_in_epoch},
-                         "recovery_seconds": seconds}
-                trainer.metrics_first = {**trainer.metrics_first, "rank_lost": event}
-                if comm.rank == 0:
-                    if cfg.metrics:
-                        truncate_metrics(cfg.metrics, trainer.epoch)
-                    print(f"mpinn: {line}", file=sys.stderr, flush=True)
-                if comm.size < min_ranks:
-                    if trainer.checkpointer:
-                        trainer.checkpointer.save(trainer)
-                    trainer.stop_reason, trainer.stop_exit_code = "below_min_ranks", EXIT_PREEMPTED
-                    trainer.stop_saved = bool(trainer.checkpointer)
-                    trainer.stop_message = (f"{comm.size} rank(s) left, fewer than --min-ranks {min_ranks}: "
-                                            f"stopped at epoch {trainer.epoch} step {trainer.step_in_epoch}")
-                    trainer.problem.close()
-                    return comm, trainer
-            _fit(trainer)
-            # Uniform even under failures: every survivor leaves here, or every one recovers.
-            if comm.agree_all(True):
-                return comm, trainer
-            failed_at = (trainer.epoch, trainer.step_in_epoch)
-        except BaseException as exc:
-            if not comm.is_process_failure(exc):
-                raise
-            failed_at = (trainer.epoch, trainer.step_in_epoch)
 
 
 def _read_resume_checkpoint(cfg, comm):
