@@ -199,3 +199,38 @@ def test_local_sh_elastic_survives_a_kill(digits, reference, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert LOST.search(proc.stderr), proc.stderr
     assert_same_model(tmp_path / "ck", reference["allreduce"])
+
+
+def test_metrics_cut_back_to_the_snapshots_epoch(tmp_path):
+    from mpinn.train.elastic import truncate_metrics
+
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"config": {}, "ranks": 3}\n' + "".join(f'{{"epoch": {e}, "loss": 1.0}}\n' for e in (1, 2, 3))
+                     + '{"epoch": 4, "lo')  # rank 0 died while writing epoch 4
+    truncate_metrics(str(jsonl), 2)
+    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == \
+        [{"config": {}, "ranks": 3}, {"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 1.0}]
+    table = tmp_path / "m.csv"
+    table.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")
+    truncate_metrics(str(table), 3)
+    assert table.read_text() == "epoch,loss\n1,0.5\n2,0.4\n3,0.3\n"
+    truncate_metrics(str(tmp_path / "none.jsonl"), 1)  # no file yet: nothing to cut
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_snapshot_keys_order_steps_and_epoch_ends_and_agreement_takes_a_held_one():
+    from mpinn.parallel.comm import Comm, SerialComm
+    from mpinn.train.elastic import RankLost, Snapshots
+
+    key = Snapshots.key
+    assert key(9, False) < key(9, True) < key(10, False)
+    snaps = Snapshots(keep=3)
+    for k in (key(0, True), key(50, False), key(90, True), key(100, False)):
+        snaps._held[k] = ({"epoch": k}, {"params": np.full(2, float(k))}, None)
+    # One process: the newest held snapshot is the agreed one; later ones are dropped.
+    got, scalars, arrays, _ = snaps.agreed(Comm(SerialComm()))
+    assert got == key(100, False) and scalars == {"epoch": key(100, False)}
+    arrays["params"][:] = -1  # a copy: the held snapshot stays as taken
+    assert snaps._held[key(100, False)][1]["params"][0] == key(100, False)
+    with pytest.raises(RankLost):
+        Snapshots().agreed(Comm(SerialComm()))  # nothing held
