@@ -20,6 +20,7 @@ another's: keeping three covers every case.
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 
@@ -39,7 +40,8 @@ class Snapshots:
 
     def __init__(self, every: int = SNAPSHOT_EVERY, keep: int = 3):
         self.every, self.keep = every, keep
-        self._held = {}  # key -> (scalars, arrays)
+        self._held = {}  # key -> (scalars, arrays, scaler)
+        self.seconds = 0.0  # spent taking them: elastic mode's cost without a failure
 
     @staticmethod
     def key(global_step: int, at_epoch_end: bool) -> int:
@@ -52,12 +54,14 @@ class Snapshots:
 
     def take(self, trainer, at_epoch_end: bool):
         """Collective (a sharded optimizer state is gathered on every rank)."""
+        start = time.perf_counter()
         scalars, arrays = trainer.checkpoint_state(everywhere=True)
         held = {name: np.array(a, copy=True) for name, a in arrays.items()}
         scaler = getattr(trainer.problem, "scaler", None)
         self._held[self.key(trainer.loop.global_step, at_epoch_end)] = (copy.deepcopy(scalars), held, scaler)
         for old in sorted(self._held)[:-self.keep]:
             del self._held[old]
+        self.seconds += time.perf_counter() - start
 
     def newest_key(self) -> int:
         return max(self._held, default=-1)

@@ -416,5 +416,7 @@ class Trainer:
                                       if self.train_seconds else None),
                "ranks": self.comm.size, "task": self.problem.task, "sync": self.sync.name if self.sync else None,
                "checkpoint": self.checkpointer.last_path if self.checkpointer else None}
+        if self.snapshots:
+            out["snapshot_seconds"] = self.snapshots.seconds
         out.update({k: v for k, v in last.items() if k.startswith("test_")})
         return out
