@@ -66,7 +66,7 @@ BIN = Path(sys.executable).parent
 TIMEOUT = 120
 # `mpinn train` options that are not TrainConfig fields, and their defaults (cli_train.cmd_train).
 TRAIN_CLI_DEFAULTS = {"config": None, "print_config": False, "json": False, "quiet": False, "log_every": 1,
-                      "progress": "auto", "verbose": False, "mlflow": False}
+                      "progress": "auto", "verbose": False, "mlflow": False, "elastic": False, "min_ranks": 1}
 
 
 def read(rel):
