@@ -47,11 +47,11 @@ def rewritten(tmp_path):
     return path
 
 
-def run_suite(tmp_path, leave_out=()):
-    path = rewritten(tmp_path)
+def run_suite(tmp_path, leave_out=(), path=None):
+    path = path or rewritten(tmp_path)
     outcomes = Outcomes()
     args = [str(path), "-q", "-p", "no:cacheprovider", "--import-mode=importlib", "-o", "addopts=",
-            "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "basetemp"), "-W", "ignore::DeprecationWarning"]
+            "--rootdir", str(path.parent), "--basetemp", str(tmp_path / "basetemp"), "-W", "ignore::DeprecationWarning"]
     if leave_out:
         args += ["-k", " and ".join(f"not {name}" for name in sorted(leave_out))]
     code = pytest.main(args, plugins=[outcomes])
@@ -79,7 +79,12 @@ def test_sklearn_search_tests_pass_on_mpinn_under_mpi(world, tmp_path):
     """Every rank runs the suite; each search is collective, so the ranks agree test by test."""
     if world.Get_size() != 2:
         pytest.skip("scikit-learn's search suite runs under mpiexec -n 2")
-    outcomes = run_suite(tmp_path, leave_out=documented("not under MPI"))
+    # One copy of the file for both ranks (rank 0's), so the tracebacks of failing fits, which
+    # name it, are the same text on every rank, as they are for a user's script.
+    shared = Path(world.bcast(str(tmp_path) if world.Get_rank() == 0 else None))
+    path = rewritten(shared) if world.Get_rank() == 0 else shared / "test_sklearn_search_on_mpinn.py"
+    world.Barrier()
+    outcomes = run_suite(tmp_path, leave_out=documented("not under MPI"), path=path)
     check(outcomes)
     seen = world.allgather(sorted((k, o) for k, (_, o) in outcomes.by_test.items()))
     assert all(s == seen[0] for s in seen)

@@ -297,7 +297,7 @@ def _splits_from_root(comm, cv, X, y, split_params):
         return [[len(a), len(b)] for a, b in splits]
 
     sizes = on_root(comm, draw)
-    if comm.size == 1:
+    if comm.size == 1 or not sizes:  # no split (an exhausted iterator): fit raises on every rank
         return [(np.asarray(a, np.int64), np.asarray(b, np.int64)) for a, b in splits]
     flat = np.concatenate([np.concatenate([a, b]) for a, b in splits]).astype(np.int64) if comm.rank == 0 \
         else np.empty(sum(a + b for a, b in sizes), np.int64)
