@@ -5,7 +5,10 @@ groups, each task is one fit on its group (mpinn's estimators train data-paralle
 group's communicator), and the scores are aggregated exactly as scikit-learn aggregates them.
 The candidates (ParameterGrid, ParameterSampler), the folds (check_cv) and the scorers
 (check_scoring, get_scorer) are scikit-learn's own, so ``cv_results_`` has its keys and values
-whatever N, group_size and the allocation. Needs scikit-learn. See docs/search.md.
+whatever N, group_size and the allocation. The classes derive from scikit-learn's BaseSearchCV
+and replace only its fit, so its delegated methods, tags, routing and callbacks are the real
+ones; scikit-learn's own test_search.py runs against them (tests/test_sklearn_search_suite.py).
+Needs scikit-learn. See docs/search.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import time
 import numpy as np
 from sklearn.base import _fit_context, clone, is_classifier
 from sklearn.metrics._scorer import _MultimetricScorer
+from sklearn.model_selection import GridSearchCV as _SklearnGrid
 from sklearn.model_selection import ParameterGrid, ParameterSampler, check_cv
+from sklearn.model_selection import RandomizedSearchCV as _SklearnRandomized
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.utils import indexable
 from sklearn.utils.validation import _check_method_params
@@ -188,7 +193,7 @@ class _BaseSearch(BaseSearchCV):
         best = clone(base).set_params(**clone(self.best_params_, safe=False))
         if any(v is not None for v in saved_comms.values()):
             best.set_params(**saved_comms)
-        hooks = (hooks or search_callbacks._Silent()).subcontext(task_name="refit-with-best-params")
+        hooks = (search_callbacks.Silent() if hooks is None else hooks).subcontext(task_name="refit-with-best-params")
         start = time.time()
         with hooks.propagate_callback_context(best):
             hooks.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
@@ -219,11 +224,14 @@ class _BaseSearch(BaseSearchCV):
 class GridSearchCV(_BaseSearch):
     """scikit-learn's GridSearchCV with tasks on rank groups; see docs/search.md.
 
+    n_jobs, pre_dispatch: accepted and ignored; the ranks are the workers.
     group_size: ranks per fit (must divide the number of ranks). allocation: "dynamic" (a
     coordinator hands out tasks, longest expected first) or "round-robin" (task i to group
     i mod G). checkpoint: a directory where each finished task is recorded; a search started
     again with the same directory runs only the unfinished tasks.
     """
+
+    _parameter_constraints = dict(_SklearnGrid._parameter_constraints)  # checked in fit, as scikit-learn's
 
     def __init__(self, estimator, param_grid, *, scoring=None, n_jobs=None, refit=True, cv=5, verbose=0,
                  pre_dispatch="2*n_jobs", error_score=np.nan, return_train_score=False, group_size=1,
@@ -249,6 +257,8 @@ class GridSearchCV(_BaseSearch):
 class RandomizedSearchCV(_BaseSearch):
     """scikit-learn's RandomizedSearchCV with tasks on rank groups (GridSearchCV's extra
     parameters); every rank samples what rank 0 samples, whatever random_state is."""
+
+    _parameter_constraints = dict(_SklearnRandomized._parameter_constraints)
 
     def __init__(self, estimator, param_distributions, *, n_iter=10, scoring=None, n_jobs=None, refit=True,
                  cv=5, verbose=0, pre_dispatch="2*n_jobs", random_state=None, error_score=np.nan,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 
-class _Silent:
+class Silent:
     """A callback context without callbacks (scikit-learn before callbacks)."""
 
     def subcontext(self, *args, **kwargs):
@@ -31,7 +31,7 @@ class _Silent:
 def root_context(search, refit):
     """The search's root context (its ``setup`` hooks run here): the search, then the refit."""
     init = getattr(search, "_init_callback_context", None)
-    return _Silent() if init is None else init(max_subtasks=1 + (refit is not False))
+    return Silent() if init is None else init(max_subtasks=1 + (refit is not False))
 
 
 def task_contexts(root, search, n_tasks):
