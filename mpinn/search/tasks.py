@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import time
-import warnings
+from contextlib import nullcontext
 from traceback import format_exc
 
 import numpy as np
@@ -132,26 +132,39 @@ def last_line(traceback_text):
 
 
 def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, return_train_score,
-                  agree, score=True):
+                  agree, score=True, score_params=None, hooks=None, caller=None):
     """Fit ``est`` (already given its parameters and group communicator) on the train rows and
     score it on the test rows: the task's record (scores as {name: value}, times, error).
 
-    ``agree(message or None)`` returns the message of the lowest failing rank of the group, so
-    every rank of a group records (or raises) the same outcome; ``score=False`` (the group's
-    other ranks) stops after the fit: only the leader scores and records."""
-    from sklearn.utils import _safe_indexing
+    As scikit-learn's ``_fit_and_score``: the rows are taken with ``_safe_split`` (a pairwise
+    estimator's square X on both axes: train x train to fit, test x train to score), fit and
+    score parameters of one value per row are cut to the fold's rows, and ``hooks`` (a callback
+    context, see callbacks.py) is told where the fit begins and ends, with ``caller`` (the search)
+    as the estimator. ``agree(message or None)`` returns the message of the lowest failing rank
+    of the group, so every rank of a group records (or raises) the same outcome; ``score=False``
+    (the group's other ranks) stops after the fit: only the leader scores and records."""
+    from sklearn.utils.metaestimators import _safe_split
+    from sklearn.utils.validation import _check_method_params
 
-    X_train, X_test = _safe_indexing(X, train), _safe_indexing(X, test)
-    y_train = None if y is None else _safe_indexing(y, train)
-    y_test = None if y is None else _safe_indexing(y, test)
+    fit_params = _check_method_params(X, params=fit_params or {}, indices=train)
+    X_train, y_train = _safe_split(est, X, y, train)
+    X_test, y_test = _safe_split(est, X, y, test, train)
+    weight = fit_params.get("sample_weight")
+    metadata = None if weight is None else {"sample_weight": weight}
     start = time.time()
     error, original = None, None
     try:
-        est.fit(X_train, **fit_params) if y is None else est.fit(X_train, y_train, **fit_params)
+        with hooks.propagate_callback_context(est) if hooks is not None else nullcontext():
+            if hooks is not None:
+                hooks.call_on_fit_task_begin(estimator=caller, X=X_train, y=y_train, metadata=metadata)
+            est.fit(X_train, **fit_params) if y_train is None else est.fit(X_train, y_train, **fit_params)
     except Preempted:  # a signal stops the search; it is no result of this candidate
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate is recorded
         error, original = format_exc(), exc
+    finally:
+        if hooks is not None:
+            hooks.call_on_fit_task_end(estimator=caller, X=X_train, y=y_train, metadata=metadata)
     fit_time = time.time() - start
     error = agree(error)
     record = {"fit_time": fit_time, "score_time": 0.0, "n_test": int(len(test)), "error": error,
@@ -162,35 +175,53 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
         return record
     if not score:
         return None
-    record["test"] = _score(est, X_test, y_test, scorers, error_score)
+    score_params = score_params or {}
+    record["test"] = _score(est, X_test, y_test, scorers, _check_method_params(X, score_params, test), error_score)
     record["score_time"] = time.time() - start - fit_time
     if return_train_score:
-        record["train"] = _score(est, X_train, y_train, scorers, error_score)
+        record["train"] = _score(est, X_train, y_train, scorers, _check_method_params(X, score_params, train),
+                                 error_score)
     return record
 
 
-def _score(est, X, y, scorers, error_score):
-    """{name: score}: "score" for a single scorer, the scorer names for several."""
+def _score(est, X, y, scorers, params, error_score):
+    """{name: score}: "score" for a single scorer, the scorer names for several (a dict of
+    scorers or scikit-learn's _MultimetricScorer), with scikit-learn's own ``_score`` (its
+    warnings and error_score rules)."""
+    from sklearn.metrics._scorer import _MultimetricScorer
+    from sklearn.model_selection._validation import _score as sklearn_score
+
     if isinstance(scorers, dict):
-        return {name: _one_score(est, X, y, s, error_score) for name, s in scorers.items()}
-    value = _one_score(est, X, y, scorers, error_score, allow_dict=True)
+        scorers = _MultimetricScorer(scorers=scorers, raise_exc=(error_score == "raise"))
+    value = sklearn_score(est, X, y, scorers, params, error_score)
     if isinstance(value, dict):
         return {name: _number(v, name) for name, v in value.items()}
-    return {"score": value}
+    return {"score": _number(value, scorers)}
 
 
-def _one_score(est, X, y, scorer, error_score, allow_dict=False):
-    try:
-        value = scorer(est, X) if y is None else scorer(est, X, y)
-    except Exception:  # noqa: BLE001 - as sklearn's _score
-        if error_score == "raise":
-            raise
-        warnings.warn(f"Scoring failed. The score on this train-test partition for these parameters will be "
-                      f"set to {error_score}. Details: \n{format_exc()}", UserWarning)
-        return float(error_score)
-    if allow_dict and isinstance(value, dict):
-        return value
-    return _number(value, scorer)
+def end_line(parameters, split, candidate, record, verbose, return_train_score):
+    """scikit-learn's ``[CV k/K] END params;, score=... total time=...`` line of one task
+    (verbose > 1; scores from verbose 3, the candidate from verbose 10)."""
+    from joblib import logger
+
+    progress = ""
+    if verbose > 2:
+        progress = f" {split[0] + 1}/{split[1]}" + (f"; {candidate[0] + 1}/{candidate[1]}" if verbose > 9 else "")
+    text = ", ".join(f"{k}={parameters[k]}" for k in sorted(parameters))
+    text += ";" if text else ""
+    test, train = record["test"], record["train"]
+    if verbose > 2 and test is not None:
+        if list(test) != ["score"]:
+            for name in sorted(test):
+                text += f" {name}: (" + (f"train={train[name]:.3f}, " if return_train_score else "")
+                text += f"test={test[name]:.3f})"
+        elif return_train_score:
+            text += f", score=(train={train['score']:.3f}, test={test['score']:.3f})"
+        else:
+            text += f", score={test['score']:.3f}"
+    text += f" total time={logger.short_format_time(record['fit_time'] + record['score_time'])}"
+    head = f"[CV{progress}] END "
+    return head + "." * (80 - len(head) - len(text)) + text
 
 
 def _number(value, scorer):
