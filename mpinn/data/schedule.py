@@ -82,6 +82,26 @@ def split_indices(n_rows, test_fraction, seed, permutation):
     return at_place[n_test:], at_place[:n_test]
 
 
+def split_part(n_rows, test_fraction, seed, shard, permutation, part):
+    """This rank's rows of one part ('test' or 'train') of split_rows' split, as ascending local
+    positions in ``shard`` (what `mpinn eval --rows` scores). Keyed: the permutation evaluated
+    on the rank's own rows a chunk at a time, O(n/N) and nothing sorted; sklearn: its n-long
+    permutation, by nature."""
+    n_test = held_out_count(n_rows, test_fraction)
+    if permutation == "sklearn":
+        train, test = train_test_split_indices(n_rows, test_fraction, seed)
+        chosen = test if part == "test" else train
+        del train, test
+        return np.sort(shard.local_positions(chosen)[1]).astype(index_dtype(shard.count), copy=False)
+    place = KeyedPermutation(n_rows, [int(seed) % 2**63, _SPLIT_KEY])
+    kept = []
+    for start in range(0, shard.count, CHUNK):
+        local = np.arange(start, min(start + CHUNK, shard.count), dtype=np.int64)
+        held = place(shard.global_rows(local)) < n_test
+        kept.append(local[held if part == "test" else ~held])
+    return _join(kept, index_dtype(shard.count))
+
+
 @dataclass
 class TrainRows:
     """The training rows as one rank sees them.

@@ -109,14 +109,12 @@ def rows_to_score(choice, split, n_rows, path):
 
 def chosen_rows(choice, split, shard):
     """This rank's rows of the recorded split's ``choice`` ('test' or 'train') as ascending
-    local positions in ``shard``, redrawn exactly as training drew them (schedule.split_rows):
-    O(n/N) with the keyed permutation (the scikit-learn one is an n-long draw by nature)."""
-    from mpinn.data.schedule import split_rows
+    local positions in ``shard``, redrawn exactly as training drew them (schedule.split_part)."""
+    from mpinn.data.schedule import split_part
 
     # Checkpoints written before the keyed permutation existed used sklearn's.
-    train, test = split_rows(split["n_rows"], split["test_fraction"], split["seed"], shard,
-                             split.get("permutation", "sklearn"))
-    return np.sort(test if choice == "test" else train.local)
+    return split_part(split["n_rows"], split["test_fraction"], split["seed"], shard,
+                      split.get("permutation", "sklearn"), choice)
 
 
 def test_fields(report):
