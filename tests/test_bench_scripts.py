@@ -52,6 +52,8 @@ CASES = {
     # 2,048 rows, batch 512: 4 steps per epoch, so the dynamic run can move rows between its 2 epochs.
     "balance.py": Case(("--ranks", "2", "--rows", "2048", "--features", "8", "--epochs", "2", "--pairs", "1"),
                        prints=("| run | samples/s |", "moving ")),
+    "eval_predict_memory.py": Case(("--rows", "400", "--features", "3", "--workdir", "{tmp}/evalpredict"),
+                                   prints=("| command | ranks | rank |", "| predict | 2 | 1 |", "predict: ")),
     "fused_adam.py": Case(("--sizes", "8,4,2", "--reps", "2"), reports=("adam float32", "sgd float64"), needs="numba"),
     "gemm_limit.py": Case(("--mpi", "--sizes", "16,8,4", "--batch", "8", "--seconds", "0.01", "--rounds", "1"),
                           reports=("samples_per_second",), ranks=2),
