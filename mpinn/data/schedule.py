@@ -116,6 +116,7 @@ class TrainRows:
     shard: object        # the shard ``local`` refers to
     rows: np.ndarray | None = None  # sklearn only: every training row's global id, by train index
     split: tuple | None = None      # keyed only: split_rows' (n_rows, test_fraction, seed)
+    holdout: tuple | None = None    # keyed only: hold_out_keyed's (n_val, key), taken after the split
 
     def __len__(self):
         return self.n
@@ -124,7 +125,25 @@ class TrainRows:
         """The same training rows as another shard sees them (after rows moved between ranks)."""
         if self.rows is not None:
             return TrainRows.from_array(self.rows, shard)
-        return split_rows(*self.split, shard, "keyed")[0]
+        train = split_rows(*self.split, shard, "keyed")[0]
+        return train if self.holdout is None else train.hold_out_keyed(*self.holdout)[0]
+
+    def hold_out_keyed(self, n_val, key):
+        """(the rows left to train on, this rank's held-out rows as local positions): a training
+        row is held out when P(its train index) < ``n_val`` for the KeyedPermutation P of ``key``,
+        and the others take train index P - n_val, as split_rows splits the file's rows. Each
+        rank evaluates P on its own rows only: O(n/N), no communication, nothing n-long."""
+        if self.holdout is not None:
+            raise ValueError("these training rows already had rows held out")
+        place = KeyedPermutation(self.n, key)(self.index)
+        held = place < n_val
+        kept, kept_local = place[~held], self.local[~held]
+        by_index = np.argsort(kept)  # distinct values: any sort gives the same order
+        index = (kept[by_index] - n_val).astype(index_dtype(self.n - n_val))
+        train = TrainRows(self.n - n_val, kept_local[by_index], index, self.shard, split=self.split,
+                          holdout=(int(n_val), int(key)))
+        val = self.local[held][np.argsort(place[held], kind="stable")]
+        return train, val
 
     @classmethod
     def from_array(cls, rows, shard):
