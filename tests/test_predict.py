@@ -126,6 +126,23 @@ def test_rank_zeros_memory_does_not_grow_with_the_rows(world, tmp_path_factory):
     _memory_does_not_grow(Comm(world), tmp_path_factory)
 
 
+def test_a_float32_model_s_probabilities_come_from_float64_scores(tmp_path):
+    """The outputs are computed from the scores in float64, whatever the model's dtype: for a
+    logistic output [1 - p, p] is not rounded to float32 (mpinn predict wrote it so before)."""
+    from mpinn.nn.fitted import class_proba
+
+    comm = Comm(MPI.COMM_SELF)
+    fitted = _fitted("binary")
+    fitted = FittedMLP([c.astype(np.float32) for c in fitted.coefs_], [b.astype(np.float32) for b in fitted.intercepts_],
+                       activation="relu", output="logistic", task="classify", classes=np.array([3, 8]))
+    X = _write_data(comm, tmp_path / "x.h5", 300)
+    predict_to_file(fitted, tmp_path / "x.h5", "X", tmp_path / "p.h5", comm, rows_per_rank=64)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        proba = f["proba"][()]
+    want = class_proba(np.asarray(fitted.forward(X), dtype=np.float64))
+    assert np.array_equal(proba, want) and not np.array_equal(want, class_proba(fitted.forward(X)).astype(np.float64))
+
+
 def _datasets(path):
     with h5py.File(path, "r") as f:
         return {name: f[name][()] for name in f}, dict(f.attrs)

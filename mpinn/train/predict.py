@@ -84,8 +84,8 @@ def predict_to_file(fitted, path, x_name, out, comm, rows_per_rank=ROWS_PER_RANK
                     if plan is not None:  # a collective check every round, on every rank alike
                         collective_check(comm, plan.unseen_problem(rows, info.feature_names, path, a))
                         rows = plan.apply(rows)
-                    if b > a:
-                        outputs.write(fd, made["layout"], a, fitted.forward(rows))
+                    if b > a:  # outputs from float64 scores, whatever the model's dtype (as before)
+                        outputs.write(fd, made["layout"], a, np.asarray(fitted.forward(rows), dtype=np.float64))
             os.fsync(fd)
         finally:
             os.close(fd)
