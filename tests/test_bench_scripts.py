@@ -64,6 +64,8 @@ CASES = {
     "local_sgd.py": Case(("--data", "{data}", "--ranks", "2", "--k", "2", "--warmup-steps", "1", "--seeds", "1",
                           "--epochs", "1", "--batch", "32", "--hidden", "8", "--out", "{tmp}/local_sgd.json"),
                          prints=("| N | sync |", "| 2 | local:2, own Adam moments |")),
+    "numba_startup.py": Case(("--processes", "2", "--repeat", "1"), prints=("| run | cache |", "| 1 | written |"),
+                             needs="numba"),
     "predict_output.py": Case(("--ranks", "2", "--rows", "1000", "--round", "64", "--repeat", "1", "--dir", "{tmp}/po"),
                               prints=("| way | seconds |", "| offsets |", "| virtual |", "| gather |")),
     "predict_memory.py": Case(("--rows", "100,300", "--features", "4", "--ranks", "2", "--workdir", "{tmp}/predict"),
