@@ -40,12 +40,10 @@ def predict_to_file(fitted, path, x_name, out, comm, rows_per_rank=ROWS_PER_RANK
     """Collective: write the predictions of ``fitted`` for every row of ``path`` to ``out``;
     returns the number of rows. Raises InputError on every rank for a file that does not fit
     the model, before anything is written under ``out``."""
-    import h5py
-
     from mpinn.data import hdf5 as datamod
     from mpinn.atomic import AtomicH5
     from mpinn.data.columns import plan_columns
-    from mpinn.parallel.agree import agree, collective_check, on_root
+    from mpinn.parallel.agree import agree, on_root
 
     info = datamod.DataInfo(**on_root(
         comm, lambda: datamod.inspect(path, x_name, require_y=False).to_json()))
@@ -72,27 +70,10 @@ def predict_to_file(fitted, path, x_name, out, comm, rows_per_rank=ROWS_PER_RANK
             raise InputError(f"--out: cannot write {out}: {exc}") from None
 
     made = on_root(comm, start)
-    failure = None
     try:
-        fd = _open_for_rows(made["tmp"], out, comm.rank)
-        try:
-            with h5py.File(path, "r") as f:
-                X = f[x_name]
-                for r in range(n_rounds):  # the same count on every rank (collective checks)
-                    a, b = min(first + r * per_round, last), min(first + (r + 1) * per_round, last)
-                    rows = X[a:b] if b > a else np.zeros((0, info.n_features))
-                    if plan is not None:  # a collective check every round, on every rank alike
-                        collective_check(comm, plan.unseen_problem(rows, info.feature_names, path, a))
-                        rows = plan.apply(rows)
-                    if b > a:  # outputs from float64 scores, whatever the model's dtype (as before)
-                        outputs.write(fd, made["layout"], a, np.asarray(fitted.forward(rows), dtype=np.float64))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException as exc:  # noqa: BLE001 - made every rank's by agree below
-        failure = exc
-    try:
-        agree(comm, failure)
+        failure = _write_rows(fitted, path, x_name, info, plan, outputs, made, out, comm, first, last, per_round,
+                              n_rounds)
+        agree(comm, failure)  # the one collective of a run without column checks
         outputs.write_strings(comm, made["tmp"], per_round)
     except BaseException:
         if comm.rank == 0:
@@ -100,6 +81,54 @@ def predict_to_file(fitted, path, x_name, out, comm, rows_per_rank=ROWS_PER_RANK
         raise
     on_root(comm, target.close)
     return n
+
+
+def _write_rows(fitted, path, x_name, info, plan, outputs, made, out, comm, first, last, per_round, n_rounds):
+    """This rank's rows [first, last), scored and written at their offsets, ``per_round`` at a
+    time; returns this rank's failure (or None) for the caller to agree on. With a column plan,
+    every round ends in a collective agreement (the unseen-category check), so a failure on any
+    rank stops every rank at the same round; without one no rank waits for another here."""
+    import h5py
+
+    from mpinn.parallel.agree import agree
+
+    opened = {}
+
+    def one_round(a, b):
+        if not opened:  # opened in the first round, so that a failure to open is a round's failure
+            opened["fd"] = _open_for_rows(made["tmp"], out, comm.rank)
+            opened["file"] = h5py.File(path, "r")
+        rows = opened["file"][x_name][a:b] if b > a else np.zeros((0, info.n_features))
+        if plan is not None:
+            problem = plan.unseen_problem(rows, info.feature_names, path, a)
+            if problem is not None:
+                raise InputError(problem)
+            rows = plan.apply(rows)
+        if b > a:  # outputs from float64 scores, whatever the model's dtype (as before)
+            outputs.write(opened["fd"], made["layout"], a, np.asarray(fitted.forward(rows), dtype=np.float64))
+
+    failure = None
+    try:
+        for r in range(n_rounds):  # the same count on every rank
+            if failure is None:
+                try:
+                    one_round(min(first + r * per_round, last), min(first + (r + 1) * per_round, last))
+                except BaseException as exc:  # noqa: BLE001 - agreed on, here or by the caller
+                    failure = exc
+            if plan is not None:
+                agree(comm, failure)
+            elif failure is not None:
+                break
+        if failure is None and opened:
+            os.fsync(opened["fd"])
+    except BaseException as exc:  # noqa: BLE001 - agree raised it on every rank alike, or fsync failed
+        failure = failure or exc
+    finally:
+        if "file" in opened:
+            opened["file"].close()
+        if "fd" in opened:
+            os.close(opened["fd"])
+    return failure
 
 
 class _Outputs:
