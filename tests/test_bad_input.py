@@ -36,6 +36,7 @@ def corpus(tmp_path_factory):
     nan = X.copy()
     nan[-1, 2] = np.nan  # the last rows live on the last rank only
     h5("nan.h5", X=nan, y=y)
+    (d / "grid.toml").write_text("lr = [0.1]\n")
     inf = X.copy()
     inf[-2, 0] = np.inf
     h5("inf.h5", X=inf, y=y)
@@ -106,6 +107,9 @@ CASES = [
     ("predictions to a directory", ["predict", "--model", f"{D}/ck", "--data", f"{D}/iris.h5", "--out", f"{D}"],
      "is a directory; give a file name"),
     ("resume without dir", ["train", "--data", f"{D}/iris.h5", "--resume"], "--resume needs --checkpoint"),
+    # Each rank checks its block of the rows; the last row lives on the last rank.
+    ("NaN features, search", ["search", "--data", f"{D}/nan.h5", "--grid", f"{D}/grid.toml", "--results", "r.csv"],
+     "features contain NaN or Inf (row 149)"),
 ]
 
 

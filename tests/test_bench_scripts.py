@@ -55,6 +55,8 @@ CASES = {
     # Skips with one line where no Open MPI venv is (make test-elastic makes one and runs it there too).
     "elastic.py": Case(("--rows", "600", "--features", "8", "--hidden", "8", "--batch", "64", "--epochs", "2",
                         "--pairs", "1", "--syncs", "allreduce"), prints=()),
+    "eval_predict_memory.py": Case(("--rows", "400", "--features", "3", "--workdir", "{tmp}/evalpredict"),
+                                   prints=("| command | ranks | rank |", "| predict | 2 | 1 |", "predict: ")),
     "fused_adam.py": Case(("--sizes", "8,4,2", "--reps", "2"), reports=("adam float32", "sgd float64"), needs="numba"),
     "gemm_limit.py": Case(("--mpi", "--sizes", "16,8,4", "--batch", "8", "--seconds", "0.01", "--rounds", "1"),
                           reports=("samples_per_second",), ranks=2),
@@ -65,6 +67,10 @@ CASES = {
     "local_sgd.py": Case(("--data", "{data}", "--ranks", "2", "--k", "2", "--warmup-steps", "1", "--seeds", "1",
                           "--epochs", "1", "--batch", "32", "--hidden", "8", "--out", "{tmp}/local_sgd.json"),
                          prints=("| N | sync |", "| 2 | local:2, own Adam moments |")),
+    "numba_startup.py": Case(("--processes", "2", "--repeat", "1"), prints=("| run | cache |", "| 1 | written |"),
+                             needs="numba"),
+    "predict_output.py": Case(("--ranks", "2", "--rows", "1000", "--round", "64", "--repeat", "1", "--dir", "{tmp}/po"),
+                              prints=("| way | seconds |", "| offsets |", "| virtual |", "| gather |")),
     "predict_memory.py": Case(("--rows", "100,300", "--features", "4", "--ranks", "2", "--workdir", "{tmp}/predict"),
                               prints=("| rows | rank 0 peak RSS MB |", "| 300 |")),
     # io: one launch. The other sections launch 4 to ~30 jobs each, or time fixed budgets (mpi: ~7 s).

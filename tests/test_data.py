@@ -82,6 +82,37 @@ def test_each_rank_reads_only_its_rows(data_file, spec, size, shares):
             assert touched == set(shard.rows.tolist())
 
 
+@pytest.mark.parametrize("spec", ["block", "strided", "random:4"])
+def test_moved_rows_are_read_only_by_the_rank_that_gains_them(data_file, spec):
+    """Dynamic rebalancing (problem.keep_and_read): a rank's new shard is its old rows, kept (and
+    still scaled), plus the rows it gains, read from the file: the rows read are exactly those."""
+    from mpinn.preprocessing.scalers import StandardScaler
+    from mpinn.train.problem import Problem, keep_and_read
+
+    path, X, y = data_file
+    info = datamod.inspect(path)
+    scaler = StandardScaler().fit(X)
+    for rank in range(3):
+        old = make_shard(info.n_rows, rank, 3, spec, seed=3)
+        new = make_shard(info.n_rows, rank, 3, spec, seed=3, shares=(0.6, 0.1, 0.3))
+        problem = Problem(task="classify", X=scaler.transform(X[old.rows]), y=y[old.rows], shard=old,
+                          train_rows=np.zeros(0, np.int64), n_features=3, scaler=scaler)
+        counting = CountingFile(path)
+        with h5py.File(counting, "r") as f:
+            x_start = f["X"].id.get_offset()
+            counting.reads.clear()
+            Xl, yl = keep_and_read(problem, f, info, new, np.float64)
+        counting.close()
+        np.testing.assert_allclose(Xl, scaler.transform(X[new.rows]), rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(yl, y[new.rows])
+        touched = set()
+        for pos, n in counting.reads:
+            lo, hi = max(pos, x_start), min(pos + n, x_start + 3 * 8 * 101)
+            if lo < hi:
+                touched.update(range((lo - x_start) // 24, (hi - x_start - 1) // 24 + 1))
+        assert touched == set(new.rows.tolist()) - set(old.rows.tolist()), (spec, rank)
+
+
 def _h5(path, **datasets):
     with h5py.File(path, "w") as f:
         for name, value in datasets.items():

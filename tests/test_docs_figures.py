@@ -27,7 +27,6 @@ SPEED_FIGURES = [
 ]
 # Ratios that are not speeds, quoted on purpose: (page, the exact phrase).
 NOT_SPEED = [
-    ("docs/cli.md", "1.03× rank 0's peak RSS"),  # a memory ratio of `mpinn predict`
 ]
 
 

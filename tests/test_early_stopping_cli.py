@@ -74,3 +74,23 @@ def test_early_stopping_options_are_checked():
         TrainConfig.from_dict({"validation_fraction": 1.5})
     with pytest.raises(InputError, match="--early-stopping .* does not combine with --stream"):
         TrainConfig.from_dict({"early_stopping": True, "stream": True, "shuffle": "none"})
+
+
+def test_keyed_permutation_holds_out_the_same_rows_on_1_and_3_ranks(datasets, tmp_path):
+    """Beyond scikit-learn's size (--permutation keyed) the hold-out comes from a keyed
+    permutation of the training rows, each rank looking at its own (it was refused before):
+    1 and 3 ranks train the same model on the same rows and score the same validation rows.
+    test_schedule.py checks which rows TrainRows.hold_out_keyed holds out."""
+    path = datasets / "binary.h5"
+    models = []
+    for ranks in (1, 3):
+        ck, metrics = tmp_path / f"ck{ranks}", tmp_path / f"m{ranks}.jsonl"
+        run(["train", "--data", path, *CLI, "--permutation", "keyed", "--epochs", "4", "--checkpoint", ck,
+             "--metrics", metrics], np_=ranks)
+        models.append((mpinn.load(ck), [r["validation_score"] for r in epoch_records(open(metrics))]))
+    (one, scores1), (three, scores3) = models
+    assert len(scores1) == 4
+    np.testing.assert_allclose(scores3, scores1, rtol=0, atol=1e-12)
+    for a, b in zip(one.coefs_ + one.intercepts_, three.coefs_ + three.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+    assert all(abs(s * 40 - round(s * 40)) < 1e-9 for s in scores1)  # accuracy over ceil(0.1 * 400) rows

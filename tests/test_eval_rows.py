@@ -142,3 +142,84 @@ def test_split_of_checkpoints_written_before_it_was_recorded():
     old = {"model": {"n_rows": 150}, "config": {"test_fraction": 0.2, "seed": 42}}
     assert recorded_split(old) == {"test_fraction": 0.2, "seed": 42, "n_rows": 150}
     assert recorded_split({"model": {"n_rows": 150}, "config": {"test_fraction": None, "seed": 0}}) is None
+
+
+# Each rank scores only its own rows of the split (train/evaluation.chosen_rows), redrawn by
+# split_rows; the reference below redraws the whole split with split_indices (O(n), one process)
+# and scores those rows with the model's own predict and scikit-learn's metrics.
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evalkeyed")
+    models = {}
+    for task, extra in (("classify", ["--classes", "3"]), ("regress", ["--task", "regress"])):
+        run(["data", "synthetic", d / f"{task}.h5", "--samples", "1001", "--features", "4", *extra])
+        run(["train", "--data", d / f"{task}.h5", "--test-fraction", "0.37", "--seed", "5", "--permutation", "keyed",
+             "--hidden", "6", "--epochs", "2", "--checkpoint", d / f"{task}-ck", "--quiet"])
+        models[task] = (d / f"{task}.h5", d / f"{task}-ck")
+    return models
+
+
+def _reference(data, ck, which):
+    from sklearn import metrics
+
+    import mpinn
+    from mpinn.data.schedule import split_indices
+
+    with h5py.File(data, "r") as f:
+        X, y = f["X"][()], f["y"][()]
+    train, test = split_indices(len(X), 0.37, 5, "keyed")
+    rows = np.sort(test if which == "test" else train)
+    model = mpinn.load(ck)
+    if hasattr(model, "classes_"):
+        pred = model.predict(X[rows])
+        return len(rows), {"accuracy": metrics.accuracy_score(y[rows], pred),
+                           "f1_macro": metrics.f1_score(y[rows], pred, average="macro")}
+    pred = model.predict(X[rows])
+    return len(rows), {"r2": metrics.r2_score(y[rows], pred), "mse": metrics.mean_squared_error(y[rows], pred),
+                       "mae": metrics.mean_absolute_error(y[rows], pred)}
+
+
+@pytest.mark.parametrize("task", ["classify", "regress"])
+def test_keyed_split_rows_on_1_2_3_ranks_equal_an_independent_split(keyed, task):
+    data, ck = keyed[task]
+    for which in ("test", "train"):
+        n_rows, want = _reference(data, ck, which)
+        for ranks in (1, 2, 3):
+            report = eval_json("--model", ck, "--data", data, "--rows", which, np_=ranks)
+            assert report["rows"] == which and report["n_rows"] == n_rows
+            for name, value in want.items():
+                assert report[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (which, ranks, name)
+
+
+COUNT_READS = """
+import json, sys
+from mpi4py import MPI
+import mpinn.train.checkpoint as checkpoint
+from mpinn.cli.app import main
+
+ck, data, out = sys.argv[1:4]
+reads = []
+original = checkpoint.read_checkpoint
+checkpoint.read_checkpoint = lambda *a, **k: reads.append(1) or original(*a, **k)
+codes = [main(["eval", "--model", ck, "--data", data, "--json"]),
+         main(["predict", "--model", ck, "--data", data, "--out", out])]
+counts = MPI.COMM_WORLD.gather(len(reads))
+if MPI.COMM_WORLD.rank == 0:
+    print("READS", json.dumps({"codes": codes, "counts": counts}))
+"""
+
+
+def test_eval_and_predict_read_the_checkpoint_once_on_rank_0(keyed, tmp_path):
+    """Under 3 ranks, eval and predict each read (and verify) the checkpoint once, on rank 0."""
+    import subprocess
+
+    from launch import mpiexec
+
+    data, ck = keyed["classify"]
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_READS)
+    proc = subprocess.run([*mpiexec(), "-n", "3", sys.executable, str(script), str(ck), str(data),
+                           str(tmp_path / "p.h5")], capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("READS"))[6:])
+    assert result == {"codes": [0, 0], "counts": [2, 0, 0]}

@@ -74,3 +74,40 @@ def test_segments_cover_the_buffer_in_order():
                                                      (8, 10, False)]
     assert fused.segments(5, []) == [(0, 5, False)]
     assert fused.segments(4, [(0, 4)]) == [(0, 4, True)]
+
+
+def test_the_optimizers_use_only_the_warmed_signatures(monkeypatch):
+    """fused.warm compiles (or loads) every signature the optimizers call: a step of each adds none."""
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setenv("MPINN_NUMBA", "1")
+    kernels = fused.available()
+    before = {(dt, name): len(k.signatures) for dt, ks in kernels.items() for name, k in ks.items()}
+    assert all(n == 1 for n in before.values()), before
+    for dtype in (np.float32, np.float64):
+        for solver, kw in (("adam", {}), ("sgd", {"nesterov": True}), ("gd", {})):
+            _run(solver, dtype, True, monkeypatch, calls=[], **kw)
+    assert {(dt, name): len(k.signatures) for dt, ks in kernels.items() for name, k in ks.items()} == before
+
+
+LOAD = """
+import sys
+from mpinn.nn import fused
+kernels = fused.available()
+stats = [k.stats for ks in kernels.values() for k in ks.values()]
+print(sum(sum(s.cache_misses.values()) for s in stats), sum(sum(s.cache_hits.values()) for s in stats))
+"""
+
+
+def test_processes_of_one_machine_compile_once_and_load_the_cache(tmp_path):
+    """Three processes start at once with an empty cache: one compiles the 6 kernels (2 dtypes; here all
+    are looked up, so all are warmed)
+    and writes the cache, the other two wait for it and load all 6 from it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "MPINN_NUMBA": "1", "TMPDIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    counts = sorted(tuple(map(int, p.communicate(timeout=300)[0].split())) for p in procs)
+    assert counts == [(0, 6), (0, 6), (6, 0)]

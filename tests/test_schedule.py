@@ -15,7 +15,7 @@ from mpinn.errors import InputError
 from mpinn.data.partition import make_shard
 from mpinn.data.permutation import KeyedPermutation
 from mpinn.data.schedule import (SKLEARN_MAX_ROWS, BatchSchedule, TrainRows, resolve_permutation, split_indices,
-                            split_rows, train_test_split_indices)
+                            split_part, split_rows, train_test_split_indices)
 
 SPECS = ["block", "strided", "weighted", "random:3"]
 
@@ -113,6 +113,49 @@ def test_keyed_split_is_the_same_on_any_rank_count(spec):
         test_order = {int(g): i for i, g in enumerate(test_whole)}
         places = [[test_order[int(g)] for g in part] for part in test]
         assert all(p == sorted(p) for p in places) and sorted(sum(places, [])) == list(range(n_test))
+
+
+@pytest.mark.parametrize("permutation", ["sklearn", "keyed"])
+@pytest.mark.parametrize("spec", SPECS)
+def test_each_ranks_part_of_the_split_is_its_share_of_the_whole(spec, permutation):
+    """split_part (`mpinn eval --rows`, each rank alone): the rank's rows of split_indices' test or
+    train rows (the whole split, drawn in one process), ascending local positions."""
+    n, fraction, seed = 1003, 0.3, 11
+    all_train, all_test = split_indices(n, fraction, seed, permutation)
+    for size in (1, 2, 3, 7):
+        for part, whole in (("test", all_test), ("train", all_train)):
+            found = []
+            for rank in range(size):
+                shard = make_shard(n, rank, size, _spec(spec, size), seed=3)
+                local = split_part(n, fraction, seed, shard, permutation, part)
+                assert local.tolist() == sorted(local.tolist())
+                found.extend(shard.rows[local].tolist())
+            assert sorted(found) == sorted(whole.tolist()), (size, part)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_keyed_hold_out_is_the_same_on_any_rank_count(spec):
+    """--early-stopping's hold-out under the keyed permutation: train index t is held out iff
+    P(t) < n_val, the others take P(t) - n_val (P written out whole here, in one process), on
+    any rank count; rows moved to another shard (for_shard) keep the hold-out."""
+    n, n_val, key = 1003, 71, 987654321
+    whole = split_rows(n, 0.3, 11, make_shard(n, 0, 1), "keyed")[0]  # one rank: local = global row
+    P = KeyedPermutation(whole.n, key)(np.arange(whole.n))
+    want_val = set(whole.local[whole.index[P[whole.index] < n_val]].tolist())
+    want_train = {int(P[t]) - n_val: int(whole.local[i]) for i, t in enumerate(whole.index) if P[t] >= n_val}
+    for size in (1, 2, 3, 7):
+        val, train = [], {}
+        for rank in range(size):
+            shard = make_shard(n, rank, size, _spec(spec, size), seed=3)
+            mine, held = split_rows(n, 0.3, 11, shard, "keyed")[0].hold_out_keyed(n_val, key)
+            assert mine.n == whole.n - n_val and mine.index.tolist() == sorted(mine.index.tolist())
+            train.update(zip(mine.index.tolist(), shard.rows[mine.local].tolist()))
+            val.extend(shard.rows[held].tolist())
+            other = make_shard(n, (rank + 1) % size, size, "block")
+            moved = mine.for_shard(other)
+            again = split_rows(n, 0.3, 11, other, "keyed")[0].hold_out_keyed(n_val, key)[0]
+            assert moved.index.tolist() == again.index.tolist() and moved.local.tolist() == again.local.tolist()
+        assert train == want_train and sorted(val) == sorted(want_val) and len(val) == n_val
 
 
 def test_sklearn_split_is_train_test_split():

@@ -115,9 +115,8 @@ def problem_for_model(fitted, path, x_name, y_name, comm, with_y=True):
 
 
 def load_on_all(comm, path):
-    """Every rank loads the checkpoint, after rank 0 has confirmed it is valid."""
-    from mpinn.train.checkpoint import load_model
-    from mpinn.parallel.agree import on_root
+    """(fitted model, checkpoint attributes) on every rank; rank 0 alone reads the file
+    (train/checkpoint.load_model_once)."""
+    from mpinn.train.checkpoint import load_model_once
 
-    on_root(comm, lambda: load_model(path) and None)
-    return load_model(path)
+    return load_model_once(comm, path)

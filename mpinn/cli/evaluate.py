@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from mpinn.atomic import check_output_file
 from mpinn.cli.common import load_on_all, print_report, problem_for_model
 from mpinn.errors import InputError
@@ -26,25 +24,24 @@ def add_eval_command(sub):
 def cmd_eval(args):
     import numpy as np
 
-    from mpinn.train.checkpoint import read_checkpoint, recorded_split
+    from mpinn.train.checkpoint import recorded_split
     from mpinn.parallel.comm import world
-    from mpinn.train.evaluation import rows_to_score
+    from mpinn.train.evaluation import chosen_rows, evaluate_rows, rows_to_score
     from mpinn.parallel.agree import collective_check, on_root
     from mpinn.train.problem import labels_as_classes
-    from mpinn.train.loop import evaluate
 
     comm = world()
-    fitted = load_on_all(comm, args.model)
-    split = on_root(comm, lambda: recorded_split(read_checkpoint(args.model)[0]))
+    fitted, attrs = load_on_all(comm, args.model)
+    split = recorded_split(attrs)
     problem, info = problem_for_model(fitted, args.data, args.x_name, args.y_name, comm)
-    rows, chosen, note = rows_to_score(args.rows, split, info.n_rows, args.data)
-    if chosen is not None:  # this rank's share of the chosen rows
-        local = problem.shard.local_positions(chosen)[1]
-        problem = dataclasses.replace(problem, X=problem.X[local], y=problem.y[local])
+    rows, count, note = rows_to_score(args.rows, split, info.n_rows, args.data)
+    local = None if count is None else chosen_rows(rows, split, problem.shard)  # this rank's share
     if problem.task == "classify":
-        unseen = np.setdiff1d(labels_as_classes(problem.y, problem.classes), problem.classes)
+        y = problem.y if local is None else problem.y[local]
+        unseen = np.setdiff1d(labels_as_classes(y, problem.classes), problem.classes)
         collective_check(comm, f"{args.data}: labels {unseen[:5].tolist()} are not classes of the model"
                          if len(unseen) else None)
+        del y
     if args.plot:  # checked on every rank, before any work
         if problem.task != "classify":
             raise InputError("eval --plot draws a confusion matrix: classifiers only")
@@ -52,11 +49,11 @@ def cmd_eval(args):
 
         require_pyplot()
         on_root(comm, lambda: check_output_file(args.plot, "--plot"))
-    report = evaluate(fitted._model, fitted._params, problem, fitted.scale_features(problem.X), problem.y, comm)
+    report = evaluate_rows(fitted, problem, local, comm)
     if comm.rank == 0 and args.plot:
         plot_confusion(report, args.plot)
     if comm.rank == 0:
-        scored = {"rows": rows, "n_rows": info.n_rows if chosen is None else len(chosen)} if args.json \
+        scored = {"rows": rows, "n_rows": info.n_rows if count is None else count} if args.json \
             else {"rows": f"{rows} ({note})"}
         print_report({**scored, **report}, args.json)
     return 0

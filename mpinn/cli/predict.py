@@ -21,7 +21,7 @@ def cmd_predict(args):
     from mpinn.parallel.agree import on_root
 
     comm = world()
-    fitted = load_on_all(comm, args.model)
+    fitted, _ = load_on_all(comm, args.model)
     on_root(comm, lambda: check_output_file(args.out, "--out"))
     n = predict_to_file(fitted, args.data, args.x_name, args.out, comm)  # in rounds: see train/predict.py
     if comm.rank == 0:

@@ -182,12 +182,20 @@ def _load_data(path, x_name, y_name, comm):
     return X, y
 
 
+def _check_rows(comm, X, y, path, task):
+    """Every rank holds all rows, but checks only its block of them (one verdict for all)."""
+    from mpinn.data.partition import make_shard
+    from mpinn.train.problem import check_values
+
+    shard = make_shard(len(X), comm.rank, comm.size, "block")
+    check_values(comm, X[shard.as_slice()], y[shard.as_slice()], path, task, shard)
+
+
 def cmd_search(args):
     import numpy as np
 
     from mpinn.parallel.comm import world
     from mpinn.parallel.agree import on_root
-    from mpinn.train.problem import check_values
 
     comm = world()
     randomized = args.n_iter is not None
@@ -229,7 +237,7 @@ def cmd_search(args):
         from sklearn.utils.multiclass import type_of_target
 
         task = "classify" if type_of_target(y) in ("binary", "multiclass") else "regress"
-    check_values(comm, X, y, args.data, task)
+    _check_rows(comm, X, y, args.data, task)
     if args.stratified and task != "classify":
         raise InputError("--stratified: folds are stratified by class; this is a regression")
     if len(X) < args.cv:

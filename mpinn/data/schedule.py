@@ -82,6 +82,26 @@ def split_indices(n_rows, test_fraction, seed, permutation):
     return at_place[n_test:], at_place[:n_test]
 
 
+def split_part(n_rows, test_fraction, seed, shard, permutation, part):
+    """This rank's rows of one part ('test' or 'train') of split_rows' split, as ascending local
+    positions in ``shard`` (what `mpinn eval --rows` scores). Keyed: the permutation evaluated
+    on the rank's own rows a chunk at a time, O(n/N) and nothing sorted; sklearn: its n-long
+    permutation, by nature."""
+    n_test = held_out_count(n_rows, test_fraction)
+    if permutation == "sklearn":
+        train, test = train_test_split_indices(n_rows, test_fraction, seed)
+        chosen = test if part == "test" else train
+        del train, test
+        return np.sort(shard.local_positions(chosen)[1]).astype(index_dtype(shard.count), copy=False)
+    place = KeyedPermutation(n_rows, [int(seed) % 2**63, _SPLIT_KEY])
+    kept = []
+    for start in range(0, shard.count, CHUNK):
+        local = np.arange(start, min(start + CHUNK, shard.count), dtype=np.int64)
+        held = place(shard.global_rows(local)) < n_test
+        kept.append(local[held if part == "test" else ~held])
+    return _join(kept, index_dtype(shard.count))
+
+
 @dataclass
 class TrainRows:
     """The training rows as one rank sees them.
@@ -96,6 +116,7 @@ class TrainRows:
     shard: object        # the shard ``local`` refers to
     rows: np.ndarray | None = None  # sklearn only: every training row's global id, by train index
     split: tuple | None = None      # keyed only: split_rows' (n_rows, test_fraction, seed)
+    holdout: tuple | None = None    # keyed only: hold_out_keyed's (n_val, key), taken after the split
 
     def __len__(self):
         return self.n
@@ -104,7 +125,25 @@ class TrainRows:
         """The same training rows as another shard sees them (after rows moved between ranks)."""
         if self.rows is not None:
             return TrainRows.from_array(self.rows, shard)
-        return split_rows(*self.split, shard, "keyed")[0]
+        train = split_rows(*self.split, shard, "keyed")[0]
+        return train if self.holdout is None else train.hold_out_keyed(*self.holdout)[0]
+
+    def hold_out_keyed(self, n_val, key):
+        """(the rows left to train on, this rank's held-out rows as local positions): a training
+        row is held out when P(its train index) < ``n_val`` for the KeyedPermutation P of ``key``,
+        and the others take train index P - n_val, as split_rows splits the file's rows. Each
+        rank evaluates P on its own rows only: O(n/N), no communication, nothing n-long."""
+        if self.holdout is not None:
+            raise ValueError("these training rows already had rows held out")
+        place = KeyedPermutation(self.n, key)(self.index)
+        held = place < n_val
+        kept, kept_local = place[~held], self.local[~held]
+        by_index = np.argsort(kept)  # distinct values: any sort gives the same order
+        index = (kept[by_index] - n_val).astype(index_dtype(self.n - n_val))
+        train = TrainRows(self.n - n_val, kept_local[by_index], index, self.shard, split=self.split,
+                          holdout=(int(n_val), int(key)))
+        val = self.local[held][np.argsort(place[held], kind="stable")]
+        return train, val
 
     @classmethod
     def from_array(cls, rows, shard):

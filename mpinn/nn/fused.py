@@ -13,6 +13,7 @@ fused multiply-add. No MPI here.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -44,7 +45,74 @@ def _compile():
         import numba
     except ImportError:
         return False
-    return {np.dtype(t): _kernels_for(numba, t) for t in (np.float32, np.float64)}
+    return {np.dtype(t): Warmed(_kernels_for(numba, t), np.dtype(t)) for t in (np.float32, np.float64)}
+
+
+class Warmed(Mapping):
+    """A dtype's kernels by name, each warmed (``warm``) at its first lookup.
+
+    numba compiles at a kernel's first call and writes its on-disk cache then (cache=True):
+    every rank of a node doing that at once compiles the same code and writes the same files.
+    The ranks of a machine take turns instead (``_machine_lock``): the first compiles and
+    writes, the others find the cache written and load it. Only the kernels an optimizer uses
+    are warmed (loading one from the cache takes a few tenths of a second)."""
+
+    def __init__(self, kernels, dtype):
+        self._cold, self._dtype, self._ready = kernels, dtype, {}
+
+    def __getitem__(self, name):
+        kernel = self._ready.get(name)
+        if kernel is None:
+            kernel = self._cold[name]
+            with _machine_lock():
+                warm(name, kernel, self._dtype)
+            self._ready[name] = kernel
+        return kernel
+
+    def __iter__(self):
+        return iter(self._cold)
+
+    def __len__(self):
+        return len(self._cold)
+
+
+def warm(name, kernel, dtype):
+    """Call ``kernel`` once on a few elements with the argument types the optimizers pass
+    (nn/optim.py's _fused: arrays and scalars of ``dtype``, Adam's step size float64), so that
+    its signature is compiled, or loaded from numba's cache, now."""
+    d = dtype.type
+    a = [np.zeros(4, dtype) for _ in range(4)]
+    if name == "gd":
+        kernel(a[0], a[1], True, d(0), True, d(1), d(0))
+    elif name == "sgd":
+        kernel(a[0], a[1], a[2], True, d(0), True, d(1), d(0), d(0), False)
+    else:
+        kernel(a[0], a[1], a[2], a[3], True, d(0), True, d(1), d(0.9), d(0.999), d(0.1), d(0.001), d(1e-8),
+               np.float64(0))
+
+
+def _machine_lock():
+    """An exclusive lock that the processes of one machine share (a file in its temporary
+    directory, flock); no lock where fcntl is missing."""
+    import contextlib
+    import tempfile
+
+    try:
+        import fcntl
+    except ImportError:
+        return contextlib.nullcontext()
+    path = os.path.join(tempfile.gettempdir(), f"mpinn-numba-{os.getuid()}.lock")
+
+    @contextlib.contextmanager
+    def held():
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    return held()
 
 
 def _kernels_for(numba, cast):

@@ -240,10 +240,21 @@ def read_checkpoint(path):
 
 def load_model(path) -> FittedMLP:
     """A fitted model (sklearn-layout coefs_/intercepts_, predict) from a checkpoint."""
+    return model_from_checkpoint(*read_checkpoint(path))
+
+
+def model_arrays(arrays):
+    """The arrays a fitted model is made of: parameters, loss curve, scaler statistics; not the
+    optimizer's moments or the schedule's order, which only a resumed training needs."""
+    return {name: a for name, a in arrays.items()
+            if name in ("params", "loss_curve") or name.startswith("scaler/")}
+
+
+def model_from_checkpoint(attrs, arrays) -> FittedMLP:
+    """A fitted model from read_checkpoint's (attrs, arrays); ``arrays`` may be model_arrays'."""
     from mpinn.nn.model import MLP
     from mpinn.preprocessing.training import scaler_from_arrays
 
-    attrs, arrays = read_checkpoint(path)
     meta = attrs["model"]
     model = MLP(meta["layer_sizes"], meta["activation"], meta["output"], dtype=meta["dtype"])
     params = arrays.get("params")
@@ -256,3 +267,22 @@ def load_model(path) -> FittedMLP:
                      history=attrs["state"]["history"], loss_curve=arrays["loss_curve"].tolist(),
                      scaler=scaler_from_arrays(arrays), feature_names=attrs.get("feature_names"),
                      encoding=attrs.get("encoding"))
+
+
+def load_model_once(comm, path):
+    """(FittedMLP, attrs) on every rank, the checkpoint read and verified once, by rank 0.
+
+    Only the attributes and model_arrays are broadcast: other ranks may not see the file
+    (node-local storage), 1,000 ranks reading and hashing it would load the file system, and
+    the optimizer state and schedule order (up to 10^7 entries) are of no use to a prediction."""
+    kept = {}
+
+    def read():
+        attrs, arrays = read_checkpoint(path)
+        kept.update(model_arrays(arrays))
+        model_from_checkpoint(attrs, kept)  # a bad checkpoint fails here, on rank 0, for all
+        return attrs
+
+    attrs = on_root(comm, read)
+    arrays = comm.bcast_arrays(kept if comm.rank == 0 else None)
+    return model_from_checkpoint(attrs, arrays), attrs

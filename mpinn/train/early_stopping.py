@@ -10,6 +10,7 @@ rows and then draw the same batches: the CLI run and the estimator train the sam
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -31,12 +32,13 @@ def hold_out(train_rows, fraction, random_state, shard, comm, binary_labels=None
     classifier with one output (binary), each local row's 0/1 target, which stratifies the split
     as scikit-learn's does; None otherwise (multiclass, multilabel and regression are not
     stratified, as in scikit-learn). Raises ValueError with scikit-learn's messages.
+    Training rows of the keyed permutation (no global order of them exists) are held out by a
+    keyed permutation instead, O(n/N) per rank, not stratified (_hold_out_keyed).
     """
     if not isinstance(train_rows, TrainRows):
         train_rows = TrainRows.from_array(train_rows, shard)
     if train_rows.rows is None:
-        raise ValueError("early stopping holds out rows with scikit-learn's split, which needs the global order "
-                         "of the training rows: use --permutation sklearn")
+        return _hold_out_keyed(train_rows, fraction, random_state)
     stratify = None
     if binary_labels is not None:
         # The whole column in training order: each rank fills its rows, the sum joins them.
@@ -50,6 +52,17 @@ def hold_out(train_rows, fraction, random_state, shard, comm, binary_labels=None
     rows = train_rows.rows
     return TrainRows.from_array(rows[np.asarray(train, dtype=np.int64)], shard), \
         shard.local_positions(rows[np.asarray(val, dtype=np.int64)])[1]
+
+
+def _hold_out_keyed(train_rows, fraction, random_state):
+    """The keyed permutation's hold-out (beyond scikit-learn's size, no global order of the rows):
+    ceil(fraction * n) rows, as train_test_split's count, chosen by a keyed permutation of the
+    training rows whose key is one draw from ``random_state`` (TrainRows.hold_out_keyed); each
+    rank looks at its own rows only. Not stratified: that would need every row's label in order."""
+    n_val = math.ceil(fraction * train_rows.n)
+    if n_val < 2 or n_val >= train_rows.n:
+        raise ValueError(TOO_SMALL)
+    return train_rows.hold_out_keyed(n_val, int(random_state.randint(0, 2**63 - 1, dtype=np.int64)))
 
 
 def hold_out_problem(problem, model, fraction, random_state, comm):

@@ -264,11 +264,12 @@ def many_classes_warning(path, n_classes, n_rows):
 
 
 def reshard(problem, cfg, comm, shares):
-    """Give this rank the rows of its shard under ``shares`` (dynamic load balancing): the
-    new owner re-reads them from the file, X and y (or a new StreamingRows), each rank only its
-    own hyperslabs. Test rows stay where load_problem put them (they are summed, not owned).
-    Returns the new Problem; the old one's stream is closed. The old rows stay in memory while
-    the new ones are read if the caller still holds the old Problem."""
+    """Give this rank the rows of its shard under ``shares`` (dynamic load balancing): rows it
+    already holds are kept (copied), only the rows it gains are read from the file, X and y,
+    each run of them as hyperslabs (a streamed X becomes a new StreamingRows, y is re-read).
+    Test rows stay where load_problem put them (they are summed, not owned). Returns the new
+    Problem; the old one's stream is closed. The old rows stay in memory while the new ones are
+    gathered if the caller still holds the old Problem."""
     import h5py
 
     old = problem.shard
@@ -276,6 +277,10 @@ def reshard(problem, cfg, comm, shares):
     info = datamod.DataInfo(cfg.data, cfg.x_name, cfg.y_name, old.n_rows, problem.n_features,
                             [old.n_rows, *np.shape(problem.y)[1:]], "str" if problem.y.dtype.kind == "U" else "num")
     stream = problem.stream
+    if stream is None and info.y_kind != "str":  # (strings: a gained label may be longer than any held)
+        with h5py.File(cfg.data, "r") as f:
+            X, y = keep_and_read(problem, f, info, shard, cfg.dtype)
+        return replace(problem, X=X, y=y, shard=shard)
     with h5py.File(cfg.data, "r") as f:
         X, y = datamod.read_shard(f, info, shard, cfg.dtype, with_x=stream is None)
     if stream is not None:
@@ -289,6 +294,26 @@ def reshard(problem, cfg, comm, shares):
 
         apply_scaler(problem.scaler, X)
     return replace(problem, X=X, y=y, shard=shard, stream=stream)
+
+
+def keep_and_read(problem, h5file, info, shard, dtype):
+    """(X, y) of ``shard``: the rows ``problem`` holds copied (already scaled), the others read
+    from ``h5file`` run by run (shard.pieces) and scaled as the problem's rows were."""
+    held, old_local = problem.shard.local_positions(shard.rows)
+    X = np.empty((shard.count, info.n_features), dtype=problem.X.dtype)
+    y = np.empty((shard.count, *problem.y.shape[1:]), dtype=problem.y.dtype)
+    X[held], y[held] = problem.X[old_local], problem.y[old_local]
+    del old_local
+    gained = np.flatnonzero(~held)
+    breaks = np.flatnonzero(np.diff(gained) != 1) + 1
+    for run in np.split(gained, breaks) if len(gained) else []:
+        lo, hi = int(run[0]), int(run[-1]) + 1
+        for src, dst in shard.pieces(lo, hi):
+            X[lo:hi][dst] = h5file[info.x_name][src]
+            y[lo:hi][dst] = h5file[info.y_name][src]
+        if problem.scaler is not None:  # read raw: scaled as the others were
+            problem.scaler.transform_inplace(X[lo:hi])
+    return X, y
 
 
 def problem_from_arrays(X, y, cfg, comm, *, task="classify") -> Problem:
