@@ -62,7 +62,7 @@ def reference(digits, tmp_path_factory):
         pytest.skip("needs Open MPI under --with-ft ulfm")
     base = tmp_path_factory.mktemp("reference")
     out = {}
-    for name, extra in {"allreduce": [], "sharded": ["--sync", "sharded"], "small": ["--batch-size", "20"]}.items():
+    for name, extra in {"allreduce": [], "sharded": ["--sync", "sharded"], "small": ["--batch-size", "10"]}.items():
         proc, _ = ulfm(["train", "--data", digits, *TRAIN, *extra, "--checkpoint", base / name], 3)
         assert proc.returncode == 0, proc.stderr
         out[name] = base / name
@@ -91,12 +91,12 @@ def test_rank_killed_training_goes_on_with_the_uninterrupted_model(digits, refer
 
 @needs_ulfm
 def test_death_inside_an_epoch_replays_from_the_last_snapshot_in_it(digits, reference, tmp_path):
-    # Batches of 20: 90 steps per epoch, a snapshot every 50 steps; killed at step 75.
-    proc, _ = ulfm(["train", "--data", digits, *TRAIN, "--batch-size", "20", "--checkpoint", tmp_path / "ck"], 3,
-                   fault="2:75:kill")
+    # Batches of 10: 180 steps per epoch, a snapshot every 100 steps; killed at step 150.
+    proc, _ = ulfm(["train", "--data", digits, *TRAIN, "--batch-size", "10", "--checkpoint", tmp_path / "ck"], 3,
+                   fault="2:150:kill")
     assert proc.returncode == 0, proc.stderr
     lost = LOST.search(proc.stderr)
-    assert lost and (lost.group(6), lost.group(7)) == ("0", "50"), proc.stderr
+    assert lost and (lost.group(6), lost.group(7)) == ("0", "100"), proc.stderr
     assert_same_model(tmp_path / "ck", reference["small"])
 
 

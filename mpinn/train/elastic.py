@@ -26,7 +26,10 @@ import numpy as np
 
 from mpinn.errors import JobError
 
-SNAPSHOT_EVERY = 50  # steps inside an epoch between snapshots (and one at every epoch's end)
+# Steps inside an epoch between snapshots (and one at every epoch's end). With 50, the big MLP's
+# sharded run spent 2.3-2.6 % of its training time on them (docs/performance.md), near the 3 %
+# allowed; 100 halves that, for at most 100 steps replayed after a death.
+SNAPSHOT_EVERY = 100
 
 
 class RankLost(JobError):
