@@ -20,7 +20,7 @@ from sklearn.model_selection import HalvingRandomSearchCV as SkHalvingRandom  # 
 
 IRIS = load_iris(return_X_y=True)
 _digits = load_digits()
-DIGITS = (_digits.data / 16.0, _digits.target)
+DIGITS = (_digits.data[:720] / 16.0, _digits.target[:720])  # 720 of the 1797 rows keep the tests quick
 GRID = {"hidden_layer_sizes": [(4,), (8,)], "learning_rate_init": [0.01, 0.05, 0.2]}
 FITTED = ("n_resources_", "n_candidates_", "n_remaining_candidates_", "min_resources_", "max_resources_",
           "n_iterations_", "n_possible_iterations_", "n_required_iterations_", "best_params_", "best_index_",
@@ -128,7 +128,7 @@ def test_bad_parameters_raise_as_sklearn():
         mpinn.HalvingGridSearchCV(estimator(), grid, min_resources=200).fit(*IRIS)
     with pytest.raises(ValueError, match="'factor' parameter"):
         mpinn.HalvingGridSearchCV(estimator(), grid, factor=0).fit(*IRIS)
-    with pytest.raises(ValueError, match="needs an epoch resource"):
+    with pytest.raises(ValueError, match="needs the epochs as the resource"):
         mpinn.HalvingGridSearchCV(estimator(), grid, warm_start_promoted=True).fit(*IRIS)
 
 
@@ -149,3 +149,59 @@ def test_checkpoint_runs_only_the_unfinished_tasks(tmp_path):
     again = quiet_fit(search(), data)
     assert (again.tasks_run_, again.tasks_resumed_) == (9, 24)
     assert_same_results(again, full, tol=1e-12)
+
+
+# ---- warm_start_promoted: a promoted candidate continues its fold's model -------------------------
+
+WARM_GRID = {"hidden_layer_sizes": [(8,), (16,), (32,)], "learning_rate_init": [0.003, 0.01, 0.03]}
+
+
+def warm_and_cold(data, base, **kw):
+    """The same halving search (9 candidates, max_iter 1, 3, 9) retraining from epoch 0 and continuing."""
+    kw = dict(resource="max_iter", max_resources=9, factor=3, cv=3, **kw)
+    cold = quiet_fit(mpinn.HalvingGridSearchCV(base, WARM_GRID, **kw), data)
+    warm = quiet_fit(mpinn.HalvingGridSearchCV(base, WARM_GRID, warm_start_promoted=True, **kw), data)
+    return cold, warm
+
+
+@pytest.mark.parametrize("fixed", [dict(), dict(solver="sgd", learning_rate="invscaling", momentum=0.5,
+                                                early_stopping=True, validation_fraction=0.2, n_iter_no_change=2)],
+                         ids=["adam", "sgd-invscaling-early-stopping"])
+def test_warm_start_promoted_equals_from_scratch_with_fewer_epochs(fixed):
+    base = mpinn.MLPClassifier(batch_size=200, random_state=0, **fixed)
+    cold, warm = warm_and_cold(DIGITS, base)
+    assert_same_results(warm, cold, tol=1e-12)
+    assert cold.n_resources_ == [1, 3, 9] and cold.n_candidates_ == [9, 3, 1]
+    if not fixed.get("early_stopping"):  # every fit runs to max_iter: 3 folds x (9x1 + 3x3 + 1x9) epochs, and
+        assert (cold.epochs_trained_, warm.epochs_trained_) == (81, 63)  # x (9x1 + 3x2 + 1x6) continuing
+    else:
+        assert warm.epochs_trained_ < cold.epochs_trained_
+
+
+def test_a_continued_fit_equals_a_longer_one():
+    """The estimator's end state, restored and trained to more epochs, is the longer fit bit for bit:
+    Adam's moments, the shuffling RandomState, t_, the stopping counters, and with early stopping
+    the last epoch's weights (the fit ended on its best validation epoch's)."""
+    from mpinn.search.warm import load_state, save_state
+
+    X, y = DIGITS
+    kw = dict(hidden_layer_sizes=(16,), batch_size=100, random_state=0, early_stopping=True, learning_rate_init=0.1,
+              validation_fraction=0.2, n_iter_no_change=3)
+    short = mpinn.MLPClassifier(max_iter=9, **kw)
+    short._keep_run_state = True
+    quiet_fit(short, DIGITS)
+    assert np.argmax(short.validation_scores_) < 8  # it ended on an earlier epoch's weights
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mpinn-test-state-{os.getpid()}.npz")
+    save_state(path, short._run_state)
+    try:
+        longer = mpinn.MLPClassifier(max_iter=27, **kw)
+        longer._continue_from = load_state(path)
+        quiet_fit(longer, DIGITS)
+    finally:
+        os.remove(path)
+    scratch = quiet_fit(mpinn.MLPClassifier(max_iter=27, **kw), DIGITS)
+    assert 9 < scratch.n_iter_ < 27 and longer.n_iter_ == scratch.n_iter_ and longer.t_ == scratch.t_
+    for a, b in zip(longer.coefs_ + longer.intercepts_, scratch.coefs_ + scratch.intercepts_):
+        assert np.array_equal(a, b)
+    assert longer.validation_scores_ == scratch.validation_scores_ and longer.loss_curve_ == scratch.loss_curve_
+    assert np.array_equal(longer.predict_proba(X), scratch.predict_proba(X))

@@ -64,3 +64,16 @@ def test_checkpoint_resumed_with_another_group_size(world):
         world.Barrier()
         if world.Get_rank() == 0:
             shutil.rmtree(path)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_warm_start_promoted_continues_on_any_group(world):
+    """Each iteration's task may run on another group, of another size: the saved runs are files,
+    restored on any rank count; the scores equal the from-scratch search's."""
+    from test_halving import DIGITS, warm_and_cold
+
+    for group_size in (1, world.Get_size()):
+        cold, warm = warm_and_cold(DIGITS, mpinn.MLPClassifier(batch_size=200, random_state=0, comm=world),
+                                   group_size=group_size, allocation="dynamic" if group_size == 1 else "round-robin")
+        assert_same_results(warm, cold, tol=1e-12)
+        assert (cold.epochs_trained_, warm.epochs_trained_) == (81, 63)

@@ -17,6 +17,8 @@ candidates again. ``warm_start_promoted`` (resource="max_iter") is warm.py's.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from math import ceil, floor, log
 from numbers import Integral, Real
@@ -31,6 +33,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples
 
+from mpinn.parallel.agree import on_root
 from mpinn.parallel.comm import as_comm
 from mpinn.parallel.faults import Preemption
 from mpinn.search import results as search_results
@@ -39,6 +42,7 @@ from mpinn.search.api import _BaseSearch
 from mpinn.search.iteration import Round, run_round, splits_from_root, task_costs
 from mpinn.search.run import ALLOCATIONS, Groups
 from mpinn.search.tasklog import TaskLog, new_run_id
+from mpinn.search.warm import MODELS, PromotedModels, record_epochs
 
 
 class SubsampleSplitter:
@@ -60,14 +64,14 @@ class SubsampleSplitter:
 
 
 def top_k(results, k, itr):
-    """The k best candidates of iteration ``itr``, worst first (NaN scores count as the worst)."""
-    iteration, mean_test_score, params = (np.asarray(a) for a in (results["iter"], results["mean_test_score"],
-                                                                   results["params"]))
+    """The rows of cv_results_ of the k best candidates of iteration ``itr``, worst first (NaN
+    scores count as the worst), in scikit-learn's _top_k order."""
+    iteration, mean_test_score = np.asarray(results["iter"]), np.asarray(results["mean_test_score"])
     iter_indices = np.flatnonzero(iteration == itr)
     scores = mean_test_score[iter_indices]
     # argsort puts NaNs last: rolled to the front, so the last k are the best
     sorted_indices = np.roll(np.argsort(scores), np.count_nonzero(np.isnan(scores)))
-    return np.array(params[iter_indices][sorted_indices[-k:]])
+    return iter_indices[sorted_indices[-k:]]
 
 
 def best_of_last_iteration(results):
@@ -106,9 +110,9 @@ class _BaseHalving(_BaseSearch):
         on all ranks. Every rank passes the same X, y."""
         self._validate_params()
         self._check_params()
-        if self.warm_start_promoted and self.resource == "n_samples":
-            raise ValueError("warm_start_promoted=True needs an epoch resource (resource='max_iter'): a model "
-                             "trained on other rows cannot be continued")
+        if self.warm_start_promoted and not self.resource.endswith("max_iter"):
+            raise ValueError(f"warm_start_promoted=True needs the epochs as the resource (resource='max_iter'), "
+                             f"got resource={self.resource!r}: a model trained on other rows cannot be continued")
         base, saved_comms = search_tasks.clone_without_comm(self.estimator)
         world = as_comm(search_tasks.search_comm_value(saved_comms))
         scorer = check_scoring(self.estimator, self.scoring)
@@ -128,10 +132,12 @@ class _BaseHalving(_BaseSearch):
         all_candidates, all_records, more = [], [], {"iter": [], "n_resources": []}
         self.n_resources_, self.n_candidates_ = [], []
         self.tasks_resumed_ = self.tasks_run_ = 0
-        self.epochs_trained_ = 0
-        results = None
+        origins, all_origins = list(range(len(candidates))), []  # each candidate's first-iteration index
+        results = models = None
         try:
             run_id = world.bcast_json(new_run_id())  # collective: before any branch
+            if self.warm_start_promoted:
+                models = PromotedModels(self._models_directory(world))
             with Preemption.watch() as signals:
                 for itr in range(self.n_iterations_):
                     n_candidates = len(candidates)
@@ -156,7 +162,8 @@ class _BaseHalving(_BaseSearch):
                     if len(splits) != self.n_splits_:
                         raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. Expected "
                                          f"{self.n_splits_} splits, got {len(splits)}")
-                    rnd = Round(candidates, splits, name=f"iter {itr} ")
+                    prepare, after = models.hooks(origins) if models else (None, record_epochs)
+                    rnd = Round(candidates, splits, name=f"iter {itr} ", prepare_task=prepare, after_task=after)
                     rnd.log = self._round_log(base, rnd, itr, X, y)
                     costs = task_costs(base, candidates, splits, _n_features(X), n_outputs)
                     if self.verbose > 0 and world.rank == 0:
@@ -166,19 +173,24 @@ class _BaseHalving(_BaseSearch):
                         self, team, rnd, base, X, y, fit_params, scorer, run_id=run_id, signals=signals,
                         description={"candidates": n_candidates, "splits": self.n_splits_, "iter": itr,
                                      "class": type(self).__name__},
-                        costs=costs, task_hook=self._task_hook, progress=self._progress,
-                        **self._round_hooks(itr, n_resources, world))
+                        costs=costs, task_hook=self._task_hook, progress=self._progress)
                     self.tasks_resumed_ += resumed
                     self.tasks_run_ += ran
                     search_results.fit_failures(records, self.error_score)
                     all_candidates.extend(candidates)
+                    all_origins.extend(origins)
                     all_records.extend(records)
                     more["iter"] += [itr] * n_candidates
                     more["n_resources"] += [n_resources] * n_candidates
                     results = self._format(all_candidates, all_records, more)
-                    candidates = list(top_k(results, ceil(n_candidates / self.factor), itr))
+                    kept = top_k(results, ceil(n_candidates / self.factor), itr)
+                    candidates = [results["params"][r] for r in kept]
+                    origins = [all_origins[r] for r in kept]
         finally:
             team.close()
+            if models is not None and self.checkpoint is None and world.rank == 0:
+                shutil.rmtree(models.directory, ignore_errors=True)
+        self.epochs_trained_ = sum(r.get("epochs_trained", 0) for r in all_records)
         self.n_remaining_candidates_ = len(candidates)
         self.multimetric_ = search_results.scorer_names(all_records) != ["score"]
         self.best_index_ = best_of_last_iteration(results)
@@ -189,9 +201,6 @@ class _BaseHalving(_BaseSearch):
         self.scorer_ = scorer
         self.cv_results_ = results
         return self
-
-    def _round_hooks(self, itr, n_resources, world):
-        return {}
 
     # ---- scikit-learn's rules ---------------------------------------------------------------------
 
@@ -262,6 +271,17 @@ class _BaseHalving(_BaseSearch):
                  self.return_train_score, self.warm_start_promoted, np.asarray(X),
                  None if y is None else np.asarray(y)]
         return TaskLog(os.path.join(os.fspath(self.checkpoint), f"iter-{itr}"), search_tasks.fingerprint(parts))
+
+    def _models_directory(self, world):
+        """Where warm_start_promoted keeps each task's run: <checkpoint>/models, or a temporary
+        directory of rank 0 (every rank must see it: one node), removed after the search."""
+        def make():
+            if self.checkpoint is None:
+                return tempfile.mkdtemp(prefix="mpinn-halving-")
+            path = os.path.join(os.fspath(self.checkpoint), MODELS)
+            os.makedirs(path, exist_ok=True)
+            return path
+        return on_root(world, make)
 
     def _refit_best(self, base, saved_comms, X, y, fit_params):
         """The best candidate on all the data, data-parallel on all the search's ranks."""

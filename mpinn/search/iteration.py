@@ -17,10 +17,13 @@ from mpinn.search.run import collect, finish, run_tasks
 
 class Round:
     """The tasks of one round: ``candidates`` x ``splits``, task t = (t // n_splits, t % n_splits)
-    as scikit-learn orders them. ``log``: this round's TaskLog or None."""
+    as scikit-learn orders them. ``log``: this round's TaskLog or None. Optional hooks, on every
+    rank of the task's group: ``prepare_task(est, c, k, comm)`` before the fit (e.g. to continue
+    a saved model), ``after_task(est, c, k, record)`` after it (the leader's record, None elsewhere)."""
 
-    def __init__(self, candidates, splits, log=None, name=""):
+    def __init__(self, candidates, splits, log=None, name="", prepare_task=None, after_task=None):
         self.candidates, self.splits, self.log, self.name = list(candidates), list(splits), log, name
+        self.prepare_task, self.after_task = prepare_task, after_task
 
     @property
     def n_tasks(self):
@@ -69,11 +72,15 @@ def _executor(search, team, rnd, base, X, y, fit_params, scorers, writer, task_h
         if task_hook:
             task_hook()
         est = search_tasks.for_task(clone(base).set_params(**clone(rnd.candidates[c], safe=False)), team.comm)
+        if rnd.prepare_task:
+            rnd.prepare_task(est, c, k, team.comm)
         train, test = rnd.splits[k]
         params = {key: (_safe_indexing(v, train) if _per_sample(v, len(X)) else v) for key, v in fit_params.items()}
         record = search_tasks.fit_and_score(
             est, X, y, train, test, scorers=scorers, fit_params=params, error_score=search.error_score,
             return_train_score=search.return_train_score, agree=team.comm.any_error, score=team.leader)
+        if rnd.after_task:
+            rnd.after_task(est, c, k, record)
         if writer:
             writer.append(t, {"candidate": c, "split": k, **record})
         if search.verbose > 1 and team.leader:

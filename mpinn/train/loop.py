@@ -240,6 +240,11 @@ class Trainer:
         reason = loop.finished if loop.finished and (loop.finished != "max_epochs" or loop.epoch >= cfg.epochs) else None
         if reason is None and loop.epoch >= cfg.epochs:
             reason = "max_epochs"
+        if reason is None and loop.last_params is not None:
+            # A finished run given more epochs ended on its best validation epoch's weights:
+            # it goes on from its last epoch's, as one longer run would.
+            self.params[...] = loop.last_params
+        loop.last_params = None
         self._start_step = loop.global_step
         try:
             if 0 in self.faults:  # MPINN_FAULT step 0: a signal before the first step
@@ -269,6 +274,7 @@ class Trainer:
                 reason = decision.reason
                 if self.early_stopping and reason not in (None, "preempted", "diverged") \
                         and loop.best_params is not None:
+                    loop.last_params = self.params.copy()  # kept in the checkpoint, for a run given more epochs
                     self.params[...] = loop.best_params  # as sklearn: end on the best validation score
                 if preempted and reason is None:
                     reason = "preempted"
