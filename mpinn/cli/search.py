@@ -258,7 +258,7 @@ def cmd_search(args):
         raise InputError("--stratified: folds are stratified by class; this is a regression")
     if len(X) < args.cv:
         raise InputError(f"--cv {args.cv}: more folds than the {len(X)} rows of {args.data}")
-    search = _make_search(args, task, fixed, varied, scoring)
+    search = _make_search(args, task, fixed, varied, scoring, len(X))
     bar = _Progress() if comm.rank == 0 and sys.stdout.isatty() else None
     search._progress = bar.update if bar else None
     search._task_hook = _fault_hook(comm.rank)
@@ -303,7 +303,7 @@ def cmd_search(args):
     return 0
 
 
-def _make_search(args, task, fixed, varied, scoring):
+def _make_search(args, task, fixed, varied, scoring, n_rows):
     """GridSearchCV (or RandomizedSearchCV) over a Pipeline(scale, mlp) built from the grid."""
     from sklearn.model_selection import KFold, StratifiedKFold
     from sklearn.pipeline import Pipeline
@@ -323,7 +323,7 @@ def _make_search(args, task, fixed, varied, scoring):
     common = dict(scoring=scoring, cv=cv, refit=False, group_size=args.group_size, allocation=args.allocation,
                   checkpoint=args.checkpoint)
     if args.halving:
-        return _make_halving(args, base, grid, fixed, varied, common)
+        return _make_halving(args, base, grid, fixed, varied, common, n_rows)
     if args.n_iter is not None:
         return mpinn.RandomizedSearchCV(base, grid, n_iter=args.n_iter, random_state=args.seed or 0, **common)
     return mpinn.GridSearchCV(base, grid, **common)
@@ -350,7 +350,7 @@ def _check_halving_options(args):
             raise InputError(f"--min-resources: must be >= 1, got {args.min_resources}")
 
 
-def _make_halving(args, base, grid, fixed, varied, common):
+def _make_halving(args, base, grid, fixed, varied, common, n_rows):
     """HalvingGridSearchCV (HalvingRandomSearchCV with --n-iter); --resource epochs grows the
     MLP's max_iter up to the grid's fixed epochs."""
     import mpinn
@@ -368,6 +368,10 @@ def _make_halving(args, base, grid, fixed, varied, common):
         kw.update(resource="mlp__max_iter", max_resources=TrainConfig(**{k: v for k, v in fixed.items()
                                                                           if k != "scale"}).epochs)
     if args.min_resources is not None:
+        most = kw["max_resources"] if args.resource == "epochs" else n_rows
+        if isinstance(args.min_resources, int) and args.min_resources > most:
+            raise InputError(f"--min-resources {args.min_resources}: more than the {most} "
+                             f"{'epochs of the grid' if args.resource == 'epochs' else 'rows of --data'}")
         kw["min_resources"] = args.min_resources
     if args.n_iter is not None:
         return mpinn.HalvingRandomSearchCV(base, grid, n_candidates=args.n_iter, **kw)
