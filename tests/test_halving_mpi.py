@@ -2,7 +2,8 @@
 test_halving.py at group sizes 1 and N (each case with one allocation at each size, the cases
 taking turns, so every pairing runs twice) gives scikit-learn's cv_results_
 (its HalvingGridSearchCV running the same mpinn estimator) and the same best estimator on
-every rank; a checkpoint written at one group size is resumed at another."""
+every rank; a checkpoint written at one group size is resumed at another; warm_start_promoted
+continues states saved by other groups."""
 
 import numpy as np
 import pytest
@@ -68,12 +69,15 @@ def test_checkpoint_resumed_with_another_group_size(world):
 
 @pytest.mark.mpi(min_size=2)
 def test_warm_start_promoted_continues_on_any_group(world):
-    """Each iteration's task may run on another group, of another size: the saved runs are files,
-    restored on any rank count; the scores equal the from-scratch search's."""
-    from test_halving import DIGITS, warm_and_cold
+    """Groups of 1, dynamic allocation: a promoted task may run on another group than the one
+    that saved its state; the scores equal the from-scratch search's (run in one group of N)."""
+    from test_halving import DIGITS, WARM_GRID
 
-    for group_size in (1, world.Get_size()):
-        cold, warm = warm_and_cold(DIGITS, mpinn.MLPClassifier(batch_size=200, random_state=0, comm=world),
-                                   group_size=group_size, allocation="dynamic" if group_size == 1 else "round-robin")
-        assert_same_results(warm, cold, tol=1e-12)
-        assert (cold.epochs_trained_, warm.epochs_trained_) == (81, 63)
+    kw = dict(resource="max_iter", max_resources=9, factor=3, cv=3)
+    base = mpinn.MLPClassifier(batch_size=200, random_state=0, comm=world)
+    cold = quiet_fit(mpinn.HalvingGridSearchCV(base, WARM_GRID, group_size=world.Get_size(),
+                                               allocation="round-robin", **kw), DIGITS)
+    warm = quiet_fit(mpinn.HalvingGridSearchCV(base, WARM_GRID, group_size=1, warm_start_promoted=True, **kw), DIGITS)
+    assert_same_results(warm, cold, tol=1e-12)
+    assert (cold.epochs_trained_, warm.epochs_trained_) == (81, 63)
+    assert same_on_every_rank(world, warm.cv_results_["mean_test_score"])

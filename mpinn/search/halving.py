@@ -42,7 +42,7 @@ from mpinn.search.api import _BaseSearch
 from mpinn.search.iteration import Round, run_round, splits_from_root, task_costs
 from mpinn.search.run import ALLOCATIONS, Groups
 from mpinn.search.tasklog import TaskLog, new_run_id
-from mpinn.search.warm import MODELS, PromotedModels, record_epochs
+from mpinn.search.warm import MODELS, PromotedModels, epoch_recorder, mlp_path
 
 
 class SubsampleSplitter:
@@ -134,6 +134,7 @@ class _BaseHalving(_BaseSearch):
         self.tasks_resumed_ = self.tasks_run_ = 0
         origins, all_origins = list(range(len(candidates))), []  # each candidate's first-iteration index
         results = models = None
+        mlp = mlp_path(base)  # where the mpinn MLP is in the estimator (its epochs are counted)
         try:
             run_id = world.bcast_json(new_run_id())  # collective: before any branch
             if self.warm_start_promoted:
@@ -162,7 +163,7 @@ class _BaseHalving(_BaseSearch):
                     if len(splits) != self.n_splits_:
                         raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. Expected "
                                          f"{self.n_splits_} splits, got {len(splits)}")
-                    prepare, after = models.hooks(origins) if models else (None, record_epochs)
+                    prepare, after = models.hooks(origins, mlp) if models else (None, epoch_recorder(mlp))
                     rnd = Round(candidates, splits, name=f"iter {itr} ", prepare_task=prepare, after_task=after)
                     rnd.log = self._round_log(base, rnd, itr, X, y)
                     costs = task_costs(base, candidates, splits, _n_features(X), n_outputs)
@@ -186,6 +187,8 @@ class _BaseHalving(_BaseSearch):
                     kept = top_k(results, ceil(n_candidates / self.factor), itr)
                     candidates = [results["params"][r] for r in kept]
                     origins = [all_origins[r] for r in kept]
+                    if models is not None and itr + 1 < self.n_iterations_:
+                        models.keep(world, origins)
         finally:
             team.close()
             if models is not None and self.checkpoint is None and world.rank == 0:

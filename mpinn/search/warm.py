@@ -2,8 +2,9 @@
 (``warm_start_promoted=True`` with the epochs, max_iter, as the resource).
 
 Each task (candidate, fold) keeps its fit's end state, everything a checkpoint holds (weights,
-optimizer, shuffling RandomState, stopping counters: train/state.py), and its group's leader
-saves it as models/c<candidate>-k<fold>.npz. When the candidate is promoted, the next
+optimizer, shuffling RandomState, stopping counters: train/state.py), on its group's leader;
+once the round is over, the leaders save the states of the promoted candidates as
+models/c<candidate>-k<fold>.npz (the others are dropped). When the candidate is promoted, the next
 iteration's task on that fold restores the state and trains only the epochs from there to the
 new max_iter. mpinn's batch order is drawn from the restored RandomState, so the fit ends
 exactly where one fit of that many epochs from epoch 0 ends, and the scores equal the
@@ -38,7 +39,11 @@ def mlp_path(est):
 
 
 def _mlp(est, prefix):
-    return est if prefix == "" else est.get_params(deep=True)[prefix[:-2]]
+    """The object at ``prefix`` in ``est`` (a Pipeline's step by name: get_params is slow)."""
+    for name in prefix.split("__")[:-1]:
+        steps = getattr(est, "named_steps", None)
+        est = steps[name] if steps is not None and name in steps else est.get_params(deep=True)[name]
+    return est
 
 
 def save_state(path, state):
@@ -68,33 +73,47 @@ class PromotedModels:
 
     def __init__(self, directory):
         self.directory = os.fspath(directory)
+        self.held = {}  # (origin, fold) -> state of the tasks this leader ran in the current round
 
     def path(self, origin, fold):
         return os.path.join(self.directory, f"c{origin:04d}-k{fold}.npz")
 
-    def hooks(self, origins):
+    def hooks(self, origins, prefix):
         """(prepare_task, after_task) for a Round whose candidate c is first-iteration candidate
-        origins[c]: the task's MLP keeps its end state, which the leader saves, and continues
-        the state found saved."""
+        origins[c], the MLP at ``prefix`` (mlp_path): the task's MLP keeps its end state, which
+        the leader saves, and continues the state found saved."""
+        if prefix is None:
+            raise ValueError("warm_start_promoted=True needs an mpinn MLPClassifier or MLPRegressor (alone or "
+                             "in a Pipeline)")
+        record = epoch_recorder(prefix)
+
         def prepare_task(est, c, k, comm):
-            prefix = mlp_path(est)
-            if prefix is None:
-                raise ValueError("warm_start_promoted=True needs an mpinn MLPClassifier or MLPRegressor "
-                                 "(alone or in a Pipeline)")
             mlp = _mlp(est, prefix)
             mlp._keep_run_state = True
             state = _usable(self.path(origins[c], k), mlp.max_iter, comm)
             if state is not None:
                 mlp._continue_from = state
 
-        def after_task(est, c, k, record):
-            prefix = mlp_path(est)
-            mlp = _mlp(est, prefix) if prefix is not None else None
-            state = getattr(mlp, "_run_state", None)
-            if record is not None and record.get("error") is None and state is not None:
-                save_state(self.path(origins[c], k), state)
-            record_epochs(est, c, k, record)
+        def after_task(est, c, k, result):
+            state = getattr(_mlp(est, prefix), "_run_state", None)
+            if result is not None and result.get("error") is None and state is not None:
+                self.held[origins[c], k] = state  # saved by keep() if the candidate is promoted
+            record(est, c, k, result)
         return prepare_task, after_task
+
+    def keep(self, world, promoted):
+        """Collective, after a round: each leader saves the states it holds of the ``promoted``
+        candidates (first-iteration indices) and drops the others; then every rank may read
+        them. A state that cannot be written costs only time (that task trains from epoch 0)."""
+        promoted = set(promoted)
+        for (origin, fold), state in self.held.items():
+            if origin in promoted:
+                try:
+                    save_state(self.path(origin, fold), state)
+                except OSError:
+                    pass
+        self.held = {}
+        world.quiet_barrier()
 
 
 def _usable(path, max_iter, comm):
@@ -114,14 +133,16 @@ def _usable(path, max_iter, comm):
     return None if missing else state
 
 
-def record_epochs(est, c, k, record):
-    """The task's epochs in its record: n_iter (where the fit ended) and epochs_trained (by
+def epoch_recorder(prefix):
+    """``after_task`` that writes the task's epochs in its record, for the MLP at ``prefix``
+    (None: no mpinn MLP, nothing to write): n_iter (where the fit ended) and epochs_trained (by
     this fit, from where it started)."""
-    if record is None or record.get("error") is not None:
-        return
-    prefix = mlp_path(est)
-    mlp = _mlp(est, prefix) if prefix is not None else None
-    n_iter = getattr(mlp, "n_iter_", None)
-    if n_iter is not None:
-        record["n_iter"] = int(n_iter)
-        record["epochs_trained"] = int(n_iter) - int(getattr(mlp, "_restored_epoch", 0))
+    def record_epochs(est, c, k, record):
+        if prefix is None or record is None or record.get("error") is not None:
+            return
+        mlp = _mlp(est, prefix)
+        n_iter = getattr(mlp, "n_iter_", None)
+        if n_iter is not None:
+            record["n_iter"] = int(n_iter)
+            record["epochs_trained"] = int(n_iter) - int(getattr(mlp, "_restored_epoch", 0))
+    return record_epochs
