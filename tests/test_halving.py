@@ -178,11 +178,13 @@ def test_warm_start_promoted_equals_from_scratch_with_fewer_epochs(fixed):
         assert warm.epochs_trained_ < cold.epochs_trained_
 
 
-def test_a_continued_fit_equals_a_longer_one():
+def test_a_continued_fit_equals_a_longer_one(tmp_path):
     """The estimator's end state, restored and trained to more epochs, is the longer fit bit for bit:
     Adam's moments, the shuffling RandomState, t_, the stopping counters, and with early stopping
-    the last epoch's weights (the fit ended on its best validation epoch's)."""
+    the last epoch's weights (the fit ended on its best validation epoch's). The same from the
+    estimator's HDF5 checkpoint (what `mpinn train --resume --epochs` continues)."""
     from mpinn.search.warm import load_state, save_state
+    from mpinn.train.checkpoint import read_checkpoint
 
     X, y = DIGITS
     kw = dict(hidden_layer_sizes=(16,), batch_size=100, random_state=0, early_stopping=True, learning_rate_init=0.1,
@@ -205,3 +207,9 @@ def test_a_continued_fit_equals_a_longer_one():
         assert np.array_equal(a, b)
     assert longer.validation_scores_ == scratch.validation_scores_ and longer.loss_curve_ == scratch.loss_curve_
     assert np.array_equal(longer.predict_proba(X), scratch.predict_proba(X))
+    quiet_fit(mpinn.MLPClassifier(max_iter=9, checkpoint=tmp_path / "ck", **kw), DIGITS)
+    attrs, arrays = read_checkpoint(str(tmp_path / "ck"))
+    from_file = mpinn.MLPClassifier(max_iter=27, **kw)
+    from_file._continue_from = (attrs["state"], arrays)
+    quiet_fit(from_file, DIGITS)
+    assert np.array_equal(from_file.predict_proba(X), scratch.predict_proba(X))

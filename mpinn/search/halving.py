@@ -126,7 +126,7 @@ class _BaseHalving(_BaseSearch):
         if self.resource != "n_samples" and any(self.resource in c for c in candidates):
             raise ValueError(f"Cannot use parameter {self.resource} as the resource since it is part of the "
                              "searched parameters.")
-        plan = self._plan(len(candidates))
+        self._plan(len(candidates), world.rank == 0)
         n_outputs = _n_outputs(self.estimator, y)
         team = Groups(world, self.group_size)
         all_candidates, all_records, more = [], [], {"iter": [], "n_resources": []}
@@ -238,7 +238,7 @@ class _BaseHalving(_BaseSearch):
         if self.min_resources_ == 0:
             raise ValueError(f"min_resources_={self.min_resources_}: you might have passed an empty dataset X.")
 
-    def _plan(self, n_candidates):
+    def _plan(self, n_candidates, prints):
         """n_required_iterations_, n_possible_iterations_, n_iterations_ (and min_resources_ for
         'exhaust') as BaseSuccessiveHalving._run_search."""
         self.n_required_iterations_ = 1 + floor(log(n_candidates, self.factor))
@@ -250,7 +250,7 @@ class _BaseHalving(_BaseSearch):
             self.n_iterations_ = self.n_required_iterations_
         else:
             self.n_iterations_ = min(self.n_possible_iterations_, self.n_required_iterations_)
-        if self.verbose:
+        if self.verbose and prints:
             print(f"n_iterations: {self.n_iterations_}\nn_required_iterations: {self.n_required_iterations_}\n"
                   f"n_possible_iterations: {self.n_possible_iterations_}\nmin_resources_: {self.min_resources_}\n"
                   f"max_resources_: {self.max_resources_}\naggressive_elimination: {self.aggressive_elimination}\n"
