@@ -29,7 +29,7 @@ from sklearn.metrics import check_scoring
 from sklearn.metrics._scorer import get_scorer_names
 from sklearn.model_selection import ParameterGrid, ParameterSampler, check_cv
 from sklearn.utils import indexable, resample
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples
 
@@ -97,13 +97,22 @@ class _BaseHalving(_BaseSearch):
         "factor": [Interval(Real, 0, None, closed="neither")],
         "aggressive_elimination": ["boolean"],
         "warm_start_promoted": ["boolean"],
-        "refit": ["boolean", callable],
+        "estimator": [HasMethods(["fit"])],
+        "refit": ["boolean", str, callable],
+        "cv": ["cv_object"],
+        "error_score": [StrOptions({"raise"}), Real],
         "return_train_score": ["boolean"],
+        "n_jobs": [Integral, None],
         "verbose": ["verbose"],
     }
 
     def _generate_candidate_params(self, world):
         raise NotImplementedError
+
+    @staticmethod
+    def _select_best_index(refit, refit_metric, results):
+        """scikit-learn's hook: the best candidate of the last iteration."""
+        return best_of_last_iteration(results)
 
     def fit(self, X, y=None, *, groups=None, **fit_params):
         """Run the iterations, each one's tasks on the rank groups, then refit the best candidate
@@ -196,7 +205,7 @@ class _BaseHalving(_BaseSearch):
         self.epochs_trained_ = sum(r.get("epochs_trained", 0) for r in all_records)
         self.n_remaining_candidates_ = len(candidates)
         self.multimetric_ = search_results.scorer_names(all_records) != ["score"]
-        self.best_index_ = best_of_last_iteration(results)
+        self.best_index_ = self._select_best_index(self.refit, "score", results)
         self.best_params_ = results["params"][self.best_index_]
         self.best_score_ = results["mean_test_score"][self.best_index_]
         if self.refit:

@@ -94,7 +94,11 @@ def _executor(search, team, rnd, base, X, y, fit_params, scorers, writer, task_h
 
 def task_costs(base, candidates, splits, n_features, n_outputs):
     """Each task's expected cost (the dynamic allocation hands out the longest first)."""
-    per_row = [search_tasks.expected_cost(clone(base).set_params(**c), 1, n_features, n_outputs) for c in candidates]
+    if not search_tasks.mpinn_paths(base):  # rows alone (no clone given each candidate's parameters)
+        per_row = [1.0] * len(candidates)
+    else:
+        per_row = [search_tasks.expected_cost(clone(base).set_params(**c), 1, n_features, n_outputs)
+                   for c in candidates]
     n_splits = len(splits)
     return [per_row[t // n_splits] * len(splits[t % n_splits][0]) for t in range(len(candidates) * n_splits)]
 
