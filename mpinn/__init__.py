@@ -7,7 +7,7 @@ and MPI is initialised only when a communicator is first asked for (see parallel
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load", "abort_on_exception", "MLPClassifier", "MLPRegressor", "Preempted", "GridSearchCV",
-           "RandomizedSearchCV", "StandardScaler", "MinMaxScaler"]
+           "RandomizedSearchCV", "HalvingGridSearchCV", "HalvingRandomSearchCV", "StandardScaler", "MinMaxScaler"]
 
 
 def load(path):
@@ -32,6 +32,10 @@ def __getattr__(name):
         from mpinn.search import api
 
         return getattr(api, name)
+    if name in ("HalvingGridSearchCV", "HalvingRandomSearchCV"):  # successive halving (docs/search.md)
+        from mpinn.search import halving
+
+        return getattr(halving, name)
     if name in ("StandardScaler", "MinMaxScaler"):  # statistics reduced across ranks (docs/api.md)
         from mpinn import preprocessing
 

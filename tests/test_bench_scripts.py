@@ -60,6 +60,8 @@ CASES = {
     "fused_adam.py": Case(("--sizes", "8,4,2", "--reps", "2"), reports=("adam float32", "sgd float64"), needs="numba"),
     "gemm_limit.py": Case(("--mpi", "--sizes", "16,8,4", "--batch", "8", "--seconds", "0.01", "--rounds", "1"),
                           reports=("samples_per_second",), ranks=2),
+    "halving_warm.py": Case(("--quick", "--repeat", "1"), prints=("search ", "warm_start_promoted=True "),
+                            reports=("epochs_warm", "max_difference")),
     "io_read.py": Case(("--data", "{data}", "--ranks", "2", "--repeat", "1"), reports=("cold_numpy_GBps",)),
     "lbfgs_reduction.py": Case(("--rows", "256", "--features", "8", "--hidden", "4", "--iters", "2", "--repeats", "1",
                                 "--ranks", "1,2"), prints=("| ranks | tree s/iter |", "| 2 |")),

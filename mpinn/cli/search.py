@@ -9,6 +9,7 @@ is checked as `mpinn train` checks it, before any training. Registered by app.bu
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -46,7 +47,29 @@ def add_search_command(sub):
     p.add_argument("--resume", action="store_true", help="continue the search recorded in --checkpoint DIR "
                    "(any rank count or group size): only unfinished tasks run")
     p.add_argument("--no-refit", action="store_true", help="do not train the best candidate on all rows")
+    p.add_argument("--halving", action="store_true", help="successive halving (scikit-learn's HalvingGridSearchCV, "
+                   "with --n-iter HalvingRandomSearchCV): every candidate on a small resource, the best 1/F on F "
+                   "times more, and so on")
+    p.add_argument("--factor", type=_number, default=3, help="--halving: F, the fraction 1/F of the candidates "
+                   "kept and the growth of the resource per iteration (default 3)")
+    p.add_argument("--resource", choices=["samples", "epochs"], default="samples",
+                   help="--halving: what grows, training rows (default) or epochs (up to the grid's epochs)")
+    p.add_argument("--min-resources", help="--halving: rows or epochs of the first iteration: a number, exhaust "
+                   "(the last iteration uses all; the grid search's default) or smallest (the random search's)")
+    p.add_argument("--aggressive-elimination", action="store_true",
+                   help="--halving: repeat the first resource until few enough candidates are left")
+    p.add_argument("--warm-start-promoted", action="store_true", help="--halving --resource epochs: a promoted "
+                   "candidate continues its fits from the epochs already trained (the same scores)")
     p.set_defaults(func=cmd_search)
+
+
+def _number(text):
+    """--factor: an int or a float, as scikit-learn takes it."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return int(value) if value.is_integer() else value
 
 
 def option_names():
@@ -206,6 +229,7 @@ def cmd_search(args):
         raise InputError(f"--group-size {args.group_size} does not divide the {comm.size} ranks")
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint DIR (the directory of the search to continue)")
+    _check_halving_options(args)
     if not args.results.lower().endswith((".csv", ".jsonl")):
         raise InputError(f"--results: name a .csv or .jsonl file, got {args.results}")
     fixed, varied = on_root(comm, lambda: parse_grid(args.grid, randomized))
@@ -217,7 +241,7 @@ def cmd_search(args):
         if args.checkpoint and not args.resume:
             from mpinn.search.tasklog import TaskLog
 
-            if TaskLog(args.checkpoint, None).exists():
+            if TaskLog(args.checkpoint, None).exists() or TaskLog(os.path.join(args.checkpoint, "iter-0"), None).exists():
                 raise InputError(f"--checkpoint: {args.checkpoint} already holds a search; add --resume to continue "
                                  "it, or choose another directory")
         if not args.no_refit:
@@ -242,7 +266,7 @@ def cmd_search(args):
         raise InputError("--stratified: folds are stratified by class; this is a regression")
     if len(X) < args.cv:
         raise InputError(f"--cv {args.cv}: more folds than the {len(X)} rows of {args.data}")
-    search = _make_search(args, task, fixed, varied, scoring)
+    search = _make_search(args, task, fixed, varied, scoring, len(X))
     bar = _Progress() if comm.rank == 0 and sys.stdout.isatty() else None
     search._progress = bar.update if bar else None
     search._task_hook = _fault_hook(comm.rank)
@@ -269,12 +293,15 @@ def cmd_search(args):
         bar.clear()
     results = search.cv_results_
     metric = next(k[len("mean_test_"):] for k in results if k.startswith("mean_test_"))
-    best = int(np.argmin(results[f"rank_test_{metric}"]))  # sklearn's rule for best_index_
+    # sklearn's rule for best_index_ (halving: the best of the last iteration)
+    best = search.best_index_ if args.halving else int(np.argmin(results[f"rank_test_{metric}"]))
     if comm.rank == 0:
         _report(args, search, comm, metric, seconds)
     if not args.no_refit:
         chosen = {field: _train_value(field, values, results["params"][best][option_names()[field]])
                   for field, values in varied.items()}
+        if args.halving and args.resource == "epochs":  # the best candidate's last iteration's epochs
+            chosen["epochs"] = int(results["n_resources"][best])
         code = _refit(args, {**data, **fixed, **chosen}, best_dir)
         if code:  # preempted (75) or interrupted (130): resumable, and the scheduler must know
             return code
@@ -284,7 +311,7 @@ def cmd_search(args):
     return 0
 
 
-def _make_search(args, task, fixed, varied, scoring):
+def _make_search(args, task, fixed, varied, scoring, n_rows):
     """GridSearchCV (or RandomizedSearchCV) over a Pipeline(scale, mlp) built from the grid."""
     from sklearn.model_selection import KFold, StratifiedKFold
     from sklearn.pipeline import Pipeline
@@ -303,9 +330,60 @@ def _make_search(args, task, fixed, varied, scoring):
                                                           random_state=args.seed)
     common = dict(scoring=scoring, cv=cv, refit=False, group_size=args.group_size, allocation=args.allocation,
                   checkpoint=args.checkpoint)
+    if args.halving:
+        return _make_halving(args, base, grid, fixed, varied, common, n_rows)
     if args.n_iter is not None:
         return mpinn.RandomizedSearchCV(base, grid, n_iter=args.n_iter, random_state=args.seed or 0, **common)
     return mpinn.GridSearchCV(base, grid, **common)
+
+
+def _check_halving_options(args):
+    given = [name for name, on in (("--factor", args.factor != 3), ("--resource", args.resource != "samples"),
+                                   ("--min-resources", args.min_resources is not None),
+                                   ("--aggressive-elimination", args.aggressive_elimination),
+                                   ("--warm-start-promoted", args.warm_start_promoted)) if on]
+    if given and not args.halving:
+        raise InputError(f"{given[0]}: only with --halving")
+    if args.factor <= 1:
+        raise InputError(f"--factor: must be > 1, got {args.factor}")
+    if args.warm_start_promoted and args.resource != "epochs":
+        raise InputError("--warm-start-promoted: needs --resource epochs (a fit on other rows cannot be continued)")
+    if args.min_resources is not None and args.min_resources not in ("exhaust", "smallest"):
+        try:
+            args.min_resources = int(args.min_resources)
+        except ValueError:
+            raise InputError(f"--min-resources: expected a number, exhaust or smallest, got {args.min_resources!r}") \
+                from None
+        if args.min_resources < 1:
+            raise InputError(f"--min-resources: must be >= 1, got {args.min_resources}")
+
+
+def _make_halving(args, base, grid, fixed, varied, common, n_rows):
+    """HalvingGridSearchCV (HalvingRandomSearchCV with --n-iter); --resource epochs grows the
+    MLP's max_iter up to the grid's fixed epochs."""
+    import mpinn
+
+    from mpinn.train.config import TrainConfig
+
+    if not isinstance(common["scoring"], (str, type(None))):
+        raise InputError("--scoring: --halving ranks the candidates by one scorer; give one name")
+    kw = dict(factor=args.factor, aggressive_elimination=args.aggressive_elimination,
+              warm_start_promoted=args.warm_start_promoted, random_state=args.seed or 0, **common)
+    if args.resource == "epochs":
+        if "epochs" in varied:
+            raise InputError("--grid: epochs: the resource of --halving --resource epochs cannot be searched; give "
+                             "one value, the epochs of the last iteration")
+        kw.update(resource="mlp__max_iter", max_resources=TrainConfig(**{k: v for k, v in fixed.items()
+                                                                          if k != "scale"}).epochs)
+    if args.min_resources is not None:
+        most = kw["max_resources"] if args.resource == "epochs" else n_rows
+        if isinstance(args.min_resources, int) and args.min_resources > most:
+            raise InputError(f"--min-resources {args.min_resources}: more than the {most} "
+                             f"{'epochs of the grid' if args.resource == 'epochs' else 'rows of --data'}")
+        kw["min_resources"] = args.min_resources
+    if args.n_iter is not None:
+        return mpinn.HalvingRandomSearchCV(base, grid, n_candidates=args.n_iter, **kw)
+    return mpinn.HalvingGridSearchCV(base, grid, **kw)
 
 
 def _refit(args, values, best_dir):
@@ -362,6 +440,9 @@ def _report(args, search, comm, metric, seconds):
     n_cand = len(search.cv_results_["params"])
     print(f"mpinn search: {n_cand} candidates x {search.n_splits_} folds = {n_cand * search.n_splits_} tasks on "
           f"{comm.size} rank(s) in groups of {args.group_size}, allocation {args.allocation}")
+    if args.halving:
+        print(f"halving: {search.n_iterations_} iterations, candidates {search.n_candidates_}, "
+              f"{args.resource} {search.n_resources_}, factor {args.factor}")
     print(f"tasks run: {search.tasks_run_} (done before: {search.tasks_resumed_}) in {seconds:.1f}s")
     for line in search_results.table_lines(table, metric):
         print(line)

@@ -245,6 +245,8 @@ class _FitMLP(_BaseMLP):
         self.intercepts_ = [b.copy() for _, b in views]
 
     def _checkpointer(self, comm):
+        if getattr(self, "_keep_run_state", False):  # search/warm.py: the end state, in memory
+            return _RunStateKeeper(self)
         if not self.checkpoint:
             return None
         from mpinn.train.checkpoint import Checkpointer
@@ -300,6 +302,8 @@ class _FitMLP(_BaseMLP):
                           extra_state=lambda: self._checkpoint_meta(trainer),
                           faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), tracker=tracker,
                           slow=parse_slow(os.environ.get(SLOW_ENV), comm.size))
+        if getattr(self, "_continue_from", None) is not None:
+            self._restore_run(trainer, comm)
         try:
             trainer.fit()
         except TrainingDiverged:
@@ -327,6 +331,15 @@ class _FitMLP(_BaseMLP):
                               "the optimization hasn't converged yet.")
         comm.bcast_array(trainer.params)  # identical attributes on every rank, bit for bit
         return trainer.params
+
+    def _restore_run(self, trainer, comm):
+        """Continue the run ``_continue_from`` holds (Trainer.checkpoint_state()'s pair, set on an
+        unfitted estimator by search/warm.py) instead of starting at epoch 0: the fit then ends
+        where one fit with this max_iter from the start ends, bit for bit (train/state.py)."""
+        from mpinn.parallel.agree import run_agreed
+
+        run_agreed(comm, lambda: trainer.restore(*self._continue_from))
+        self._restored_epoch = trainer.loop.epoch  # the epochs this fit trains start here
 
     def _stopped_by_signal(self, trainer):
         """A signal stopped the fit on every rank at the same step (Trainer._preempt). SIGTERM or
@@ -397,6 +410,20 @@ class _FitMLP(_BaseMLP):
                         validation_loss_curve=loop.validation_loss_curve if self.early_stopping else None,
                         best_validation_score=loop.best_validation_score if self.early_stopping else None)
         return meta
+
+
+class _RunStateKeeper:
+    """A checkpointer that keeps the run's state (Trainer.checkpoint_state(), valid on rank 0) on
+    the estimator as ``_run_state`` instead of writing a file, where the run would checkpoint:
+    at its end, or when a signal stops it."""
+
+    last_path = None
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def save(self, trainer):
+        self.estimator._run_state = trainer.checkpoint_state()  # collective
 
 
 def _warn_convergence(comm, message):

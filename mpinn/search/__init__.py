@@ -1,4 +1,4 @@
-"""Hyper-parameter search, tasks on rank groups: GridSearchCV and RandomizedSearchCV (api.py, loaded on first use).
+"""Hyper-parameter search, tasks on rank groups: GridSearchCV and RandomizedSearchCV (api.py), HalvingGridSearchCV and HalvingRandomSearchCV (halving.py), loaded on first use.
 May import: errors, atomic, options, nn, data, parallel, preprocessing, train, estimators."""
 
 
@@ -7,4 +7,8 @@ def __getattr__(name):
         from mpinn.search import api
 
         return getattr(api, name)
+    if name in ("HalvingGridSearchCV", "HalvingRandomSearchCV"):
+        from mpinn.search import halving
+
+        return getattr(halving, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -129,6 +129,9 @@ def rows(results, display_names, plain=None):
     out = []
     for c in order:
         row = {"rank": int(results[f"rank_test_{first}"][c]), "candidate": c}
+        for key in ("iter", "n_resources"):  # successive halving's iteration and its resource
+            if key in results:
+                row[key] = int(results[key][c])
         for m in metrics:
             row[f"mean_test_{m}"] = float(results[f"mean_test_{m}"][c])
             row[f"std_test_{m}"] = float(results[f"std_test_{m}"][c])

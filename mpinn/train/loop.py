@@ -244,6 +244,11 @@ class Trainer:
         reason = loop.finished if loop.finished and (loop.finished != "max_epochs" or loop.epoch >= cfg.epochs) else None
         if reason is None and loop.epoch >= cfg.epochs:
             reason = "max_epochs"
+        if reason is None and loop.last_params is not None:
+            # A finished run given more epochs ended on its best validation epoch's weights:
+            # it goes on from its last epoch's, as one longer run would.
+            self.params[...] = loop.last_params
+        loop.last_params = None
         self._start_step = loop.global_step
         if self.snapshots and reason is None:
             self.snapshots.take(self, at_epoch_end=loop.step_in_epoch == 0)
@@ -275,6 +280,7 @@ class Trainer:
                 reason = decision.reason
                 if self.early_stopping and reason not in (None, "preempted", "diverged") \
                         and loop.best_params is not None:
+                    loop.last_params = self.params.copy()  # kept in the checkpoint, for a run given more epochs
                     self.params[...] = loop.best_params  # as sklearn: end on the best validation score
                 if preempted and reason is None:
                     reason = "preempted"

@@ -33,6 +33,7 @@ class LoopState:
     validation_loss_curve: list = dataclasses.field(default_factory=list)
     best_validation_score: float = -math.inf
     best_params: np.ndarray | None = None  # early stopping: restored at the end
+    last_params: np.ndarray | None = None  # early stopping: the last epoch's weights, when the run ended on the best's
 
     SCALARS = ("epoch", "t", "step_in_epoch", "accumulated", "global_step", "no_improvement", "finished",
                "history")
@@ -65,6 +66,8 @@ def checkpoint_state(loop, *, params, sync, random_state, schedule, balancing, n
         scalars["validation"] = {"scores": loop.validation_scores, "loss_curve": loop.validation_loss_curve,
                                  "best": None if math.isinf(loop.best_validation_score) else loop.best_validation_score}
         arrays["validation/best_params"] = loop.best_params
+        if loop.last_params is not None:  # a run continued to more epochs goes on from these
+            arrays["validation/last_params"] = loop.last_params
     return scalars, arrays
 
 
@@ -98,4 +101,6 @@ def restore(loop, scalars, arrays, *, params, sync, random_state, schedule, bala
         loop.validation_loss_curve = list(validation["loss_curve"])
         loop.best_validation_score = -math.inf if validation["best"] is None else validation["best"]
         loop.best_params = np.array(arrays["validation/best_params"], dtype=params.dtype)
+        last = arrays.get("validation/last_params")
+        loop.last_params = None if last is None else np.array(last, dtype=params.dtype)
     balancing.restore(scalars.get("balance"))  # last: moving the rows rebuilds the schedule
