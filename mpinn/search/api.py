@@ -32,6 +32,7 @@ from mpinn.parallel.comm import as_comm
 from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.parallel.agree import on_root
 from mpinn.parallel.faults import Preemption
+from mpinn.search.iteration import splits_from_root
 from mpinn.search.run import ALLOCATIONS, Groups, collect, finish, run_tasks
 from mpinn.search import callbacks as search_callbacks
 
@@ -64,7 +65,7 @@ class _BaseSearch(BaseSearchCV):
         hooks.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
         cv = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
         self.n_splits_ = cv.get_n_splits(X, y, **routed.splitter.split)
-        splits = _splits_from_root(world, cv, X, y, routed.splitter.split)
+        splits = splits_from_root(world, cv, X, y, routed.splitter.split)
         if len(splits) != self.n_splits_:
             raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. Expected "
                              f"{self.n_splits_} splits, got {len(splits)}")
@@ -294,31 +295,3 @@ class RandomizedSearchCV(_BaseSearch):
 def _n_features(X):
     shape = getattr(X, "shape", None)
     return int(shape[1]) if shape is not None and len(shape) > 1 else 1
-
-
-def _splits_from_root(comm, cv, X, y, split_params):
-    """The folds rank 0 draws (a shuffled splitter without a seed would differ per rank), as row
-    indices (a splitter may give boolean masks); an error in cv.split (too few rows for the
-    folds ...) is raised on every rank."""
-    splits = []
-
-    def draw():
-        splits.extend((_indices(a), _indices(b)) for a, b in cv.split(X, y, **split_params))
-        return [[len(a), len(b)] for a, b in splits]
-
-    sizes = on_root(comm, draw)
-    if comm.size == 1 or not sizes:  # no split (an exhausted iterator): fit raises on every rank
-        return [(np.asarray(a, np.int64), np.asarray(b, np.int64)) for a, b in splits]
-    flat = np.concatenate([np.concatenate([a, b]) for a, b in splits]).astype(np.int64) if comm.rank == 0 \
-        else np.empty(sum(a + b for a, b in sizes), np.int64)
-    comm.bcast_array(flat)
-    out, at = [], 0
-    for a, b in sizes:
-        out.append((flat[at:at + a], flat[at + a:at + a + b]))
-        at += a + b
-    return out
-
-
-def _indices(rows):
-    rows = np.asarray(rows)
-    return np.flatnonzero(rows) if rows.dtype == bool else rows

@@ -168,7 +168,7 @@ class _BaseHalving(_BaseSearch):
                         for c in candidates:
                             c[self.resource] = n_resources
                         split_cv = cv
-                    splits = splits_from_root(world, split_cv, X, y, groups)
+                    splits = splits_from_root(world, split_cv, X, y, {"groups": groups})
                     if len(splits) != self.n_splits_:
                         raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. Expected "
                                          f"{self.n_splits_} splits, got {len(splits)}")

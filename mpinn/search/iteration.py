@@ -107,17 +107,18 @@ def _per_sample(value, n):
     return hasattr(value, "__len__") and not isinstance(value, (str, dict)) and len(value) == n
 
 
-def splits_from_root(comm, cv, X, y, groups):
-    """The folds rank 0 draws (a shuffled or subsampling splitter without a seed would differ
-    per rank); an error in cv.split is raised on every rank."""
+def splits_from_root(comm, cv, X, y, split_params):
+    """The folds rank 0 draws (a shuffled splitter without a seed would differ per rank), as row
+    indices (a splitter may give boolean masks); an error in cv.split (too few rows for the
+    folds ...) is raised on every rank."""
     splits = []
 
     def draw():
-        splits.extend(cv.split(X, y, groups))
+        splits.extend((_indices(a), _indices(b)) for a, b in cv.split(X, y, **split_params))
         return [[len(a), len(b)] for a, b in splits]
 
     sizes = on_root(comm, draw)
-    if comm.size == 1:
+    if comm.size == 1 or not sizes:  # no split (an exhausted iterator): fit raises on every rank
         return [(np.asarray(a, np.int64), np.asarray(b, np.int64)) for a, b in splits]
     flat = np.concatenate([np.concatenate([a, b]) for a, b in splits]).astype(np.int64) if comm.rank == 0 \
         else np.empty(sum(a + b for a, b in sizes), np.int64)
@@ -127,3 +128,8 @@ def splits_from_root(comm, cv, X, y, groups):
         out.append((flat[at:at + a], flat[at + a:at + a + b]))
         at += a + b
     return out
+
+
+def _indices(rows):
+    rows = np.asarray(rows)
+    return np.flatnonzero(rows) if rows.dtype == bool else rows
