@@ -37,7 +37,7 @@ export MPINN_MPIEXEC := $(MPIEXEC) $(MPIEXEC_FLAGS)
 
 OUT := out
 
-.PHONY: install run test test-serial test-mpi test-slurm test-elastic bench clean
+.PHONY: install run test test-serial test-long test-mpi test-slurm test-elastic bench clean
 .DEFAULT_GOAL := run
 
 install: $(VENV)/.installed
@@ -61,7 +61,11 @@ run: install
 test: test-serial test-2 test-3
 
 test-serial: install
-	timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider
+	timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not long"
+
+# The tests marked long (a soak of random kills, scikit-learn's successive-halving suite): CI runs them.
+test-long: install
+	timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider -m long
 
 test-%: install
 	timeout --kill-after=30 $(TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n $* $(BIN)/python -m pytest -q -p no:cacheprovider --with-mpi -m mpi

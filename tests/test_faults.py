@@ -136,6 +136,7 @@ def _wait_for_epoch(proc, directory, epoch, timeout=TIMEOUT):
     return time.monotonic()
 
 
+@pytest.mark.long
 def test_kill_at_random_moments_never_loses_the_checkpoint(tmp_path):
     """20 runs SIGKILLed at random moments of training; each time the latest checkpoint loads
     and resuming finishes with the weights of an uninterrupted run. Each kill is aimed at a

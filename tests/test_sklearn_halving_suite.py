@@ -40,6 +40,7 @@ def rewritten(tmp_path):
     return path
 
 
+@pytest.mark.long
 def test_sklearn_halving_tests_pass_on_mpinn(tmp_path):
     path = rewritten(tmp_path)
     outcomes = Outcomes()
