@@ -99,9 +99,10 @@ print(sum(sum(s.cache_misses.values()) for s in stats), sum(sum(s.cache_hits.val
 
 
 def test_processes_of_one_machine_compile_once_and_load_the_cache(tmp_path):
-    """Three processes start at once with an empty cache: one compiles the 6 kernels (2 dtypes; here all
-    are looked up, so all are warmed)
-    and writes the cache, the other two wait for it and load all 6 from it."""
+    """Three processes start at once with an empty cache: each of the 6 kernels (2 dtypes; here all
+    are looked up, so all are warmed) is compiled by one process, which writes it to the cache, and
+    loaded from it by the other two. Which process compiles which kernel is a race (the lock is
+    taken per kernel), so the counts are summed."""
     import os
     import subprocess
     import sys
@@ -110,4 +111,5 @@ def test_processes_of_one_machine_compile_once_and_load_the_cache(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", LOAD], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(3)]
     counts = sorted(tuple(map(int, p.communicate(timeout=300)[0].split())) for p in procs)
-    assert counts == [(0, 6), (0, 6), (6, 0)]
+    assert sum(m for m, _ in counts) == 6 and sum(h for _, h in counts) == 12, counts
+    assert all(m + h == 6 for m, h in counts), counts
