@@ -176,6 +176,101 @@ def test_mpich_start_line_says_why_not_and_elastic_flag_is_exit_2(digits, tmp_pa
     assert run(["train", "--data", digits, "--min-ranks", "0"], check=False).returncode == 2
 
 
+# ---- mpinn search: the survivors continue from the task log ------------------------------------
+
+SEARCH_LOST = re.compile(r"rank(?:s)? ([\d, ]+) lost during the search; continuing on (\d+) rank\(s\) in groups of "
+                         r"(\d+) from the tasks recorded in \S+ \(recovery [\d.]+ s\)")
+
+
+def search_args(digits, tmp_path, name, *extra):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("hidden = [[16], [32]]\nlr = [0.001, 0.01]\nepochs = 5\nseed = 3\n")
+    return ["search", "--data", digits, "--grid", grid, "--cv", 3, "--results", tmp_path / f"{name}.jsonl",
+            "--checkpoint", tmp_path / f"{name}.ck", "--no-refit", *extra]
+
+
+def scores(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return np.array([[v for k, v in sorted(row.items()) if "_test_" in k and isinstance(v, float)] for row in rows])
+
+
+def recorded_once(checkpoint, n_tasks):
+    """Each task id appears exactly once over the task log's files (of every halving iteration)."""
+    for folder in sorted({p.parent for p in checkpoint.rglob("tasks-*.jsonl")}):
+        tasks = [json.loads(line)["task"] for f in folder.glob("tasks-*.jsonl") for line in f.read_text().splitlines()]
+        assert sorted(tasks) == list(range(n_tasks.pop(0))), (folder, sorted(tasks))
+    assert not n_tasks
+
+
+@pytest.fixture(scope="module")
+def search_reference(digits, tmp_path_factory):
+    """The uninterrupted 3-rank search, and its halving variant."""
+    if not ULFM:
+        pytest.skip("needs Open MPI under --with-ft ulfm")
+    base = tmp_path_factory.mktemp("search")
+    for name, extra in (("plain", []), ("halving", ["--halving"])):
+        proc, _ = ulfm(search_args(digits, base, name, *extra), 3)
+        assert proc.returncode == 0, proc.stderr
+    return {name: scores(base / f"{name}.jsonl") for name in ("plain", "halving")}
+
+
+@needs_ulfm
+@pytest.mark.parametrize("dead", [2, 0])
+def test_search_rank_killed_mid_task_every_task_recorded_once_same_scores(digits, search_reference, tmp_path, dead):
+    """Groups of 1, dynamic: rank DEAD dies as it starts its 2nd task (`mpinn search` counts
+    MPINN_FAULT in tasks); that task is not recorded, and the survivors run it again."""
+    proc, seconds = ulfm(search_args(digits, tmp_path, "s"), 3, fault=f"{dead}:2:kill")
+    assert proc.returncode == 0, proc.stderr
+    lost = SEARCH_LOST.search(proc.stderr)
+    assert lost and lost.groups() == (str(dead), "2", "1"), proc.stderr
+    assert "on 2 rank(s) in groups of 1, allocation dynamic, elastic: yes" in proc.stdout
+    assert "tasks run: 12 (done before: 0)" in proc.stdout, proc.stdout
+    recorded_once(tmp_path / "s.ck", [12])
+    np.testing.assert_allclose(scores(tmp_path / "s.jsonl"), search_reference["plain"], rtol=0, atol=1e-12)
+
+
+@needs_ulfm
+def test_search_in_groups_of_two_goes_on_in_groups_of_one(digits, search_reference, tmp_path):
+    """4 ranks in groups of 2, rank 3 dies: 3 survivors cannot form pairs, so groups of 1."""
+    proc, _ = ulfm(search_args(digits, tmp_path, "s", "--group-size", 2), 4, fault="3:2:kill")
+    assert proc.returncode == 0, proc.stderr
+    assert SEARCH_LOST.search(proc.stderr).groups() == ("3", "3", "1"), proc.stderr
+    recorded_once(tmp_path / "s.ck", [12])
+    np.testing.assert_allclose(scores(tmp_path / "s.jsonl"), search_reference["plain"], rtol=0, atol=1e-12)
+
+
+@needs_ulfm
+def test_halving_search_rank_0_killed_continues_its_iteration(digits, search_reference, tmp_path):
+    proc, _ = ulfm(search_args(digits, tmp_path, "s", "--halving"), 3, fault="0:2:kill")
+    assert proc.returncode == 0, proc.stderr
+    assert SEARCH_LOST.search(proc.stderr).groups()[:2] == ("0", "2"), proc.stderr
+    recorded_once(tmp_path / "s.ck", [12, 6])
+    np.testing.assert_allclose(scores(tmp_path / "s.jsonl"), search_reference["halving"], rtol=0, atol=1e-12)
+
+
+@needs_ulfm
+def test_search_elastic_needs_a_checkpoint(digits, tmp_path):
+    args = search_args(digits, tmp_path, "s")
+    args = args[:args.index("--checkpoint")] + ["--no-refit", "--elastic"]
+    proc, _ = ulfm(args, 2)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--elastic: this search cannot survive a rank's death (no --checkpoint" in lines[0]
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_mpich_search_says_why_not_and_elastic_flag_is_exit_2(digits, tmp_path):
+    if ULFM:
+        pytest.skip("the MPICH behaviour; this run is Open MPI's")
+    proc = run(search_args(digits, tmp_path, "s"), np_=2)
+    assert "elastic: no (MPICH has no ULFM)" in proc.stdout, proc.stdout
+    bad = run(search_args(digits, tmp_path, "t", "--elastic"), np_=2, check=False)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--elastic: this search cannot survive a rank's death (MPICH has no ULFM)" in lines[0]
+    assert not (tmp_path / "t.jsonl").exists() and not (tmp_path / "t.ck").exists()
+
+
 @needs_ulfm
 def test_bench_script_measures_overhead_and_recovery(tmp_path):
     bench = Path(__file__).resolve().parents[1] / "bench" / "elastic.py"

@@ -1,5 +1,6 @@
-"""`mpinn train` when a rank dies: elastic mode's choice, and the recovery loop that continues
-on the survivors (train/elastic.py holds the snapshots it continues from)."""
+"""`mpinn train` and `mpinn search` when a rank dies: elastic mode's choice, the survivors'
+communicator, and train's recovery loop that continues on them (train/elastic.py holds the
+snapshots it continues from; cli/search.py continues a search from its task log)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,29 @@ def elastic_mode(comm, cfg, asked):
     return on, why
 
 
+def continue_on_survivors(comm, launched):
+    """Collective over the survivors of a rank's death: revoke ``comm`` (ranks still inside a
+    collective learn of it too), meet in an agreement, shrink. The survivors' communicator
+    becomes world(). Returns (it, the launched ranks lost, the launched ranks kept) where
+    ``launched`` names the ranks of ``comm`` as first launched."""
+    from mpinn.parallel.comm import replace_world
+
+    comm.revoke()
+    comm.agree_all(False)  # meets the survivors that finished and wait in their own agreement
+    failed, (comm, lost) = comm, comm.shrink()
+    failed.free()
+    replace_world(comm)
+    lost = [launched[r] for r in lost]
+    return comm, lost, [r for r in launched if r not in lost]
+
+
+def lost_words(lost):
+    return f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}"
+
+
 def fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
     """Train; when a rank dies, continue on the survivors from the newest snapshot all of them
     hold (train/elastic.py), as often as it happens. Returns (the final comm, the trainer)."""
-    from mpinn.parallel.comm import replace_world
     from mpinn.parallel.faults import EXIT_PREEMPTED, inject
     from mpinn.train.elastic import truncate_metrics
 
@@ -56,21 +76,14 @@ def fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
             if failed_at is not None:
                 started, (epoch, step) = time.perf_counter(), failed_at
                 failed_at = None
-                comm.revoke()  # ranks still inside a collective learn of it too
-                comm.agree_all(False)  # meets the survivors that finished and wait in the agreement below
-                failed, (comm, lost) = comm, comm.shrink()
-                failed.free()
-                replace_world(comm)
+                comm, lost, run.launched = continue_on_survivors(comm, run.launched)
                 if "recovery" in trainer.faults:  # tests: a death while the survivors recover
                     inject(trainer.faults.pop("recovery"), comm.rank, "recovery", None)
-                lost = [run.launched[r] for r in lost]
-                run.launched = [r for i, r in enumerate(run.launched) if run.launched[i] not in lost]
                 run.tracking = run.tracking and 0 not in lost  # rank 0's tracking run died with it
                 key, scalars, arrays, scaler = snapshots.agreed(comm)
                 trainer = build(comm, (key, scalars, arrays, scaler))
                 seconds = time.perf_counter() - started
-                who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}"
-                line = (f"{who} lost at epoch {epoch} step {step}; continuing on {comm.size} rank(s) "
+                line = (f"{lost_words(lost)} lost at epoch {epoch} step {step}; continuing on {comm.size} rank(s) "
                         f"(recovery {seconds:.2f} s, from epoch {trainer.epoch} step {trainer.step_in_epoch})")
                 event = {"ranks": lost, "epoch": epoch, "step": step, "continued_on": comm.size,
                          "replayed_from": {"epoch": trainer.epoch, "step": trainer.step_in_epoch},

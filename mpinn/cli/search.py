@@ -47,6 +47,9 @@ def add_search_command(sub):
     p.add_argument("--resume", action="store_true", help="continue the search recorded in --checkpoint DIR "
                    "(any rank count or group size): only unfinished tasks run")
     p.add_argument("--no-refit", action="store_true", help="do not train the best candidate on all rows")
+    p.add_argument("--elastic", action="store_true",
+                   help="require elastic mode: when a rank dies, the survivors continue the search from its "
+                        "--checkpoint (Open MPI 5 under `mpirun --with-ft ulfm`; on by itself there)")
     p.add_argument("--halving", action="store_true", help="successive halving (scikit-learn's HalvingGridSearchCV, "
                    "with --n-iter HalvingRandomSearchCV): every candidate on a small resource, the best 1/F on F "
                    "times more, and so on")
@@ -217,10 +220,14 @@ def _check_rows(comm, X, y, path, task):
 def cmd_search(args):
     import numpy as np
 
-    from mpinn.parallel.comm import world
+    from mpinn.parallel.comm import replace_world, world
     from mpinn.parallel.agree import on_root
 
     comm = world()
+    elastic, why_not = _elastic_mode(comm, args)
+    if elastic:  # revoke and shrink a copy: MPI_Finalize hangs after COMM_WORLD itself was revoked
+        comm = comm.dup()
+        replace_world(comm)
     randomized = args.n_iter is not None
     for name, value, low in (("--cv", args.cv, 2), ("--group-size", args.group_size, 1), ("--n-iter", args.n_iter, 1)):
         if value is not None and value < low:
@@ -269,17 +276,24 @@ def cmd_search(args):
     search = _make_search(args, task, fixed, varied, scoring, len(X))
     bar = _Progress() if comm.rank == 0 and sys.stdout.isatty() else None
     search._progress = bar.update if bar else None
-    search._task_hook = _fault_hook(comm.rank)
     from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 
-    from mpinn.parallel.faults import Interrupted, Preempted, Preemption
+    from mpinn.parallel.faults import FAULT_ENV, Interrupted, Preempted, Preemption
+
+    # MPINN_FAULT (tests) counts this rank's tasks in the search, and steps only in the refit
+    # (`mpinn train`): the tasks' fits must not read it again, each by its rank in its group.
+    fault_spec = os.environ.pop(FAULT_ENV, None)
+    search._task_hook = _fault_hook(comm.rank, fault_spec)
 
     start = time.time()
     try:
         with warnings.catch_warnings():  # short runs are normal in a search; failures are in the table
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", FitFailedWarning)
-            search.fit(X, y)
+            if elastic:
+                comm = _fit_search(search, X, y, comm, args)
+            else:
+                search.fit(X, y)
     except (Preempted, Interrupted) as exc:  # the search's words, not those of the fit it stopped
         kept = (f"the finished tasks are recorded in {args.checkpoint}; run it again with --resume for the rest"
                 if args.checkpoint else "no --checkpoint: the finished tasks are not kept")
@@ -296,12 +310,14 @@ def cmd_search(args):
     # sklearn's rule for best_index_ (halving: the best of the last iteration)
     best = search.best_index_ if args.halving else int(np.argmin(results[f"rank_test_{metric}"]))
     if comm.rank == 0:
-        _report(args, search, comm, metric, seconds)
+        _report(args, search, comm, metric, seconds, "yes" if elastic else f"no ({why_not})")
     if not args.no_refit:
         chosen = {field: _train_value(field, values, results["params"][best][option_names()[field]])
                   for field, values in varied.items()}
         if args.halving and args.resource == "epochs":  # the best candidate's last iteration's epochs
             chosen["epochs"] = int(results["n_resources"][best])
+        if fault_spec is not None:
+            os.environ[FAULT_ENV] = fault_spec
         code = _refit(args, {**data, **fixed, **chosen}, best_dir)
         if code:  # preempted (75) or interrupted (130): resumable, and the scheduler must know
             return code
@@ -309,6 +325,48 @@ def cmd_search(args):
             f"{results[f'mean_test_{metric}'][best]:.6g}; trained on all rows as `mpinn train` would: "
             f"checkpoint {best_dir}")
     return 0
+
+
+def _elastic_mode(comm, args):
+    """(on, why not): a search survives a rank's death where MPI can (ULFM) and the finished
+    tasks are in a task log to continue from; --elastic where it cannot is exit 2."""
+    on, why = comm.elastic_support()
+    if on and not args.checkpoint:
+        on, why = False, "no --checkpoint to continue from"
+    if args.elastic and not on:
+        hint = "" if why.startswith("no --") else "; it needs Open MPI 5 started with `mpirun --with-ft ulfm`"
+        raise InputError(f"--elastic: this search cannot survive a rank's death ({why}){hint} (docs/reliability.md, "
+                         "\"Elastic training\")")
+    return on, why
+
+
+def _fit_search(search, X, y, comm, args):
+    """search.fit; when a rank dies, again on the survivors, which run only the tasks the task
+    log does not hold (the dead rank's current task among them), as often as it happens.
+    Returns the survivors' communicator."""
+    from mpinn.cli.elastic import continue_on_survivors, lost_words
+
+    launched, first_resumed = list(range(comm.size)), None
+    while True:
+        try:
+            search.fit(X, y)
+            if comm.agree_all(True):  # uniform: every survivor leaves here, or every one continues
+                break
+        except BaseException as exc:
+            if not comm.is_process_failure(exc):
+                raise
+        first_resumed = search.tasks_resumed_ if first_resumed is None else first_resumed
+        started = time.perf_counter()
+        comm, lost, launched = continue_on_survivors(comm, launched)
+        # Groups are rebuilt on the survivors: the largest size up to --group-size that divides them.
+        search.set_params(group_size=max(g for g in range(1, args.group_size + 1) if comm.size % g == 0))
+        say(f"mpinn: {lost_words(lost)} lost during the search; continuing on {comm.size} rank(s) in groups "
+            f"of {search.group_size} from the tasks recorded in {args.checkpoint} "
+            f"(recovery {time.perf_counter() - started:.2f} s)", file=sys.stderr)
+    if first_resumed is not None:  # the tasks recorded before the loss were run by this command too
+        search.tasks_run_ += search.tasks_resumed_ - first_resumed
+        search.tasks_resumed_ = first_resumed
+    return comm
 
 
 def _make_search(args, task, fixed, varied, scoring, n_rows):
@@ -401,12 +459,12 @@ def _describe(values):
                      for k, v in values.items())
 
 
-def _fault_hook(rank):
+def _fault_hook(rank, spec):
     """MPINN_FAULT="RANK:TASK:KIND" (tests): rank RANK does KIND (kill, raise, exit) as it starts
     its TASK-th task (1-based, counted on that rank)."""
-    from mpinn.parallel.faults import FAULT_ENV, inject, parse_faults
+    from mpinn.parallel.faults import inject, parse_faults
 
-    faults = parse_faults(os.environ.get(FAULT_ENV), rank)
+    faults = parse_faults(spec, rank)
     if not faults:
         return None
     started = [0]
@@ -431,7 +489,7 @@ def _scoring(text):
     return names[0] if len(names) == 1 else names
 
 
-def _report(args, search, comm, metric, seconds):
+def _report(args, search, comm, metric, seconds, elastic):
     from mpinn.search import results as search_results
 
     display = {param: field.replace("_", "-") for field, param in option_names().items()}
@@ -439,7 +497,7 @@ def _report(args, search, comm, metric, seconds):
     search_results.write_rows(args.results, table)
     n_cand = len(search.cv_results_["params"])
     print(f"mpinn search: {n_cand} candidates x {search.n_splits_} folds = {n_cand * search.n_splits_} tasks on "
-          f"{comm.size} rank(s) in groups of {args.group_size}, allocation {args.allocation}")
+          f"{comm.size} rank(s) in groups of {search.group_size}, allocation {args.allocation}, elastic: {elastic}")
     if args.halving:
         print(f"halving: {search.n_iterations_} iterations, candidates {search.n_candidates_}, "
               f"{args.resource} {search.n_resources_}, factor {args.factor}")

@@ -279,6 +279,7 @@ class _FitMLP(_BaseMLP):
 
     def _fit_stochastic(self, cfg, problem, comm, model, params, rs, checkpointer, incremental, tracker=None):
         from mpinn.parallel.balance import SLOW_ENV, parse_slow
+        from mpinn.parallel.comm import launched_rank
         from mpinn.parallel.faults import FAULT_ENV, parse_faults
         from mpinn.train.loop import LoopState, Trainer, TrainingDiverged
 
@@ -300,7 +301,7 @@ class _FitMLP(_BaseMLP):
                           checkpointer=checkpointer, model=model, params=params, random_state=rs,
                           optimizer=optimizer, loop=loop, format_line=_verbose_line,
                           extra_state=lambda: self._checkpoint_meta(trainer),
-                          faults=parse_faults(os.environ.get(FAULT_ENV), comm.rank), tracker=tracker,
+                          faults=parse_faults(os.environ.get(FAULT_ENV), launched_rank(comm.rank)), tracker=tracker,
                           slow=parse_slow(os.environ.get(SLOW_ENV), comm.size))
         if getattr(self, "_continue_from", None) is not None:
             self._restore_run(trainer, comm)

@@ -97,7 +97,16 @@ class Comm:
 
     def wait_all(self, requests):
         if self._calls and requests:
-            _mpi().Request.Waitall(requests)
+            MPI = _mpi()
+            statuses = [MPI.Status() for _ in requests]
+            try:
+                MPI.Request.Waitall(requests, statuses)
+            except MPI.Exception as exc:  # one request's own error (a rank's death) names the cause
+                if exc.Get_error_class() == MPI.ERR_IN_STATUS:
+                    for code in (status.Get_error() for status in statuses):
+                        if code not in (MPI.SUCCESS, MPI.ERR_PENDING):
+                            raise MPI.Exception(code) from None
+                raise
             done = {id(r) for r in requests}
             self._pending = [r for r in self._pending if id(r) not in done]
 
@@ -298,12 +307,7 @@ class Comm:
         return True, ""
 
     def is_process_failure(self, exc: BaseException) -> bool:
-        """Is ``exc`` MPI's report that a rank died (or that a survivor revoked the channel)?"""
-        if "mpi4py.MPI" not in sys.modules or not isinstance(exc, _mpi().Exception):
-            return False
-        MPI = _mpi()
-        failures = {getattr(MPI, name, None) for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
-        return exc.Get_error_class() in failures - {None}
+        return is_process_failure(exc)
 
     def revoke(self):
         """Make every pending and future operation on this communicator fail on every rank, so
@@ -394,6 +398,15 @@ class SharedWindow:
             self.win = None
 
 
+def is_process_failure(exc: BaseException) -> bool:
+    """Is ``exc`` MPI's report that a rank died (or that a survivor revoked the channel)?"""
+    if "mpi4py.MPI" not in sys.modules or not isinstance(exc, _mpi().Exception):
+        return False
+    MPI = _mpi()
+    failures = {getattr(MPI, name, None) for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
+    return exc.Get_error_class() in failures - {None}
+
+
 _world = None
 _ranks_lost = False  # a shrink happened in this process (Comm.shrink)
 
@@ -424,6 +437,14 @@ def replace_world(comm: Comm):
     """Make ``comm`` (the survivors, Comm.shrink) what world() returns from now on."""
     global _world
     _world = comm
+
+
+def launched_rank(default: int) -> int:
+    """This process's rank in the job as launched (MPI_COMM_WORLD, which keeps its numbering
+    when ranks are lost), or ``default`` where MPI was not started."""
+    if "mpi4py.MPI" not in sys.modules:
+        return default
+    return _mpi().COMM_WORLD.Get_rank()
 
 
 def world_rank_if_started():

@@ -28,12 +28,12 @@ from sklearn.utils.validation import _check_method_params
 
 from mpinn.search import results as search_results
 from mpinn.search import tasks as search_tasks
-from mpinn.parallel.comm import as_comm
+from mpinn.parallel.comm import as_comm, is_process_failure
 from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.parallel.agree import on_root
 from mpinn.parallel.faults import Preemption
 from mpinn.search.iteration import splits_from_root
-from mpinn.search.run import ALLOCATIONS, Groups, collect, finish, run_tasks
+from mpinn.search.run import ALLOCATIONS, Groups, collect, finish, revoke_all, run_tasks
 from mpinn.search import callbacks as search_callbacks
 
 
@@ -105,6 +105,10 @@ class _BaseSearch(BaseSearchCV):
                     writer.close()
                 finish(team, stop)  # every rank raises the first failing group's error, or none does
             records = collect(team, records, previous)
+        except BaseException as exc:
+            if is_process_failure(exc):  # a rank died: no survivor may wait for it anywhere (run.py)
+                revoke_all(team)
+            raise
         finally:
             team.close()
         search_hooks.call_on_fit_task_end(estimator=self)

@@ -34,13 +34,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples
 
 from mpinn.parallel.agree import on_root
-from mpinn.parallel.comm import as_comm
+from mpinn.parallel.comm import as_comm, is_process_failure
 from mpinn.parallel.faults import Preemption
 from mpinn.search import results as search_results
 from mpinn.search import tasks as search_tasks
 from mpinn.search.api import _BaseSearch
 from mpinn.search.iteration import Round, run_round, splits_from_root, task_costs
-from mpinn.search.run import ALLOCATIONS, Groups
+from mpinn.search.run import ALLOCATIONS, Groups, revoke_all
 from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.search.warm import MODELS, PromotedModels, epoch_recorder, mlp_path
 
@@ -198,6 +198,10 @@ class _BaseHalving(_BaseSearch):
                     origins = [all_origins[r] for r in kept]
                     if models is not None and itr + 1 < self.n_iterations_:
                         models.keep(world, origins)
+        except BaseException as exc:
+            if is_process_failure(exc):  # a rank died: no survivor may wait for it anywhere (run.py)
+                revoke_all(team)
+            raise
         finally:
             team.close()
             if models is not None and self.checkpoint is None and world.rank == 0:

@@ -13,6 +13,12 @@ and talks to the coordinator.
   task when they start one, so the answer waits for them and the sleeps cost no latency.
   Needs MPI_THREAD_MULTIPLE (mpi4py asks for it); without it the tasks are assigned in advance,
   longest first to the least loaded group (LPT).
+
+When a rank dies (MPI with ULFM), no task result is invented from it: a fit whose collective
+fails, the coordinator and every leader raise MPI's process failure, after revoking the
+search's communicators (``revoke_all``) so that no survivor is left waiting for the dead rank
+in another group's or the coordinator's channel. `mpinn search` then continues on the survivors
+from the task log (cli/search.py), where the dead rank's task is simply not recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 
 from mpinn.errors import InputError
 from mpinn.parallel.agree import agree
+from mpinn.parallel.comm import is_process_failure
 from mpinn.search.tasks import TaskFailed
 
 REQUEST, REPLY, STOP = 11, 12, 13  # message tags on the coordinator's own channel
@@ -59,6 +66,7 @@ class _Queue:
         self.order, self.next, self.lock = list(order), 0, threading.Lock()
         self.done = {}  # leader -> tasks it has finished (as last reported)
         self.stopped, self.failure = False, None
+        self.abandoned = False  # rank 0 left the search on a rank's death: the coordinator ends now
 
     def take(self, leader, finished):
         with self.lock:
@@ -94,6 +102,14 @@ def run_tasks(groups, pending, costs, allocation, execute, progress=None, stop_r
     boundary; the caller then agrees on one error for every rank (``finish``).
     """
     stop = _Stop(groups, stop_requested)
+    try:
+        return _run_tasks(groups, stop, pending, costs, allocation, execute, progress)
+    except BaseException:  # a rank died: no thread of this search may outlive its communicators
+        stop.close()
+        raise
+
+
+def _run_tasks(groups, stop, pending, costs, allocation, execute, progress):
     records = {}
     G, g = groups.count, groups.index
     longest = sorted(pending, key=lambda t: (-costs[t], t))
@@ -119,6 +135,24 @@ def run_tasks(groups, pending, costs, allocation, execute, progress=None, stop_r
         coordinator = threading.Thread(target=_serve, args=(groups, queue, progress, len(pending)),
                                        name="mpinn-search-coordinator", daemon=True)
         coordinator.start()
+    try:
+        _take_tasks(groups, stop, queue, execute, progress, len(pending), records)
+    except BaseException:
+        if queue is not None:
+            queue.abandoned = True  # the coordinator ends without waiting for the other leaders
+        raise
+    finally:
+        if coordinator is not None:
+            coordinator.join()
+    if is_process_failure(queue.failure if queue is not None else None):
+        raise queue.failure
+    if queue is not None and queue.failure is not None:
+        stop.fail(queue.failure)
+    return records, stop
+
+
+def _take_tasks(groups, stop, queue, execute, progress, total, records):
+    """The dynamic allocation's loop on every rank: the leader asks for a task, the group runs it."""
     ask = _Asker(groups, queue)
     t = ask.first() if groups.leader else -1
     while True:
@@ -138,12 +172,15 @@ def run_tasks(groups, pending, costs, allocation, execute, progress=None, stop_r
         if groups.leader:
             t = ask.finish()
             if progress and queue is not None:
-                progress(queue.finished, len(pending))
-    if coordinator is not None:
-        coordinator.join()
-        if queue.failure is not None:
-            stop.fail(queue.failure)
-    return records, stop
+                progress(queue.finished, total)
+
+
+def revoke_all(groups):
+    """After a process failure: fail every pending and future call on the search's
+    communicators, on every rank (the failure itself is seen only by the ranks that talk to the
+    dead one)."""
+    for comm in {id(c): c for c in (groups.comm, groups.channel, groups.world) if c is not None}.values():
+        comm.revoke()
 
 
 def _run_in_group(groups, execute, t):
@@ -152,12 +189,16 @@ def _run_in_group(groups, execute, t):
     try:
         record = execute(t)
     except BaseException as exc:  # noqa: BLE001 - made the group's outcome below
+        if is_process_failure(exc):  # a rank died: no outcome of this task
+            raise
         # error_score="raise": the exception the estimator raised, where this rank has it
         record, error = None, exc.original if isinstance(exc, TaskFailed) and exc.original else exc
     try:
         agree(groups.comm, None if isinstance(error, TaskFailed) else error)  # the original, if any rank has it
         agree(groups.comm, error)
     except BaseException as agreed:  # noqa: BLE001 - the group's error, re-raised by the caller later
+        if is_process_failure(agreed):
+            raise
         return None, agreed
     return record, None
 
@@ -250,9 +291,14 @@ class _NoticeWatcher:
     def _run(self):
         pause = POLL_SECONDS
         while not self.done.wait(pause):
-            if self.channel.waiting_sender(STOP) is not None:
-                self.noticed()
-                return
+            try:
+                if self.channel.waiting_sender(STOP) is not None:
+                    self.noticed()
+                    return
+            except BaseException as exc:  # noqa: BLE001 - the main thread meets it at its next call
+                if is_process_failure(exc):
+                    return  # the group's task runs to its end and is recorded
+                raise
             pause = min(2 * pause, POLL_MAX_SECONDS)
 
     def close(self):
@@ -329,9 +375,20 @@ def _serve(groups, queue, progress, total):
     (-1: none left, or the search stopped) until every leader has been told to stop. Polls every
     1 ms after a request, backing off to 16 ms while none comes (leaders ask one task ahead, so
     latency is hidden). A failure here stops the search but still answers every leader: none
-    is left waiting, and rank 0 raises it after the tasks (``finish``)."""
+    is left waiting, and rank 0 raises it after the tasks (``finish``). A rank's death ends it:
+    the channel is revoked, so every leader waiting for an answer learns of it too."""
+    try:
+        _answer_requests(groups, queue, progress, total)
+    except BaseException as exc:  # noqa: BLE001 - raised by rank 0's main thread (run_tasks)
+        if not is_process_failure(exc):
+            raise
+        queue.failure, queue.stopped = exc, True
+        groups.channel.revoke()
+
+
+def _answer_requests(groups, queue, progress, total):
     channel, active, pause = groups.channel, groups.count - 1, POLL_SECONDS
-    while active:
+    while active and not queue.abandoned:
         if not queue.stopped and channel.waiting_sender(STOP) is not None:
             queue.stopped = True  # a group failed or was signalled: no more tasks for anyone
         source = channel.waiting_sender(REQUEST)

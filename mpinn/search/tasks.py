@@ -18,6 +18,7 @@ from traceback import format_exc
 
 import numpy as np
 
+from mpinn.parallel.comm import is_process_failure
 from mpinn.parallel.faults import Preempted
 
 
@@ -161,6 +162,8 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
     except Preempted:  # a signal stops the search; it is no result of this candidate
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate is recorded
+        if is_process_failure(exc):  # a rank of the group died: no result, the task runs again
+            raise
         error, original = format_exc(), exc
     finally:
         if hooks is not None:
