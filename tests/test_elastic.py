@@ -248,6 +248,46 @@ def test_halving_search_rank_0_killed_continues_its_iteration(digits, search_ref
     np.testing.assert_allclose(scores(tmp_path / "s.jsonl"), search_reference["halving"], rtol=0, atol=1e-12)
 
 
+PYTHON_SEARCH = """
+import os, signal, sys
+import h5py
+from mpi4py import MPI
+import mpinn
+from mpinn.parallel.comm import is_process_failure
+
+with h5py.File(sys.argv[1]) as f:
+    X, y = f["X"][()], f["y"][()]
+search = mpinn.GridSearchCV(mpinn.MLPClassifier(max_iter=5, hidden_layer_sizes=(16,)),
+                            {"learning_rate_init": [0.001, 0.01, 0.1]}, cv=3)
+started = [0]
+
+def kill_rank_2_at_its_second_task():
+    started[0] += 1
+    if MPI.COMM_WORLD.rank == 2 and started[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+search._task_hook = kill_rank_2_at_its_second_task
+try:
+    search.fit(X, y)
+    print(MPI.COMM_WORLD.rank, "finished", flush=True)
+except Exception as exc:
+    print(MPI.COMM_WORLD.rank, "process failure" if is_process_failure(exc) else repr(exc), flush=True)
+os._exit(0)
+"""
+
+
+@needs_ulfm
+def test_python_search_raises_the_process_failure_on_every_survivor(digits, tmp_path):
+    """GridSearchCV from a script is not continued, but no survivor waits for the dead rank."""
+    script = tmp_path / "search.py"
+    script.write_text(PYTHON_SEARCH)
+    env = clean_env()
+    proc = subprocess.run([*shlex.split(ULFM), "-n", "3", sys.executable, str(script), str(digits)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    said = sorted(line for line in proc.stdout.splitlines() if line[:1].isdigit())
+    assert said == ["0 process failure", "1 process failure"], proc.stdout + proc.stderr
+
+
 @needs_ulfm
 def test_search_elastic_needs_a_checkpoint(digits, tmp_path):
     args = search_args(digits, tmp_path, "s")

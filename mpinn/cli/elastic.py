@@ -94,13 +94,7 @@ def fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
                         truncate_metrics(cfg.metrics, trainer.epoch)
                     print(f"mpinn: {line}", file=sys.stderr, flush=True)
                 if comm.size < min_ranks:
-                    if trainer.checkpointer:
-                        trainer.checkpointer.save(trainer)
-                    trainer.stop_reason, trainer.stop_exit_code = "below_min_ranks", EXIT_PREEMPTED
-                    trainer.stop_saved = bool(trainer.checkpointer)
-                    trainer.stop_message = (f"{comm.size} rank(s) left, fewer than --min-ranks {min_ranks}: "
-                                            f"stopped at epoch {trainer.epoch} step {trainer.step_in_epoch}")
-                    trainer.problem.close()
+                    trainer.stop_below_min_ranks(min_ranks, EXIT_PREEMPTED)
                     return comm, trainer
             fit(trainer)
             # Uniform even under failures: every survivor leaves here, or every one recovers.

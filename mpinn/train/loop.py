@@ -384,6 +384,16 @@ class Trainer:
         where = f"at epoch {self.loop.epoch} step {self.loop.step_in_epoch}" if trained else "before the first step"
         self.stop_message = f"{word} ({names}) {where}"
 
+    def stop_below_min_ranks(self, min_ranks, exit_code):
+        """Collective (elastic training): too few ranks are left to go on; checkpoint where the
+        survivors stand and keep the account, as a preemption does."""
+        if self.checkpointer:
+            self.checkpointer.save(self)
+        self.stop_reason, self.stop_exit_code, self.stop_saved = "below_min_ranks", exit_code, bool(self.checkpointer)
+        self.stop_message = (f"{self.comm.size} rank(s) left, fewer than --min-ranks {min_ranks}: stopped at epoch "
+                             f"{self.epoch} step {self.step_in_epoch}")
+        self.problem.close()
+
     # ---- validation (early stopping) ------------------------------------------------------
 
     def validate(self):
