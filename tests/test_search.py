@@ -154,7 +154,7 @@ def test_allocations_order_and_balance():
 
 
 def test_grid_file_rules(tmp_path):
-    from mpinn.cli.search import estimator_values, parse_grid
+    from mpinn.cli.search_grid import estimator_values, parse_grid
     from mpinn.errors import InputError
 
     path = tmp_path / "grid.toml"

@@ -33,7 +33,8 @@ from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.parallel.agree import on_root
 from mpinn.parallel.faults import Preemption
 from mpinn.search.iteration import splits_from_root
-from mpinn.search.run import ALLOCATIONS, Groups, collect, finish, revoke_all, run_tasks
+from mpinn.search.run import ALLOCATIONS, Groups, collect, revoke_all, run_tasks
+from mpinn.search.stopping import finish
 from mpinn.search import callbacks as search_callbacks
 
 

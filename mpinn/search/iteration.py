@@ -12,7 +12,8 @@ from sklearn.utils import _safe_indexing
 
 from mpinn.parallel.agree import on_root
 from mpinn.search import tasks as search_tasks
-from mpinn.search.run import collect, finish, run_tasks
+from mpinn.search.run import collect, run_tasks
+from mpinn.search.stopping import finish
 
 
 class Round:
