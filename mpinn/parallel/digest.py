@@ -29,8 +29,7 @@ def chunk_rows(shape, dtype, chunk_bytes=CHUNK_BYTES) -> int:
 def chunk_digest(rows) -> bytes:
     """sha256 of one chunk's values (object arrays, e.g. labels as Python strings, by repr)."""
     a = np.ascontiguousarray(rows)
-    data = repr(a.tolist()).encode() if a.dtype == object else a.tobytes()
-    return hashlib.sha256(data).digest()
+    return hashlib.sha256(repr(a.tolist()).encode() if a.dtype == object else a.data).digest()  # no copy
 
 
 def array_digests(a, first: int, last: int, chunk_bytes=CHUNK_BYTES) -> np.ndarray:
