@@ -139,7 +139,7 @@ class _BaseHalving(_BaseSearch):
         self._plan(len(candidates), world.rank == 0)
         n_outputs = _n_outputs(self.estimator, y)
         # The data's digest, once for every iteration's task log (collective; each rank hashes 1/N).
-        data = data_digest(world, [X, y]) if self.checkpoint is not None else None
+        data_id = data_digest(world, [X, y]) if self.checkpoint is not None else None
         team = Groups(world, self.group_size)
         all_candidates, all_records, more = [], [], {"iter": [], "n_resources": []}
         self.n_resources_, self.n_candidates_ = [], []
@@ -177,7 +177,7 @@ class _BaseHalving(_BaseSearch):
                                          f"{self.n_splits_} splits, got {len(splits)}")
                     prepare, after = models.hooks(origins, mlp) if models else (None, epoch_recorder(mlp))
                     rnd = Round(candidates, splits, name=f"iter {itr} ", prepare_task=prepare, after_task=after)
-                    rnd.log = self._round_log(base, rnd, itr, data)
+                    rnd.log = self._round_log(base, rnd, itr, data_id)
                     costs = task_costs(base, candidates, splits, _n_features(X), n_outputs)
                     if self.verbose > 0 and world.rank == 0:
                         print(f"Fitting {self.n_splits_} folds for each of {n_candidates} candidates, totalling "
@@ -276,15 +276,15 @@ class _BaseHalving(_BaseSearch):
 
     # ---- checkpoint, refit --------------------------------------------------------------------------
 
-    def _round_log(self, base, rnd, itr, data):
+    def _round_log(self, base, rnd, itr, data_id):
         """This iteration's task log, iter-<i> in the checkpoint directory, named by everything
         its records depend on (candidates with their resources, folds, scoring, estimator, the
-        data's digest ``data``)."""
+        data's digest ``data_id``)."""
         if self.checkpoint is None:
             return None
         parts = [itr, [search_tasks.describe(c) for c in rnd.candidates], *[a for s in rnd.splits for a in s],
                  search_tasks.describe(self.scoring), repr(search_tasks.for_task(clone(base), None)),
-                 self.return_train_score, self.warm_start_promoted, data]
+                 self.return_train_score, self.warm_start_promoted, data_id]
         return TaskLog(os.path.join(os.fspath(self.checkpoint), f"iter-{itr}"), search_tasks.fingerprint(parts))
 
     def _models_directory(self, world):
