@@ -129,6 +129,10 @@ def test_checkpoint_resumes_only_unfinished_tasks(tmp_path):
     with pytest.raises(ValueError, match="another search"):
         quiet_fit(mpinn.GridSearchCV(mpinn.MLPClassifier(**FIXED), {"alpha": [1e-3, 1e-2]}, cv=3,
                                      checkpoint=tmp_path / "ck"))
+    changed = X_IRIS.copy()  # the same search on data with one value changed: its data digest differs
+    changed[149, 3] += 0.5
+    with pytest.raises(ValueError, match="another search"):
+        quiet_fit(search(), changed)
 
 
 def test_bad_parameters_are_refused_before_any_fit():

@@ -31,6 +31,7 @@ from mpinn.search import tasks as search_tasks
 from mpinn.parallel.comm import as_comm, is_process_failure
 from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.parallel.agree import on_root
+from mpinn.parallel.digest import data_digest
 from mpinn.parallel.faults import Preemption
 from mpinn.search.iteration import splits_from_root
 from mpinn.search.run import ALLOCATIONS, Groups, collect, revoke_all, run_tasks
@@ -75,8 +76,8 @@ class _BaseSearch(BaseSearchCV):
         if n_tasks < 1:
             raise ValueError("No fits were performed. Was the CV iterator empty? Were there no candidates?")
         fit_params = {k: v for k, v in routed.estimator.fit.items() if v is not None}
-        fp = self._fingerprint(base, candidates, splits, X, y)
-        log = TaskLog(self.checkpoint, fp) if self.checkpoint is not None else None
+        log = TaskLog(self.checkpoint, self._fingerprint(world, base, candidates, splits, X, y)) \
+            if self.checkpoint is not None else None
         previous = self._previous_records(world, log, candidates)
         pending = [t for t in range(n_tasks) if t not in previous]
         self.tasks_resumed_, self.tasks_run_ = len(previous), len(pending)
@@ -130,12 +131,13 @@ class _BaseSearch(BaseSearchCV):
         hooks.call_on_fit_task_end(estimator=self, X=X, y=y, metadata=metadata)
         return self
 
-    def _fingerprint(self, base, candidates, splits, X, y):
-        """What must not change for a checkpoint's records to be reused (not comm or checkpoint)."""
+    def _fingerprint(self, world, base, candidates, splits, X, y):
+        """Collective: what must not change for a checkpoint's records to be reused (not comm or
+        checkpoint). The data by its digest, each rank hashing 1/N of it."""
         return search_tasks.fingerprint(
             [search_tasks.describe(c) for c in candidates] + [a for split in splits for a in split]
             + [search_tasks.describe(self.scoring), repr(search_tasks.for_task(clone(base), None)),
-               self.return_train_score, np.asarray(X), None if y is None else np.asarray(y)])
+               self.return_train_score, data_digest(world, [X, y])])
 
     def _executor(self, team, base, candidates, splits, X, y, fit_params, scorers, writer, score_params=None,
                   hooks=None):

@@ -35,6 +35,7 @@ from sklearn.utils.validation import _num_samples
 
 from mpinn.parallel.agree import on_root
 from mpinn.parallel.comm import as_comm, is_process_failure
+from mpinn.parallel.digest import data_digest
 from mpinn.parallel.faults import Preemption
 from mpinn.search import results as search_results
 from mpinn.search import tasks as search_tasks
@@ -137,6 +138,8 @@ class _BaseHalving(_BaseSearch):
                              "searched parameters.")
         self._plan(len(candidates), world.rank == 0)
         n_outputs = _n_outputs(self.estimator, y)
+        # The data's digest, once for every iteration's task log (collective; each rank hashes 1/N).
+        data_id = data_digest(world, [X, y]) if self.checkpoint is not None else None
         team = Groups(world, self.group_size)
         all_candidates, all_records, more = [], [], {"iter": [], "n_resources": []}
         self.n_resources_, self.n_candidates_ = [], []
@@ -174,7 +177,7 @@ class _BaseHalving(_BaseSearch):
                                          f"{self.n_splits_} splits, got {len(splits)}")
                     prepare, after = models.hooks(origins, mlp) if models else (None, epoch_recorder(mlp))
                     rnd = Round(candidates, splits, name=f"iter {itr} ", prepare_task=prepare, after_task=after)
-                    rnd.log = self._round_log(base, rnd, itr, X, y)
+                    rnd.log = self._round_log(base, rnd, itr, data_id)
                     costs = task_costs(base, candidates, splits, _n_features(X), n_outputs)
                     if self.verbose > 0 and world.rank == 0:
                         print(f"Fitting {self.n_splits_} folds for each of {n_candidates} candidates, totalling "
@@ -277,15 +280,15 @@ class _BaseHalving(_BaseSearch):
 
     # ---- checkpoint, refit --------------------------------------------------------------------------
 
-    def _round_log(self, base, rnd, itr, X, y):
+    def _round_log(self, base, rnd, itr, data_id):
         """This iteration's task log, iter-<i> in the checkpoint directory, named by everything
-        its records depend on (candidates with their resources, folds, scoring, estimator, data)."""
+        its records depend on (candidates with their resources, folds, scoring, estimator, the
+        data's digest ``data_id``)."""
         if self.checkpoint is None:
             return None
         parts = [itr, [search_tasks.describe(c) for c in rnd.candidates], *[a for s in rnd.splits for a in s],
                  search_tasks.describe(self.scoring), repr(search_tasks.for_task(clone(base), None)),
-                 self.return_train_score, self.warm_start_promoted, np.asarray(X),
-                 None if y is None else np.asarray(y)]
+                 self.return_train_score, self.warm_start_promoted, data_id]
         return TaskLog(os.path.join(os.fspath(self.checkpoint), f"iter-{itr}"), search_tasks.fingerprint(parts))
 
     def _models_directory(self, world):
