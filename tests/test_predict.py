@@ -202,3 +202,47 @@ def test_a_killed_predict_leaves_no_file_under_the_final_name(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     names = [p.name for p in out.parent.iterdir()]
     assert "p.h5" not in names and all(n.startswith(".p.h5.") for n in names), names
+
+
+def test_rank_blocks_start_where_the_forward_pass_cuts_its_chunks():
+    import inspect
+
+    from mpinn.nn.model import MLP
+    from mpinn.train.predict import ALIGN_ROWS, ROWS_PER_RANK, rank_bounds
+
+    assert inspect.signature(MLP.forward).parameters["chunk_rows"].default == ALIGN_ROWS
+    assert ROWS_PER_RANK % ALIGN_ROWS == 0
+    for n, size in ((0, 3), (5, 3), (ALIGN_ROWS * 7 + 5, 3), (ALIGN_ROWS * 2, 5), (10**9, 1000)):
+        bounds = rank_bounds(n, size)
+        assert bounds[0] == 0 and bounds[-1] == n and bounds == sorted(bounds)
+        assert all(b % ALIGN_ROWS == 0 for b in bounds[:-1])
+        sizes = np.diff(bounds)
+        assert sizes.max() - sizes.min() <= ALIGN_ROWS
+
+
+@pytest.mark.mpi(min_size=2)
+def test_the_predictions_are_the_same_bytes_on_any_rank_count(world, tmp_path_factory):
+    """A float32 model's scores of a row can differ by an ulp with the row's place in the forward
+    pass's chunk (BLAS edge tiles): rank blocks that start off the chunk grid wrote other bytes
+    than one rank (3b76c1d did too, in the rows a round split between ranks)."""
+    from mpinn.train.predict import ALIGN_ROWS
+
+    comm = Comm(world)
+    directory = _shared_dir(comm, tmp_path_factory)
+    n = 3 * ALIGN_ROWS + 1001
+    if comm.rank == 0:
+        with h5py.File(f"{directory}/x.h5", "w") as f:
+            f["X"] = np.random.RandomState(1).normal(size=(n, 16)).astype(np.float32)
+    comm.barrier()
+    rng = np.random.RandomState(2)
+    fitted = FittedMLP([rng.normal(size=(16, 16)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)],
+                       [rng.normal(size=16).astype(np.float32), rng.normal(size=3).astype(np.float32)],
+                       activation="relu", output="softmax", task="classify", classes=np.arange(3))
+    predict_to_file(fitted, f"{directory}/x.h5", "X", f"{directory}/ranks.h5", comm)
+    if comm.rank == 0:
+        predict_to_file(fitted, f"{directory}/x.h5", "X", f"{directory}/one.h5", Comm(MPI.COMM_SELF))
+        with h5py.File(f"{directory}/ranks.h5", "r") as f, h5py.File(f"{directory}/one.h5", "r") as g:
+            assert set(f) == set(g) == {"y_pred", "proba"}
+            for name in g:
+                assert f[name].dtype == g[name].dtype
+                assert f[name][()].tobytes() == g[name][()].tobytes(), name
