@@ -98,22 +98,26 @@ def _peak(comm, fitted, data, out, rows_per_rank):
 
 
 def _memory_does_not_grow(comm, tmp_path_factory):
+    from mpinn.train.predict import ALIGN_ROWS
+
     directory = _shared_dir(comm, tmp_path_factory)
-    for n in (8_000, 80_000):
+    # Rank blocks are whole runs of ALIGN_ROWS rows: with 7 of them, up to 7 ranks have rows in both files.
+    small, big = 7 * ALIGN_ROWS, 14 * ALIGN_ROWS
+    for n in (small, big):
         _write_data(comm, f"{directory}/x{n}.h5", n, n_features=20)
     for task in ("binary", "names"):
         fitted = _fitted(task, n_features=20)
         # A first run imports h5py's and numpy's lazily loaded parts and fills Python's free lists
         # (a few KB that stay allocated): not part of either measurement.
-        _peak(comm, fitted, f"{directory}/x8000.h5", f"{directory}/p.h5", rows_per_rank=1024)
+        _peak(comm, fitted, f"{directory}/x{small}.h5", f"{directory}/p.h5", rows_per_rank=1024)
         peaks = [_peak(comm, fitted, f"{directory}/x{n}.h5", f"{directory}/p{n}.h5", rows_per_rank=1024)
-                 for n in (8_000, 80_000)]
-        # 72,000 more rows of 20 float64 features and 2-3 outputs: 13 MB if any of it were held;
+                 for n in (small, big)]
+        # 57,344 more rows of 20 float64 features and 2-3 outputs: 10 MB if any of it were held;
         # a rank holds ~0.2 MB of arrays per round here (rounds of 1,024 rows, full on both files
         # up to 7 ranks; a few hundred bytes of h5py objects per round wait for the cyclic
         # garbage collector). String labels keep one byte per row of the rank's block until
         # they are written, twice while they are joined.
-        kept = 2 * 72_000 // comm.size if task == "names" else 0
+        kept = 2 * (big - small) // comm.size if task == "names" else 0
         assert peaks[1] < 1.1 * peaks[0] + kept, (task, peaks)
 
 
