@@ -116,12 +116,11 @@ def now_early_stopping(n, ranks):
 def now_predict(n, ranks):
     import numpy as np
 
-    from mpinn.data.partition import even_bounds
     from mpinn.nn.fitted import FittedMLP
-    from mpinn.train.predict import ROWS_PER_RANK, _Outputs
+    from mpinn.train.predict import ROWS_PER_RANK, _Outputs, rank_bounds
 
     fitted = classifier(FittedMLP)
-    bounds = even_bounds(n, ranks)
+    bounds = rank_bounds(n, ranks)
     first, last = bounds[0], bounds[1]
     rounds = math.ceil(max(b - a for a, b in zip(bounds[:-1], bounds[1:])) / ROWS_PER_RANK)
     outputs = _Outputs(fitted, n)
