@@ -15,6 +15,10 @@ count, 1 and 2 ranks alternated, and the fastest run is shown. Prints one row pe
 ratios of 2 ranks to 1: the memory above start-up of the larger rank, and the time; and the load
 average before and after.
 
+With --compute, predict's arithmetic alone (the checkpoint's model scoring the same number of
+rows from memory, the outputs computed but not written: compute_worker) runs at 1 and 2 ranks
+beside each predict run: the speed-up this machine gives two processes' arithmetic at that time.
+
 With --before COMMIT the same commands run once at 1 and 2 ranks on that commit's code (`git
 archive` under --workdir, put first on PYTHONPATH), and the outputs are compared: predict's
 datasets byte for byte, eval's metrics (largest absolute difference).
@@ -23,7 +27,7 @@ Writes nothing but the files under --workdir (default out/bench/evalpredict), wh
 at the end unless --keep.
 
     python bench/eval_predict_memory.py [--rows 1000000] [--features 8] [--repeat 1] [--before COMMIT]
-                                        [--workdir DIR] [--keep]
+                                        [--compute] [--profile] [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -101,15 +105,41 @@ def profile_parts(profile, seconds):
     return parts
 
 
+def compute_worker(checkpoint, rows):
+    """predict's arithmetic alone: this rank's N-th of ``rows`` rows scored by the checkpoint's
+    model and turned into outputs (labels, probabilities), 65,536 rows a round, from one block
+    of features in memory (no file read, no write, no MPI between the ranks). Rank 0 reports
+    the slowest rank's wall seconds."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from mpinn.nn.fitted import class_index, class_proba
+    from mpinn.train.checkpoint import model_from_checkpoint, read_checkpoint
+
+    comm = MPI.COMM_WORLD
+    fitted = model_from_checkpoint(*read_checkpoint(checkpoint))
+    block = 1 << 16
+    X = np.random.default_rng(0).standard_normal((block, fitted.n_features_in_), dtype=np.float32)
+    lo, hi = rows * comm.rank // comm.size, rows * (comm.rank + 1) // comm.size
+    comm.Barrier()
+    start = time.perf_counter()
+    for a in range(lo, hi, block):
+        scores = np.asarray(fitted.forward(X[:min(block, hi - a)]), dtype=np.float64)
+        fitted.labels_[class_index(scores)], class_proba(scores)
+    seconds = comm.gather(time.perf_counter() - start, root=0)
+    if comm.rank == 0:
+        emit({"code": 0, "seconds": max(seconds), "rss": [], "mpinn": __file__})
+
+
 def mpinn_cli(*args):
     subprocess.run([str(BIN / "mpinn"), *map(str, args)], check=True, env=bench_env(),
                    stdout=subprocess.DEVNULL, timeout=3600)
 
 
-def measure(ranks, argv, tree=None):
+def measure(ranks, argv, tree=None, mode="--worker"):
     """The worker's report, with the command's JSON output (eval --json) as "report"."""
     cmd = ([str(BIN / "mpiexec"), "-n", str(ranks)] if ranks > 1 else []) + \
-        [sys.executable, __file__, "--worker", *map(str, argv)]
+        [sys.executable, __file__, mode, *map(str, argv)]
     env = bench_env()
     if tree is not None:  # the code before, ahead of this checkout
         env["PYTHONPATH"] = str(tree)
@@ -117,7 +147,7 @@ def measure(ranks, argv, tree=None):
     result = parse(proc.stdout)
     if proc.returncode != 0 or result is None or result["code"] != 0:
         sys.exit(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    if tree is not None and not result["mpinn"].startswith(str(tree)):
+    if tree is not None and mode == "--worker" and not result["mpinn"].startswith(str(tree)):
         sys.exit(f"--before ran {result['mpinn']}, not the tree in {tree}")
     reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     result["report"] = reports[-1] if reports else None
@@ -206,6 +236,8 @@ def profile_predict(argv, work, tree):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         return worker(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--compute-worker":
+        return compute_worker(sys.argv[2], int(sys.argv[3]))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--features", type=int, default=8)
@@ -213,6 +245,8 @@ def main():
     p.add_argument("--repeat", type=int, default=1, help="runs of each command at each rank count (best shown)")
     p.add_argument("--before", default="", help="a commit whose code runs the same commands, outputs compared")
     p.add_argument("--profile", action="store_true", help="where predict's seconds go, at 1 and 2 ranks (cProfile)")
+    p.add_argument("--compute", action="store_true",
+                   help="predict's arithmetic alone at 1 and 2 ranks (the machine's limit), alternated with predict")
     p.add_argument("--keep", action="store_true", help="keep the data file and checkpoint")
     args = p.parse_args()
 
@@ -230,18 +264,23 @@ def main():
     load = os.getloadavg()
     print(f"{args.rows:,} rows, {args.features} float32 features, 3 classes, test fraction 0.5 (keyed); "
           f"best of {args.repeat} run(s), 1 and 2 ranks alternated")
+    # predict's arithmetic alone (--compute) runs beside predict, so that both see the same load.
+    compute = {"predict's arithmetic alone": [ck, args.rows]} if args.compute else {}
+    groups = [["eval --rows test"], ["predict", *compute]]
     best, walls, kept = {}, {}, {}
-    for name, argv in commands.items():
+    for group in groups:
         for _ in range(args.repeat):
             for ranks in RANKS:
-                result = measure(ranks, argv)
-                walls.setdefault((name, ranks), []).append(result["seconds"])
-                if (name, ranks) not in best or result["seconds"] < best[name, ranks]["seconds"]:
-                    best[name, ranks] = result
-                if name == "predict" and ranks not in kept and args.before:
-                    kept[ranks] = work / f"pred-now-{ranks}.h5"
-                    os.replace(work / "pred.h5", kept[ranks])
-                (work / "pred.h5").unlink(missing_ok=True)
+                for name in group:
+                    result = measure(ranks, compute[name], mode="--compute-worker") if name in compute \
+                        else measure(ranks, commands[name])
+                    walls.setdefault((name, ranks), []).append(result["seconds"])
+                    if (name, ranks) not in best or result["seconds"] < best[name, ranks]["seconds"]:
+                        best[name, ranks] = result
+                    if name == "predict" and ranks not in kept and args.before:
+                        kept[ranks] = work / f"pred-now-{ranks}.h5"
+                        os.replace(work / "pred.h5", kept[ranks])
+                    (work / "pred.h5").unlink(missing_ok=True)
     print("| command | ranks | rank | start-up MB | peak MB | above start-up MB | CPU s | wall s (best) | wall s (runs) |")
     print("|---|---|---|---|---|---|---|---|---|")
     above, seconds = {}, {}
@@ -250,7 +289,7 @@ def main():
             print(f"| {name} | {ranks} | {rank} | {start / 2**20:.1f} | {peak / 2**20:.1f} | "
                   f"{(peak - start) / 2**20:.1f} | {cpu:.2f} | {result['seconds']:.2f} | "
                   f"{', '.join(f'{w:.2f}' for w in walls[name, ranks])} |")
-        above[name, ranks] = max(peak - start for start, peak, _ in result["rss"])
+        above[name, ranks] = max((peak - start for start, peak, _ in result["rss"]), default=0)
         seconds[name, ranks] = result["seconds"]
     for name in commands:
         peaks = [peak for _, peak, _ in best[name, 2]["rss"]]
@@ -258,6 +297,11 @@ def main():
               f"{above[name, 2] / max(above[name, 1], 1):.2f}; time 1 rank / 2 ranks: "
               f"{seconds[name, 1] / seconds[name, 2]:.2f}x; 2 ranks: rank 0's peak RSS / rank 1's "
               f"{peaks[0] / peaks[1]:.3f}")
+    for name in compute:
+        print(f"{name}: slowest rank's wall s, best of {args.repeat}: 1 rank {seconds[name, 1]:.2f}, 2 ranks "
+              f"{seconds[name, 2]:.2f} (runs {', '.join(f'{w:.2f}' for w in walls[name, 1])} | "
+              f"{', '.join(f'{w:.2f}' for w in walls[name, 2])}); time 1 rank / 2 ranks: "
+              f"{seconds[name, 1] / seconds[name, 2]:.2f}x")
     if args.before:
         compare_before(args.before, work, commands, best, kept)
     if args.profile:

@@ -117,7 +117,9 @@ def _write_rows(fitted, path, x_name, info, plan, outputs, made, out, comm, firs
                 raise InputError(problem)
             rows = plan.apply(rows)
         if b > a:  # outputs from float64 scores, whatever the model's dtype (as before)
-            outputs.write(opened["fd"], made["layout"], a, np.asarray(fitted.forward(rows), dtype=np.float64))
+            # The rows just read are this round's own: scaled in place (forward(rows) would copy them).
+            scores = fitted.forward(fitted.scale_features(rows), scaled=True)
+            outputs.write(opened["fd"], made["layout"], a, np.asarray(scores, dtype=np.float64))
 
     failure = None
     try:
