@@ -3,7 +3,8 @@ n = 10^6 .. 10^9 rows on rank 0 of N ranks, computed without the data, beside th
 them (docs/performance.md, "Memory per rank of eval and predict").
 
     python bench/eval_predict_model.py [--sizes 1e6,1e7,1e8,1e9] [--ranks 1,10,100,1000]
-                                       [--before 3b76c1d] [--before-max 1e7]
+                                       [--parts eval,early stopping,predict] [--before 3b76c1d]
+                                       [--before-max 1e7] [--max-per-rank 1e7]
 
 The bookkeeping is a pure function of (n, rank, N, seed), so the rank's own part of it runs here,
 in one process, with the functions `mpinn eval`, `mpinn train --early-stopping` and
@@ -19,8 +20,8 @@ tracemalloc). What is measured, on rank 0 of N (block shard, keyed permutation):
   refused, so the scikit-learn one (the n_train-long training order on every rank) with a
   binary classifier's stratification (an n_train-long column summed over the ranks; the
   Allreduce's own buffers are not counted).
-- predict: one round of the rank's rows (65,536 a round), its features drawn here in place of the
-  file's, scored by a 16-16-3 float32 classifier and its outputs written (to /dev/null). Before:
+- predict: one round of the rows of the rank that has the most (rank 0 may have none: blocks
+  are whole runs of 8,192 rows; 65,536 rows a round), its features drawn here in place of the file's, scored by a 16-16-3 float32 classifier and its outputs written (to /dev/null). Before:
   65,536 rows a round over all ranks, rank 0 receiving and writing all of them.
   "rounds" and "rows rank 0 writes" are counted; "collectives" are the collective calls a rank
   makes over the rounds (now: none without a column plan, one agreement at the end; before: an
@@ -121,21 +122,24 @@ def now_predict(n, ranks):
 
     fitted = classifier(FittedMLP)
     bounds = rank_bounds(n, ranks)
-    first, last = bounds[0], bounds[1]
+    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    rank = sizes.index(max(sizes))  # rank 0 may have none (blocks are whole runs of 8,192 rows)
+    first, last = bounds[rank], bounds[rank + 1]
     rounds = math.ceil(max(b - a for a, b in zip(bounds[:-1], bounds[1:])) / ROWS_PER_RANK)
     outputs = _Outputs(fitted, n)
     layout = {"y_pred": [0, fitted.labels_.dtype.str, []], "proba": [0, np.dtype(np.float64).str, [CLASSES]]}
     fd = os.open(os.devnull, os.O_WRONLY)
     try:
-        def one_round():
-            rows = features(min(ROWS_PER_RANK, last - first))
-            outputs.write(fd, layout, first, np.asarray(fitted.forward(rows), dtype=np.float64))
+        def one_round():  # as predict.py's round (a rank without rows has none)
+            if last > first:
+                rows = fitted.scale_features(features(min(ROWS_PER_RANK, last - first)))
+                outputs.write(fd, layout, first, np.asarray(fitted.forward(rows, scaled=True), dtype=np.float64))
 
         peak, seconds, _ = traced(one_round)
     finally:
         os.close(fd)
     return {"rows": last - first, "bytes": peak, "seconds": seconds, "rounds": rounds, "collectives": 1,
-            "written": last - first}
+            "written": last - first, "rank": rank}
 
 
 NOW = {"eval": now_eval, "early stopping": now_early_stopping, "predict": now_predict}
@@ -261,25 +265,29 @@ def main(argv=None):
     ap.add_argument("--ranks", default="1,10,100,1000", help="rank counts N, comma-separated")
     ap.add_argument("--max-per-rank", type=float, default=1e7,
                     help="run the code now up to n/N rows on the rank; above it, by formula")
+    ap.add_argument("--parts", default=",".join(NOW), help="which of them, comma-separated")
     ap.add_argument("--before", default="3b76c1d", help="the commit measured as 'before' ('' for none)")
     ap.add_argument("--before-max", type=float, default=1e7,
                     help="run the code before up to this n; above it, its bytes per row at the largest n run, times n")
     args = ap.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     rank_counts = [int(r) for r in args.ranks.split(",")]
-    cells = [(part, n, ranks) for part in NOW for n in sizes for ranks in rank_counts]
+    parts = args.parts.split(",")
+    if set(parts) - set(NOW):
+        ap.error(f"--parts: choose from {', '.join(NOW)}")
+    cells = [(part, n, ranks) for part in parts for n in sizes for ranks in rank_counts]
 
     before = None
     if args.before:
         before = run_before(args.before, [c for c in cells if c[0] == "predict" or c[1] <= args.before_max])
         if before is None:
             print(f"before: commit {args.before} not available here (git archive failed); not measured")
-    for part in NOW:  # imports and first calls out of the figures
+    for part in parts:  # imports and first calls out of the figures
         NOW[part](1000, 1)
-    print(f"rank 0 of N, block shard, keyed permutation, --test-fraction {TEST_FRACTION:g}, "
+    print(f"rank 0 of N (predict: the rank with the most rows), block shard, keyed permutation, --test-fraction {TEST_FRACTION:g}, "
           f"validation fraction {VALIDATION_FRACTION:g}; predict: {FEATURES}-{HIDDEN}-{CLASSES} float32 classifier; "
           "CPU s of the part now")
-    print("| part | n | N | rows on rank 0 | MB now | CPU s now | MB before | before: how |")
+    print("| part | n | N | rows on the rank | MB now | CPU s now | MB before | before: how |")
     print("|---|---|---|---|---|---|---|---|")
     now_ran, predict_rows = {}, []
     for part, n, ranks in cells:
@@ -307,7 +315,7 @@ def main(argv=None):
         if part == "predict":
             predict_rows.append((n, ranks, now_ran[part, n, ranks], (before or {}).get((part, n, ranks))))
     print()
-    print("| predict: n | N | rounds now | collectives now | rows rank 0 writes now | "
+    print("| predict: n | N | rounds now | collectives now | most rows a rank writes now | "
           "rounds before | collectives before | rows rank 0 wrote before |")
     print("|---|---|---|---|---|---|---|---|")
     for n, ranks, now, b in predict_rows:

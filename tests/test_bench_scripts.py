@@ -57,8 +57,9 @@ CASES = {
                         "--pairs", "1", "--syncs", "allreduce"), prints=()),
     # --before: the comparison with the code at 3b76c1d (git archive of this checkout) runs too.
     "eval_predict_memory.py": Case(("--rows", "400", "--features", "3", "--workdir", "{tmp}/evalpredict",
-                                    "--before", "3b76c1d"),
+                                    "--before", "3b76c1d", "--compute"),
                                    prints=("| command | ranks | rank |", "| predict | 2 | 1 |", "predict: ",
+                                           "predict's arithmetic alone: ",
                                            "predict at 2 rank(s) vs 3b76c1d at 1 rank: equal",
                                            "eval --rows test at 2 rank(s) vs 3b76c1d at 1 rank: largest metric "
                                            "difference 0")),
