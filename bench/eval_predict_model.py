@@ -20,13 +20,16 @@ tracemalloc). What is measured, on rank 0 of N (block shard, keyed permutation):
   refused, so the scikit-learn one (the n_train-long training order on every rank) with a
   binary classifier's stratification (an n_train-long column summed over the ranks; the
   Allreduce's own buffers are not counted).
-- predict: one round of the rows of the rank that has the most (rank 0 may have none: blocks
-  are whole runs of 8,192 rows; 65,536 rows a round), its features drawn here in place of the file's, scored by a 16-16-3 float32 classifier and its outputs written (to /dev/null). Before:
-  65,536 rows a round over all ranks, rank 0 receiving and writing all of them.
-  "rounds" and "rows rank 0 writes" are counted; "collectives" are the collective calls a rank
+- predict: one round (65,536 rows) of the rank that has the most rows (rank 0 may have none:
+  blocks are whole runs of 8,192 rows), its features drawn here in place of the file's, scored
+  by a 16-16-3 float32 classifier and its outputs written (to /dev/null). Before: 65,536 rows a
+  round over all ranks, rank 0 receiving and writing all of them.
+  "rounds" and the rows a rank writes are counted; "collectives" are the collective calls a rank
   makes over the rounds (now: none without a column plan, one agreement at the end; before: an
   Allgather and a Gatherv a round).
 
+The code now runs up to --max-per-rank rows on the rank; above it (10^9 rows on 1 or 10 ranks),
+its figure is the bytes per row on the rank at the largest n run at that N, times n/N.
 The code before runs from `git archive BEFORE` in a subprocess; where it would hold too much
 memory (n > --before-max), its figure is the bytes per row measured at the largest n it ran,
 times n: marked "formula" in the table.
@@ -284,7 +287,8 @@ def main(argv=None):
             print(f"before: commit {args.before} not available here (git archive failed); not measured")
     for part in parts:  # imports and first calls out of the figures
         NOW[part](1000, 1)
-    print(f"rank 0 of N (predict: the rank with the most rows), block shard, keyed permutation, --test-fraction {TEST_FRACTION:g}, "
+    print(f"rank 0 of N (predict: the rank with the most rows), block shard, keyed permutation, "
+          f"--test-fraction {TEST_FRACTION:g}, "
           f"validation fraction {VALIDATION_FRACTION:g}; predict: {FEATURES}-{HIDDEN}-{CLASSES} float32 classifier; "
           "CPU s of the part now")
     print("| part | n | N | rows on the rank | MB now | CPU s now | MB before | before: how |")
