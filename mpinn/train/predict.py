@@ -5,9 +5,9 @@ Rank r owns the r-th contiguous block of rows (rank_bounds: whole runs of ALIGN_
 scores it ``rows_per_rank`` rows per round, so a round covers N times more rows on N ranks and
 the number of rounds does not grow with N. As the blocks start where a 1-rank run's chunks do,
 the output is the same bytes on any rank count. Rank 0 creates the output file under a
-temporary name, its numeric datasets contiguous and allocated at once, and broadcasts where each dataset's bytes
-start; every rank then writes its rows' bytes at their offsets in the file (os.pwrite: disjoint
-ranges, no locking, no gather). String labels (variable-length in HDF5, so not at known
+temporary name, its numeric datasets contiguous and allocated at once, and broadcasts where
+each dataset's bytes start; every rank then writes its rows' bytes at their offsets in the file
+(os.pwrite: disjoint ranges, no locking, no gather). String labels (variable-length in HDF5, so not at known
 offsets) are written by each rank in turn, from the class indices it kept (one small integer a
 row). Any rank's failure is every rank's, and the file appears under its final name only
 complete (atomic.py's rename).
