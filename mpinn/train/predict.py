@@ -7,10 +7,10 @@ the number of rounds does not grow with N. As the blocks start where a 1-rank ru
 the output is the same bytes on any rank count. Rank 0 creates the output file under a
 temporary name, its numeric datasets contiguous and allocated at once, and broadcasts where
 each dataset's bytes start; every rank then writes its rows' bytes at their offsets in the file
-(os.pwrite: disjoint ranges, no locking, no gather). String labels (variable-length in HDF5, so not at known
-offsets) are written by each rank in turn, from the class indices it kept (one small integer a
-row). Any rank's failure is every rank's, and the file appears under its final name only
-complete (atomic.py's rename).
+(os.pwrite: disjoint ranges, no locking, no gather). String labels (variable-length in HDF5,
+so not at known offsets) are written by each rank in turn, from the class indices it kept (one
+small integer a row). Any rank's failure is every rank's, and the file appears under its final
+name only complete (atomic.py's rename).
 
 Why offsets rather than one part file per rank joined by an HDF5 virtual dataset: the output
 stays one ordinary file that can be moved or copied alone, readers need no VDS support, and
