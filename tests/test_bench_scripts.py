@@ -55,8 +55,19 @@ CASES = {
     # Skips with one line where no Open MPI venv is (make test-elastic makes one and runs it there too).
     "elastic.py": Case(("--rows", "600", "--features", "8", "--hidden", "8", "--batch", "64", "--epochs", "2",
                         "--pairs", "1", "--syncs", "allreduce"), prints=()),
-    "eval_predict_memory.py": Case(("--rows", "400", "--features", "3", "--workdir", "{tmp}/evalpredict"),
-                                   prints=("| command | ranks | rank |", "| predict | 2 | 1 |", "predict: ")),
+    # --before: the comparison with the code at 3b76c1d (git archive of this checkout) runs too.
+    "eval_predict_memory.py": Case(("--rows", "400", "--features", "3", "--workdir", "{tmp}/evalpredict",
+                                    "--before", "3b76c1d", "--compute"),
+                                   prints=("| command | ranks | rank |", "| predict | 2 | 1 |", "predict: ",
+                                           "predict's arithmetic alone: ",
+                                           "predict at 2 rank(s) vs 3b76c1d at 1 rank: equal",
+                                           "eval --rows test at 2 rank(s) vs 3b76c1d at 1 rank: largest metric "
+                                           "difference 0")),
+    # Rows on the rank above --max-per-rank and the code before above --before-max: by formula.
+    "eval_predict_model.py": Case(("--sizes", "1000,3000", "--ranks", "1,3", "--max-per-rank", "1500",
+                                   "--before-max", "1000"),
+                                  prints=("| part | n | N |", "| eval | 3e+03 | 1 |  | ", "| predict | 3e+03 | 3 |",
+                                          "| predict: n |")),
     "fused_adam.py": Case(("--sizes", "8,4,2", "--reps", "2"), reports=("adam float32", "sgd float64"), needs="numba"),
     "gemm_limit.py": Case(("--mpi", "--sizes", "16,8,4", "--batch", "8", "--seconds", "0.01", "--rounds", "1"),
                           reports=("samples_per_second",), ranks=2),

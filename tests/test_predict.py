@@ -98,22 +98,26 @@ def _peak(comm, fitted, data, out, rows_per_rank):
 
 
 def _memory_does_not_grow(comm, tmp_path_factory):
+    from mpinn.train.predict import ALIGN_ROWS
+
     directory = _shared_dir(comm, tmp_path_factory)
-    for n in (8_000, 80_000):
+    # Rank blocks are whole runs of ALIGN_ROWS rows: with 7 of them, up to 7 ranks have rows in both files.
+    small, big = 7 * ALIGN_ROWS, 14 * ALIGN_ROWS
+    for n in (small, big):
         _write_data(comm, f"{directory}/x{n}.h5", n, n_features=20)
     for task in ("binary", "names"):
         fitted = _fitted(task, n_features=20)
         # A first run imports h5py's and numpy's lazily loaded parts and fills Python's free lists
         # (a few KB that stay allocated): not part of either measurement.
-        _peak(comm, fitted, f"{directory}/x8000.h5", f"{directory}/p.h5", rows_per_rank=1024)
+        _peak(comm, fitted, f"{directory}/x{small}.h5", f"{directory}/p.h5", rows_per_rank=1024)
         peaks = [_peak(comm, fitted, f"{directory}/x{n}.h5", f"{directory}/p{n}.h5", rows_per_rank=1024)
-                 for n in (8_000, 80_000)]
-        # 72,000 more rows of 20 float64 features and 2-3 outputs: 13 MB if any of it were held;
+                 for n in (small, big)]
+        # 57,344 more rows of 20 float64 features and 2-3 outputs: 10 MB if any of it were held;
         # a rank holds ~0.2 MB of arrays per round here (rounds of 1,024 rows, full on both files
         # up to 7 ranks; a few hundred bytes of h5py objects per round wait for the cyclic
         # garbage collector). String labels keep one byte per row of the rank's block until
         # they are written, twice while they are joined.
-        kept = 2 * 72_000 // comm.size if task == "names" else 0
+        kept = 2 * (big - small) // comm.size if task == "names" else 0
         assert peaks[1] < 1.1 * peaks[0] + kept, (task, peaks)
 
 
@@ -202,3 +206,47 @@ def test_a_killed_predict_leaves_no_file_under_the_final_name(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     names = [p.name for p in out.parent.iterdir()]
     assert "p.h5" not in names and all(n.startswith(".p.h5.") for n in names), names
+
+
+def test_rank_blocks_start_where_the_forward_pass_cuts_its_chunks():
+    import inspect
+
+    from mpinn.nn.model import MLP
+    from mpinn.train.predict import ALIGN_ROWS, ROWS_PER_RANK, rank_bounds
+
+    assert inspect.signature(MLP.forward).parameters["chunk_rows"].default == ALIGN_ROWS
+    assert ROWS_PER_RANK % ALIGN_ROWS == 0
+    for n, size in ((0, 3), (5, 3), (ALIGN_ROWS * 7 + 5, 3), (ALIGN_ROWS * 2, 5), (10**9, 1000)):
+        bounds = rank_bounds(n, size)
+        assert bounds[0] == 0 and bounds[-1] == n and bounds == sorted(bounds)
+        assert all(b % ALIGN_ROWS == 0 for b in bounds[:-1])
+        sizes = np.diff(bounds)
+        assert sizes.max() - sizes.min() <= ALIGN_ROWS
+
+
+@pytest.mark.mpi(min_size=2)
+def test_the_predictions_are_the_same_bytes_on_any_rank_count(world, tmp_path_factory):
+    """A float32 model's scores of a row can differ by an ulp with the row's place in the forward
+    pass's chunk (BLAS edge tiles): rank blocks that start off the chunk grid wrote other bytes
+    than one rank (3b76c1d did too, in the rows a round split between ranks)."""
+    from mpinn.train.predict import ALIGN_ROWS
+
+    comm = Comm(world)
+    directory = _shared_dir(comm, tmp_path_factory)
+    n = 3 * ALIGN_ROWS + 1001
+    if comm.rank == 0:
+        with h5py.File(f"{directory}/x.h5", "w") as f:
+            f["X"] = np.random.RandomState(1).normal(size=(n, 16)).astype(np.float32)
+    comm.barrier()
+    rng = np.random.RandomState(2)
+    fitted = FittedMLP([rng.normal(size=(16, 16)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)],
+                       [rng.normal(size=16).astype(np.float32), rng.normal(size=3).astype(np.float32)],
+                       activation="relu", output="softmax", task="classify", classes=np.arange(3))
+    predict_to_file(fitted, f"{directory}/x.h5", "X", f"{directory}/ranks.h5", comm)
+    if comm.rank == 0:
+        predict_to_file(fitted, f"{directory}/x.h5", "X", f"{directory}/one.h5", Comm(MPI.COMM_SELF))
+        with h5py.File(f"{directory}/ranks.h5", "r") as f, h5py.File(f"{directory}/one.h5", "r") as g:
+            assert set(f) == set(g) == {"y_pred", "proba"}
+            for name in g:
+                assert f[name].dtype == g[name].dtype
+                assert f[name][()].tobytes() == g[name][()].tobytes(), name

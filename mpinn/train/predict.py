@@ -1,15 +1,16 @@
 """`mpinn predict`: score every row of a file and write the predictions, in rounds of rows so
 that no rank's memory grows with the file, and no row passes through another rank.
 
-Rank r owns the r-th contiguous block of rows (partition.even_bounds) and scores it
-``rows_per_rank`` rows per round, so a round covers N times more rows on N ranks and the number
-of rounds does not grow with N. Rank 0 creates the output file under a temporary name, its
-numeric datasets contiguous and allocated at once, and broadcasts where each dataset's bytes
-start; every rank then writes its rows' bytes at their offsets in the file (os.pwrite: disjoint
-ranges, no locking, no gather). String labels (variable-length in HDF5, so not at known
-offsets) are written by each rank in turn, from the class indices it kept (one small integer a
-row). Any rank's failure is every rank's, and the file appears under its final name only
-complete (atomic.py's rename).
+Rank r owns the r-th contiguous block of rows (rank_bounds: whole runs of ALIGN_ROWS rows) and
+scores it ``rows_per_rank`` rows per round, so a round covers N times more rows on N ranks and
+the number of rounds does not grow with N. As the blocks start where a 1-rank run's chunks do,
+the output is the same bytes on any rank count. Rank 0 creates the output file under a
+temporary name, its numeric datasets contiguous and allocated at once, and broadcasts where
+each dataset's bytes start; every rank then writes its rows' bytes at their offsets in the file
+(os.pwrite: disjoint ranges, no locking, no gather). String labels (variable-length in HDF5,
+so not at known offsets) are written by each rank in turn, from the class indices it kept (one
+small integer a row). Any rank's failure is every rank's, and the file appears under its final
+name only complete (atomic.py's rename).
 
 Why offsets rather than one part file per rank joined by an HDF5 virtual dataset: the output
 stays one ordinary file that can be moved or copied alone, readers need no VDS support, and
@@ -34,6 +35,17 @@ from mpinn.nn.fitted import class_index, class_proba
 
 # Rows each rank scores per round: it holds this many rows of features and outputs at a time.
 ROWS_PER_RANK = 1 << 16
+# A rank's block starts at a multiple of this: FittedMLP.forward scores rows this many at a time
+# (MLP.forward's chunk_rows), and BLAS may round a row's score differently by its place in a
+# chunk (float32 GEMM edge tiles, by an ulp), so blocks that start elsewhere would give other
+# bytes than one rank does. A multiple of it per round (ROWS_PER_RANK) keeps the chunks aligned.
+ALIGN_ROWS = 8192
+
+
+def rank_bounds(n, size, align=ALIGN_ROWS):
+    """Rank r predicts rows [b[r], b[r+1]): whole runs of ``align`` rows (the last run may be
+    shorter), spread as evenly as whole runs allow, so ranks differ by at most ``align`` rows."""
+    return [min(b * align, n) for b in even_bounds(-(-n // align), size)]
 
 
 def predict_to_file(fitted, path, x_name, out, comm, rows_per_rank=ROWS_PER_RANK):
@@ -54,7 +66,7 @@ def predict_to_file(fitted, path, x_name, out, comm, rows_per_rank=ROWS_PER_RANK
         raise InputError(f"{path}: {info.n_features} features but the model expects {fitted.n_features_in_}")
     n, size = info.n_rows, comm.size
     per_round = max(1, int(rows_per_rank))
-    bounds = even_bounds(n, size)
+    bounds = rank_bounds(n, size)
     first, last = bounds[comm.rank], bounds[comm.rank + 1]
     n_rounds = math.ceil(max(b - a for a, b in zip(bounds[:-1], bounds[1:])) / per_round)
     outputs = _Outputs(fitted, n)
@@ -105,7 +117,9 @@ def _write_rows(fitted, path, x_name, info, plan, outputs, made, out, comm, firs
                 raise InputError(problem)
             rows = plan.apply(rows)
         if b > a:  # outputs from float64 scores, whatever the model's dtype (as before)
-            outputs.write(opened["fd"], made["layout"], a, np.asarray(fitted.forward(rows), dtype=np.float64))
+            # The rows just read are this round's own: scaled in place (forward(rows) would copy them).
+            scores = fitted.forward(fitted.scale_features(rows), scaled=True)
+            outputs.write(opened["fd"], made["layout"], a, np.asarray(scores, dtype=np.float64))
 
     failure = None
     try:
@@ -205,7 +219,7 @@ class _Outputs:
 
         index = np.concatenate(self.kept) if self.kept else np.zeros(0, np.int64)
         self.kept = []
-        lo = even_bounds(self.n, comm.size)[comm.rank]
+        lo = rank_bounds(self.n, comm.size)[comm.rank]
         for turn in range(comm.size):
             def write():
                 if comm.rank == turn and len(index):
