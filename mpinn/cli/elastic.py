@@ -44,15 +44,20 @@ def elastic_mode(comm, cfg, asked):
     return on, why
 
 
-def continue_on_survivors(comm, launched):
+def continue_on_survivors(comm, launched, agreed=False):
     """Collective over the survivors of a rank's death: revoke ``comm`` (ranks still inside a
     collective learn of it too), meet in an agreement, shrink. The survivors' communicator
     becomes world(). Returns (it, the launched ranks lost, the launched ranks kept) where
-    ``launched`` names the ranks of ``comm`` as first launched."""
+    ``launched`` names the ranks of ``comm`` as first launched.
+
+    ``agreed``: this rank has just been through that agreement (it finished its work and the
+    closing ``agree_all(True)`` said no): a rank that failed meets it with its ``agree_all(False)``
+    here, so each survivor takes part in exactly one agreement before the shrink."""
     from mpinn.parallel.comm import replace_world
 
     comm.revoke()
-    comm.agree_all(False)  # meets the survivors that finished and wait in their own agreement
+    if not agreed:
+        comm.agree_all(False)  # meets the survivors that finished and wait in their closing agreement
     failed, (comm, lost) = comm, comm.shrink()
     failed.free()
     replace_world(comm)
@@ -70,13 +75,13 @@ def fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
     from mpinn.parallel.faults import EXIT_PREEMPTED, inject
     from mpinn.train.elastic import truncate_metrics
 
-    cfg, failed_at = run.cfg, None
+    cfg, failed_at, agreed = run.cfg, None, False
     while True:
         try:
             if failed_at is not None:
                 started, (epoch, step) = time.perf_counter(), failed_at
                 failed_at = None
-                comm, lost, run.launched = continue_on_survivors(comm, run.launched)
+                comm, lost, run.launched = continue_on_survivors(comm, run.launched, agreed)
                 if "recovery" in trainer.faults:  # tests: a death while the survivors recover
                     inject(trainer.faults.pop("recovery"), comm.rank, "recovery", None)
                 run.tracking = run.tracking and 0 not in lost  # rank 0's tracking run died with it
@@ -100,8 +105,8 @@ def fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
             # Uniform even under failures: every survivor leaves here, or every one recovers.
             if comm.agree_all(True):
                 return comm, trainer
-            failed_at = (trainer.epoch, trainer.step_in_epoch)
+            failed_at, agreed = (trainer.epoch, trainer.step_in_epoch), True
         except BaseException as exc:
             if not comm.is_process_failure(exc):
                 raise
-            failed_at = (trainer.epoch, trainer.step_in_epoch)
+            failed_at, agreed = (trainer.epoch, trainer.step_in_epoch), False

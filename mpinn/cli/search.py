@@ -18,7 +18,6 @@ from mpinn.cli.search_grid import estimator_values, option_names, parse_grid, sc
 from mpinn.errors import InputError
 
 
-
 def add_search_command(sub):
     p = sub.add_parser("search", help="grid or randomized search of train options, tasks on groups of ranks")
     p.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y (every rank reads all)")
@@ -227,12 +226,14 @@ def _fit_search(search, X, y, comm, args):
             search.fit(X, y)
             if comm.agree_all(True):  # uniform: every survivor leaves here, or every one continues
                 break
+            agreed = True
         except BaseException as exc:
             if not comm.is_process_failure(exc):
                 raise
+            agreed = False
         first_resumed = search.tasks_resumed_ if first_resumed is None else first_resumed
         started = time.perf_counter()
-        comm, lost, launched = continue_on_survivors(comm, launched)
+        comm, lost, launched = continue_on_survivors(comm, launched, agreed)
         # Groups are rebuilt on the survivors: the largest size up to --group-size that divides them.
         search.set_params(group_size=max(g for g in range(1, args.group_size + 1) if comm.size % g == 0))
         say(f"mpinn: {lost_words(lost)} lost during the search; continuing on {comm.size} rank(s) in groups "
