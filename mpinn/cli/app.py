@@ -8,6 +8,7 @@ never leaves the other ranks hanging in a collective.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from mpinn import __version__
@@ -38,9 +39,12 @@ def build_parser():
 def main(argv=None):
     code = _main(argv)
     if "mpi4py.MPI" in sys.modules:
-        from mpinn.parallel.comm import end_process_if_ranks_lost
+        from mpinn.parallel.comm import ranks_were_lost
 
-        end_process_if_ranks_lost(code)
+        if ranks_were_lost():  # end here, without MPI_Finalize (comm.ranks_were_lost); files are closed
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     return code
 
 
