@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mpinn
-from test_search import FIXED, GRID, assert_same_results, quiet_fit, sklearn_reference
+from test_search import FIXED, GRID, X_IRIS, assert_same_results, quiet_fit, sklearn_reference
 
 MPI = pytest.importorskip("mpi4py.MPI")
 
@@ -71,3 +71,53 @@ def test_checkpoint_resumed_with_another_group_size(world):
         world.Barrier()
         if world.Get_rank() == 0:
             shutil.rmtree(path)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_row_view_search_reads_only_each_ranks_share(world):
+    """X as a RowView of an HDF5 file (what `mpinn search` passes): the same scores as the
+    in-memory array, bit for bit, while each rank of the group reads only its share of each
+    fold: its scaler block and its MLP shard of the train rows, its block of the test rows."""
+    import os
+    import shutil
+    import tempfile
+
+    import h5py
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import Pipeline
+
+    from mpinn.data.partition import block_offsets, make_shard
+    from mpinn.data.rows import RowView
+
+    path = world.bcast(tempfile.mkdtemp() if world.Get_rank() == 0 else None, root=0)
+    try:
+        data = os.path.join(path, "iris.h5")
+        if world.Get_rank() == 0:
+            with h5py.File(data, "w") as f:
+                f["X"] = X_IRIS.astype(np.float32)  # read back as float64, as the array below
+        world.Barrier()
+        view = RowView(data, "X")
+        cv = KFold(3, shuffle=True, random_state=1)
+
+        def search(X):
+            base = Pipeline([("scale", mpinn.StandardScaler(comm=world)), ("mlp", mpinn.MLPClassifier(**FIXED))])
+            return quiet_fit(mpinn.GridSearchCV(base, {"mlp__learning_rate_init": [0.01, 0.1]}, scoring="neg_log_loss",
+                                                cv=cv, refit=False, group_size=world.Get_size()), X=X)
+
+        lazy, ref = search(view), search(X_IRIS.astype(np.float32).astype(np.float64))
+        for key in ("split0_test_score", "split1_test_score", "split2_test_score", "mean_test_score"):
+            assert np.array_equal(lazy.cv_results_[key], ref.cv_results_[key]), key
+        rank, size = world.Get_rank(), world.Get_size()
+        share = 0
+        for train, test in cv.split(X_IRIS):
+            share += (make_shard(len(train), rank, size, "block").count  # the scaler's statistics
+                      + make_shard(len(train), rank, size, mpinn.MLPClassifier().shard).count  # the fit
+                      + int(np.diff(block_offsets(len(test), size))[rank]))  # scoring
+        assert view.rows_read == 2 * share  # two candidates, nothing else read
+        # Over the group each row is read once per use (scaler, fit, scoring): the ranks split the work.
+        whole = sum(2 * len(train) + len(test) for train, test in cv.split(X_IRIS))
+        assert world.allreduce(view.rows_read) == 2 * whole
+    finally:
+        world.Barrier()
+        if world.Get_rank() == 0:
+            shutil.rmtree(path, ignore_errors=True)

@@ -20,7 +20,7 @@ from mpinn.errors import InputError
 
 def add_search_command(sub):
     p = sub.add_parser("search", help="grid or randomized search of train options, tasks on groups of ranks")
-    p.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y (every rank reads all)")
+    p.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y (each fit reads only its rank's rows)")
     p.add_argument("--grid", required=True, help="TOML file: `mpinn train` option names, lists of values to try")
     p.add_argument("--n-iter", type=int, help="randomized search: sample this many candidates from the grid")
     p.add_argument("--seed", type=int, help="seed of the sampling (--n-iter; default 0) and of a shuffled "
@@ -68,27 +68,29 @@ def _number(text):
 
 
 def _load_data(path, x_name, y_name, comm):
-    """Every rank reads all rows (each fit takes its fold's rows): X, y.""" 
+    """X as a RowView of the file (data/rows.py): a fit reads only its rank's share of the fold's
+    rows, scoring only its block of the test rows, so no rank holds all of X. Every rank holds y
+    (the folds are drawn from it)."""
     import h5py
     import numpy as np
 
     from mpinn.data import hdf5 as datamod
+    from mpinn.data.rows import RowView
     from mpinn.parallel.agree import on_root
 
     info = datamod.DataInfo(**on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
     with h5py.File(path, "r") as f:
-        X = np.asarray(f[x_name][()], dtype=np.float64)
         y = np.array(f[y_name].asstr()[()], dtype=str) if info.y_kind == "str" else f[y_name][()]
-    return X, y
+    return RowView(path, x_name, dtype=np.float64, _shape=(info.n_rows, info.n_features)), y
 
 
 def _check_rows(comm, X, y, path, task):
-    """Every rank holds all rows, but checks only its block of them (one verdict for all)."""
+    """Each rank reads and checks only its block of the rows (one verdict for all)."""
     from mpinn.data.partition import make_shard
     from mpinn.train.problem import check_values
 
     shard = make_shard(len(X), comm.rank, comm.size, "block")
-    check_values(comm, X[shard.as_slice()], y[shard.as_slice()], path, task, shard)
+    check_values(comm, X.read(shard.rows), y[shard.as_slice()], path, task, shard)
 
 
 def cmd_search(args):

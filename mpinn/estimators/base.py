@@ -1,7 +1,8 @@
 """The scikit-learn-compatible base of MLPClassifier and MLPRegressor (classes.py).
 
 Parameter plumbing without sklearn (get_params, set_params, repr, tags), the fitted check,
-prediction on this rank alone and to_sklearn. No MPI: fitting is fit.py.
+prediction on this rank alone (a RowView of a search's fold: by the ranks of ``comm`` together,
+through parallel/comm.py) and to_sklearn. Fitting is fit.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import inspect
 import numpy as np
 
 from mpinn.data import columns, inputs
+from mpinn.data.rows import is_row_view
 from mpinn.nn import optim
 from mpinn.estimators.params import validate_params
 from mpinn.nn.activations import HIDDEN_ACTIVATIONS
@@ -138,8 +140,11 @@ class _BaseMLP:
         return columns.encoded_names([str(n) for n in names], encoding.get("categories", {}))
 
     def _forward(self, X):
-        """Output activations for X on this rank alone (no communication)."""
+        """Output activations for X on this rank alone (no communication); for a RowView, by all
+        ranks of ``comm`` together."""
         self._check_fitted()
+        if is_row_view(X):
+            return self._forward_view(X)
         X = inputs.check_X(self._by_name(X))
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
@@ -151,6 +156,26 @@ class _BaseMLP:
         X = np.asarray(X, dtype=self.coefs_[0].dtype) if scaler is None else \
             scaler.transform_inplace(np.array(X, dtype=self.coefs_[0].dtype))
         return forward_layers(list(zip(self.coefs_, self.intercepts_)), X, self.activation, self.out_activation_)
+
+    def _forward_view(self, X):
+        """Collective: each rank reads and forwards its block of the view's rows (a search's test
+        fold, data/rows.py), and every rank gets all the outputs in row order."""
+        from mpinn.data.partition import block_offsets
+        from mpinn.parallel.comm import as_comm
+
+        comm = as_comm(self.comm)
+        offsets = block_offsets(len(X), comm.size)
+        lo, hi = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
+        out, problem = None, None
+        try:
+            out = self._forward(X.read(np.arange(lo, hi))) if hi > lo else \
+                np.empty((0, self.intercepts_[-1].shape[0]), dtype=self.coefs_[0].dtype)
+        except ValueError as exc:
+            problem = str(exc)
+        problem = comm.any_error(problem)
+        if problem is not None:  # every rank raises what the lowest failing rank found
+            raise ValueError(problem)
+        return comm.allgather_rows(np.ascontiguousarray(out), np.diff(offsets))
 
     # ---- export -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from mpinn.data import columns, inputs
+from mpinn.data.rows import is_row_view
 from mpinn.errors import warnings_shown_by_rank0
 from mpinn.parallel.agree import share_random_state
 from mpinn.estimators.base import STOCHASTIC, _BaseMLP
@@ -62,6 +63,8 @@ class _FitMLP(_BaseMLP):
             if wl is not None:
                 collective_check(comm, inputs.finite_problem(wl, "sample_weight"))
             return Xl, yl, wl, shard, shard.n_rows, None
+        if is_row_view(X):  # a search's fold (data/rows.py): this rank reads only its shard
+            return self._read_view(X, y, sample_weight, comm, spec)
         Xa = inputs.check_X(X)
         ya = inputs.check_y(y, len(Xa), classifier=self._classifier)
         dtype = inputs.train_dtype(Xa, self.dtype)
@@ -76,6 +79,21 @@ class _FitMLP(_BaseMLP):
         collective_check(comm, inputs.finite_problem(Xl, "X"))
         wl = None if sw is None else shard.take(sw)
         return Xl, shard.take(ya), wl, shard, len(Xa), ya
+
+    def _read_view(self, X, y, sample_weight, comm, spec):
+        """_read of a RowView of the global rows: the same rows and values as the array it stands
+        for would give, read from the file by this rank alone."""
+        from mpinn.data.partition import make_shard
+        from mpinn.parallel.agree import collective_check
+
+        ya = inputs.check_y(y, len(X), classifier=self._classifier)
+        dtype = inputs.train_dtype(X, self.dtype)
+        sw = inputs.check_sample_weight(sample_weight, len(X), dtype)
+        shard = make_shard(len(X), comm.rank, comm.size, spec)
+        Xl = np.ascontiguousarray(X.read(shard.rows), dtype=dtype)
+        collective_check(comm, inputs.finite_problem(Xl, "X"))
+        wl = None if sw is None else shard.take(sw)
+        return Xl, shard.take(ya), wl, shard, len(X), ya
 
     # ---- fit ------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ never of N); rank r hashes only the chunks of its block (a block partition of th
 chunk digests are gathered in chunk order, and the digest of the arrays' dtypes, shapes and the
 ordered chunk digests names the data. So each rank hashes ~1/N of the bytes, and 1, 2 or 1,000
 ranks give the same digest. An array may be anything sliceable by rows with ``shape`` and
-``dtype`` (an h5py dataset too: then a rank reads only its chunks).
+``dtype`` (an h5py dataset or a RowView too: then a rank reads only its chunks).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def array_digests(a, first: int, last: int, chunk_bytes=CHUNK_BYTES) -> np.ndarr
 
 
 def _as_rows(a):
-    """An ndarray or h5py dataset as it is; anything else (a list, a DataFrame) as an ndarray."""
-    if a is None or (isinstance(a, np.ndarray) or type(a).__module__.startswith("h5py")) and len(a.shape) >= 1:
+    """An ndarray, h5py dataset or RowView (data/rows.py) as it is; anything else (a list, a
+    DataFrame) as an ndarray."""
+    if a is None or (isinstance(a, np.ndarray) or type(a).__module__.startswith("h5py")
+                     or getattr(a, "lazy_rows", False) is True) and len(a.shape) >= 1:
         return a
     a = np.asarray(a)
     return a.reshape(1) if a.ndim == 0 else a

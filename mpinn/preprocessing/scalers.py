@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from mpinn.data.rows import is_row_view
 from mpinn.parallel.comm import as_comm
 from mpinn.preprocessing.stats import (blocks_moments, closing_blocks, combine_moments, is_constant, nonzero_scale,
                                        reduce_moments, reduce_range, row_blocks)
@@ -142,6 +143,8 @@ class _Scaler:
             shard = make_shard(info.n_rows, comm.rank, comm.size, self.shard)
             stream = StreamingRows(path, x_name, shard, info.n_features, np.float64, read_ahead=0)
             return closing_blocks(stream), None, info.n_features, np.dtype(np.float64)
+        if is_row_view(X):
+            return self._view_blocks(X, sample_weight, comm, first)
         X = self._array(X, reset=first, copy=False)
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
         if w is not None and len(w) != len(X):
@@ -157,6 +160,35 @@ class _Scaler:
             part = make_shard(len(X), comm.rank, comm.size, self.shard)
             X, w = part.take(X), None if w is None else part.take(w)
         return row_blocks(X), w, X.shape[1], X.dtype
+
+    def _view_blocks(self, X, sample_weight, comm, first):
+        """A RowView of the global rows (a search's fold, data/rows.py): this rank reads only its
+        shard of it; the checks _array makes, agreed by all ranks."""
+        from mpinn.data.partition import make_shard
+        from mpinn.parallel.agree import collective_check
+
+        if self.rows != "global":
+            raise ValueError(f"{type(self).__name__}: a RowView holds the global rows; rows='local' takes arrays")
+        n_features = X.shape[1]
+        if first:
+            self.n_features_in_ = n_features
+            self.__dict__.pop("feature_names_in_", None)
+        elif n_features != self.n_features_in_:
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        part = make_shard(len(X), comm.rank, comm.size, self.shard)
+        block = X.read(part.rows)
+        collective_check(comm, f"Input X contains infinity or a value too large for dtype({block.dtype.name!r})."
+                         if np.isinf(block).any() else None)
+        w = None
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=np.float64).ravel()
+            if len(w) != len(X):
+                raise ValueError(f"sample_weight.shape == {np.shape(sample_weight)}, expected ({len(X)},)!")
+            if not w.any():
+                raise ValueError("Sample weights must contain at least one non-zero number.")
+            w = part.take(w)
+        return row_blocks(block), w, n_features, block.dtype
 
     # -- fit --
 
@@ -234,6 +266,8 @@ class StandardScaler(_Scaler):
 
     def transform(self, X, copy=None):
         self._check_fitted()
+        if is_row_view(X):  # applied as its rows are read
+            return X.with_transform(self.transform)
         X = self._array(X, reset=False, copy=self.copy if copy is None else copy)
         return self.transform_inplace(X)
 
@@ -298,6 +332,8 @@ class MinMaxScaler(_Scaler):
 
     def transform(self, X):
         self._check_fitted()
+        if is_row_view(X):  # applied as its rows are read
+            return X.with_transform(self.transform)
         return self.transform_inplace(self._array(X, reset=False, copy=self.copy))
 
     def transform_inplace(self, X):

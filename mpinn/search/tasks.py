@@ -18,6 +18,7 @@ from traceback import format_exc
 
 import numpy as np
 
+from mpinn.data.rows import is_row_view
 from mpinn.parallel.comm import is_process_failure
 from mpinn.parallel.faults import Preempted
 
@@ -143,7 +144,9 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
     context, see callbacks.py) is told where the fit begins and ends, with ``caller`` (the search)
     as the estimator. ``agree(message or None)`` returns the message of the lowest failing rank
     of the group, so every rank of a group records (or raises) the same outcome; ``score=False``
-    (the group's other ranks) stops after the fit: only the leader scores and records."""
+    (the group's other ranks) stops after the fit: only the leader scores and records. X given
+    as a RowView (data/rows.py) is scored by the whole group, each rank predicting its block
+    of the rows (estimators/base.py), and still recorded by the leader alone."""
     from sklearn.utils.metaestimators import _safe_split
     from sklearn.utils.validation import _check_method_params
 
@@ -176,7 +179,7 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
         if error_score == "raise":
             raise TaskFailed(last_line(error), original)
         return record
-    if not score:
+    if not score and not is_row_view(X):
         return None
     score_params = score_params or {}
     record["test"] = _score(est, X_test, y_test, scorers, _check_method_params(X, score_params, test), error_score)
@@ -184,7 +187,7 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
     if return_train_score:
         record["train"] = _score(est, X_train, y_train, scorers, _check_method_params(X, score_params, train),
                                  error_score)
-    return record
+    return record if score else None
 
 
 def _score(est, X, y, scorers, params, error_score):
