@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCH))
 from common import parse  # noqa: E402  (the BENCH_JSON reader bench/run.py uses)
 
 TIMEOUT = 120  # per script; the slowest takes a few seconds here
-# The code before issue 21's changes, which two scripts run beside today's (git archive): present
+# The code before issue 21's changes, which three scripts run beside today's (git archive): present
 # in a full clone; a shallow one runs them without the comparison.
 BEFORE = "3b76c1d"
 HAS_BEFORE = subprocess.run(["git", "cat-file", "-e", f"{BEFORE}^{{commit}}"], cwd=ROOT,
@@ -73,6 +73,12 @@ CASES = {
                                    "--before-max", "1000", *(() if HAS_BEFORE else ("--before", ""))),
                                   prints=("| part | n | N |", "| eval | 3e+03 | 1 |", "| predict | 3e+03 | 3 |",
                                           "| predict: n |")),
+    "search_memory.py": Case(("--rows", "400", "--features", "3", "--workdir", "{tmp}/searchmemory",
+                              *(("--before", BEFORE) if HAS_BEFORE else ())),
+                             prints=("| code | ranks | rank |", "| now | 2 | 1 |", "now: largest rank's memory ",
+                                     "now: 2 ranks vs 1 rank, largest score difference 0",
+                                     *((f"now vs {BEFORE} at 2 rank(s): largest score difference 0",)
+                                       if HAS_BEFORE else ()))),
     "fused_adam.py": Case(("--sizes", "8,4,2", "--reps", "2"), reports=("adam float32", "sgd float64"), needs="numba"),
     "gemm_limit.py": Case(("--mpi", "--sizes", "16,8,4", "--batch", "8", "--seconds", "0.01", "--rounds", "1"),
                           reports=("samples_per_second",), ranks=2),

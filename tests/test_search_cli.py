@@ -158,3 +158,19 @@ def test_error_score_raise_ends_every_rank_quickly(tmp_path, ranks, group_size):
     assert proc.stdout.count("raised") == ranks and proc.stdout.count("contains NaN") == ranks, proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
     assert ended - started < 10
+
+
+def test_a_group_of_two_ranks_gives_the_one_rank_scores(iris, tmp_path):
+    """--group-size 2 on 2 ranks, shuffled folds: each rank reads only its share of a fold's rows
+    from the file (data/rows.py) and scores its block of the test rows; the table is the 1-rank one."""
+    (tmp_path / "grid.toml").write_text("hidden = [[8]]\nlr = [0.01, 0.2]\nepochs = 8\nbatch-size = 50\n")
+    tables = {}
+    for n in (1, 2):
+        run(search_args(iris, tmp_path / "grid.toml", "--seed", 3, "--group-size", n, "--no-refit",
+                        "--results", tmp_path / f"r{n}.csv"), np_=n)
+        tables[n] = read_csv(tmp_path / f"r{n}.csv")
+    scores = [k for k in tables[1][0] if k.startswith(("mean_test_", "split"))]
+    assert len(tables[2]) == len(tables[1]) == 2 and len(scores) == 8
+    for two, one in zip(tables[2], tables[1]):
+        for key in scores:
+            assert float(two[key]) == pytest.approx(float(one[key]), abs=1e-12), key

@@ -190,6 +190,11 @@ class _Scaler:
             w = part.take(w)
         return row_blocks(block), w, n_features, block.dtype
 
+    def _transform_read(self, X):
+        """transform of a block a RowView has just read (data/rows.py): in place, as no one else
+        holds it."""
+        return self.transform_inplace(self._array(X, reset=False, copy=False))
+
     # -- fit --
 
     def fit(self, X, y=None, sample_weight=None, *, x_name="X"):
@@ -267,7 +272,7 @@ class StandardScaler(_Scaler):
     def transform(self, X, copy=None):
         self._check_fitted()
         if is_row_view(X):  # applied as its rows are read
-            return X.with_transform(self.transform)
+            return X.with_transform(self._transform_read)
         X = self._array(X, reset=False, copy=self.copy if copy is None else copy)
         return self.transform_inplace(X)
 
@@ -333,7 +338,7 @@ class MinMaxScaler(_Scaler):
     def transform(self, X):
         self._check_fitted()
         if is_row_view(X):  # applied as its rows are read
-            return X.with_transform(self.transform)
+            return X.with_transform(self._transform_read)
         return self.transform_inplace(self._array(X, reset=False, copy=self.copy))
 
     def transform_inplace(self, X):
