@@ -1,9 +1,9 @@
-"""Per-rank memory of eval's row choice, the early-stopping split and predict's rounds, for
+"""Per-rank memory of eval's row choice, the early-stopping split, predict's rounds and a search's task, for
 n = 10^6 .. 10^9 rows on rank 0 of N ranks, computed without the data, beside the code before
 them (docs/performance.md, "Memory per rank of eval and predict").
 
     python bench/eval_predict_model.py [--sizes 1e6,1e7,1e8,1e9] [--ranks 1,10,100,1000]
-                                       [--parts eval,early stopping,predict] [--before 3b76c1d]
+                                       [--parts eval,early stopping,predict,search] [--before 3b76c1d]
                                        [--before-max 1e7] [--max-per-rank 1e7]
 
 The bookkeeping is a pure function of (n, rank, N, seed), so the rank's own part of it runs here,
@@ -27,6 +27,13 @@ tracemalloc). What is measured, on rank 0 of N (block shard, keyed permutation):
   "rounds" and the rows a rank writes are counted; "collectives" are the collective calls a rank
   makes over the rounds (now: none without a column plan, one agreement at the end; before: an
   Allgather and a Gatherv a round).
+- search: one task (fold 0 of 5 shuffled folds, 16 float64 features) on rank 0 of one group of
+  N ranks, allocated as `mpinn search` holds it (search_holdings: the code's arrays are
+  allocated here, not its functions run). Now each rank holds its 1/N of the fold's features
+  (data/rows.py); before, every rank held all of X and the fold's train rows twice. The labels
+  and the folds' index arrays (scikit-learn's, on every rank) grow with n whatever N is: above
+  --max-per-rank rows in all, its figure is its bytes per row at the largest n run at that N,
+  times n.
 
 The code now runs up to --max-per-rank rows on the rank; above it (10^9 rows on 1 or 10 ranks),
 its figure is the bytes per row on the rank at the largest n run at that N, times n/N.
@@ -50,6 +57,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_FRACTION, VALIDATION_FRACTION, SEED = 0.2, 0.1, 0
+FOLDS = 5  # a search's cv
 ROUND_ROWS = 1 << 16  # predict's rows a round: per rank now (predict.ROWS_PER_RANK), in total before
 FEATURES, HIDDEN, CLASSES = 16, 16, 3
 
@@ -145,7 +153,49 @@ def now_predict(n, ranks):
             "written": last - first, "rank": rank}
 
 
-NOW = {"eval": now_eval, "early stopping": now_early_stopping, "predict": now_predict}
+def search_holdings(n, ranks, now):
+    """What rank 0 of one group of N ranks holds for a search task (fold 0 of FOLDS shuffled
+    folds, a 16-feature float64 X), allocated here as the code holds it: the labels and the folds
+    every rank holds (scikit-learn's index arrays, broadcast by iteration.splits_from_root), then
+    the task's features and outputs. Now: the rank's block of the fold's train rows as RowView
+    reads them (the scaler transforms them in place), its block of the test rows and the
+    group's gathered outputs. Before: all of X (cli/search.py read the file), the fold's train
+    rows taken and scaled (two copies), the MLP's shard; the leader's test rows, scaled, and
+    outputs."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    def run():
+        y = np.zeros(n, dtype=np.int64)
+        splits = list(KFold(FOLDS, shuffle=True, random_state=SEED).split(np.empty((n, 0))))
+        train, test = splits[0]
+        y_fold = y[train], y[test]
+        if now:
+            fit = np.ones((-(-len(train) // ranks), FEATURES))
+            del fit  # the fit ends before scoring
+            score = np.ones((-(-len(test) // ranks), FEATURES))
+            outputs = np.ones((len(test), CLASSES))
+            return -(-len(train) // ranks), (y_fold, score, outputs)
+        X = np.ones((n, FEATURES))
+        taken = X[train]
+        scaled = taken * 1.0
+        del taken
+        shard = scaled[: -(-len(train) // ranks)].copy()
+        del shard, scaled  # the fit ends before scoring
+        score = X[test] * 1.0
+        outputs = np.ones((len(test), CLASSES))
+        return n, (y_fold, score, outputs)
+
+    peak, seconds, (rows, _) = traced(run)
+    return {"rows": rows, "bytes": peak, "seconds": seconds}
+
+
+def now_search(n, ranks):
+    return search_holdings(n, ranks, now=True)
+
+
+NOW = {"eval": now_eval, "early stopping": now_early_stopping, "predict": now_predict, "search": now_search}
+O_N_PARTS = ("search",)  # parts whose memory grows with n on every rank (the folds): by formula x n
 
 
 # ---- the code before (run from its own tree, in a subprocess) ----------------------------------
@@ -222,7 +272,12 @@ def before_predict(n, ranks):
             "collectives": 2 * rounds, "written": n}
 
 
-BEFORE = {"eval": before_eval, "early stopping": before_early_stopping, "predict": before_predict}
+def before_search(n, ranks):
+    return search_holdings(n, ranks, now=False)
+
+
+BEFORE = {"eval": before_eval, "early stopping": before_early_stopping, "predict": before_predict,
+          "search": before_search}
 
 
 def before_worker(cells):
@@ -295,13 +350,13 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     now_ran, predict_rows = {}, []
     for part, n, ranks in cells:
-        if part == "predict" or n / ranks <= args.max_per_rank:
+        if part == "predict" or (n if part in O_N_PARTS else n / ranks) <= args.max_per_rank:
             now = now_ran[part, n, ranks] = NOW[part](n, ranks)
             held, seconds = mb(now["bytes"]), f"{now['seconds']:.3f}"
             if "split_bytes" in now:
                 held += f" (split {mb(now['split_bytes'])})"
         else:
-            est, how = by_formula(now_ran, part, n, ranks, scale=ranks)
+            est, how = by_formula(now_ran, part, n, ranks, scale=1 if part in O_N_PARTS else ranks)
             held, seconds = ("" if est is None else mb(est)) + f" ({how})", ""
         then, how = "", "not measured"
         if before is not None:
