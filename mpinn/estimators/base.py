@@ -170,7 +170,7 @@ class _BaseMLP:
         try:
             out = self._forward(X.read(np.arange(lo, hi))) if hi > lo else \
                 np.empty((0, self.intercepts_[-1].shape[0]), dtype=self.coefs_[0].dtype)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # bad rows, an unreadable file: never a rank left waiting
             problem = str(exc)
         problem = comm.any_error(problem)
         if problem is not None:  # every rank raises what the lowest failing rank found

@@ -90,8 +90,12 @@ class _FitMLP(_BaseMLP):
         dtype = inputs.train_dtype(X, self.dtype)
         sw = inputs.check_sample_weight(sample_weight, len(X), dtype)
         shard = make_shard(len(X), comm.rank, comm.size, spec)
-        Xl = np.ascontiguousarray(X.read(shard.rows), dtype=dtype)
-        collective_check(comm, inputs.finite_problem(Xl, "X"))
+        try:
+            Xl = np.ascontiguousarray(X.read(shard.rows), dtype=dtype)
+            problem = inputs.finite_problem(Xl, "X")
+        except OSError as exc:  # a file one rank cannot read fails every rank, none left waiting
+            Xl, problem = None, f"{X.path}: {exc}"
+        collective_check(comm, problem)
         wl = None if sw is None else shard.take(sw)
         return Xl, shard.take(ya), wl, shard, len(X), ya
 

@@ -177,9 +177,13 @@ class _Scaler:
             raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
         part = make_shard(len(X), comm.rank, comm.size, self.shard)
-        block = X.read(part.rows)
-        collective_check(comm, f"Input X contains infinity or a value too large for dtype({block.dtype.name!r})."
-                         if np.isinf(block).any() else None)
+        try:
+            block = X.read(part.rows)
+            problem = f"Input X contains infinity or a value too large for dtype({block.dtype.name!r})." \
+                if np.isinf(block).any() else None
+        except OSError as exc:  # a file one rank cannot read fails every rank, none left waiting
+            block, problem = None, f"{X.path}: {exc}"
+        collective_check(comm, problem)
         w = None
         if sample_weight is not None:
             w = np.asarray(sample_weight, dtype=np.float64).ravel()
