@@ -171,8 +171,8 @@ def search_holdings(n, ranks, now):
         train, test = splits[0]
         y_fold = y[train], y[test]
         if now:
-            fit = np.ones((-(-len(train) // ranks), FEATURES))
-            del fit  # the fit ends before scoring
+            fit = [np.ones((-(-len(train) // ranks), FEATURES))]
+            fit.clear()  # the fit ends before scoring
             score = np.ones((-(-len(test) // ranks), FEATURES))
             outputs = np.ones((len(test), CLASSES))
             return -(-len(train) // ranks), (y_fold, score, outputs)
