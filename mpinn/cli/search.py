@@ -1,5 +1,6 @@
 """`mpinn search`: a grid (or randomized) search over `mpinn train` options, tasks on rank groups,
-elastic under ULFM; GRID.toml is read by cli/search_grid.py. Registered by app.build_parser.
+elastic under ULFM; GRID.toml is read by cli/search_grid.py, the search object built by
+cli/search_make.py. Registered by app.build_parser.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import warnings
 
 from mpinn.atomic import check_output_file
 from mpinn.cli.common import EXIT_INTERRUPTED, EXIT_PREEMPTED, say
-from mpinn.cli.search_grid import estimator_values, option_names, parse_grid, scaler_step, train_value
+from mpinn.cli.search_grid import option_names, parse_grid, train_value
+from mpinn.cli.search_make import check_halving_options, make_search, parse_scoring
 from mpinn.errors import InputError
 
 
@@ -112,11 +114,11 @@ def cmd_search(args):
         raise InputError(f"--group-size {args.group_size} does not divide the {comm.size} ranks")
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint DIR (the directory of the search to continue)")
-    _check_halving_options(args)
+    check_halving_options(args)
     if not args.results.lower().endswith((".csv", ".jsonl")):
         raise InputError(f"--results: name a .csv or .jsonl file, got {args.results}")
     fixed, varied = on_root(comm, lambda: parse_grid(args.grid, randomized))
-    scoring = _scoring(args.scoring)
+    scoring = parse_scoring(args.scoring)
     best_dir = os.path.splitext(args.results)[0] + "-best"
 
     def check_outputs():
@@ -149,7 +151,7 @@ def cmd_search(args):
         raise InputError("--stratified: folds are stratified by class; this is a regression")
     if len(X) < args.cv:
         raise InputError(f"--cv {args.cv}: more folds than the {len(X)} rows of {args.data}")
-    search = _make_search(args, task, fixed, varied, scoring, len(X))
+    search = make_search(args, task, fixed, varied, scoring, len(X))
     bar = _Progress() if comm.rank == 0 and sys.stdout.isatty() else None
     search._progress = bar.update if bar else None
     from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
@@ -247,81 +249,6 @@ def _fit_search(search, X, y, comm, args):
     return comm
 
 
-def _make_search(args, task, fixed, varied, scoring, n_rows):
-    """GridSearchCV (or RandomizedSearchCV) over a Pipeline(scale, mlp) built from the grid."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-    from sklearn.pipeline import Pipeline
-
-    import mpinn
-
-    from mpinn.train.config import TrainConfig, estimator_params_from_config
-
-    scale = fixed.pop("scale", TrainConfig().scale)  # `mpinn train`'s default
-    cls = mpinn.MLPClassifier if task == "classify" else mpinn.MLPRegressor
-    mlp = cls(**estimator_params_from_config(TrainConfig(**fixed).to_dict()))
-    fixed["scale"] = scale
-    base = Pipeline([("scale", scaler_step(scale)), ("mlp", mlp)])
-    grid = dict(estimator_values(field, values) for field, values in varied.items())
-    cv = (StratifiedKFold if args.stratified else KFold)(args.cv, shuffle=args.seed is not None,
-                                                          random_state=args.seed)
-    common = dict(scoring=scoring, cv=cv, refit=False, group_size=args.group_size, allocation=args.allocation,
-                  checkpoint=args.checkpoint)
-    if args.halving:
-        return _make_halving(args, base, grid, fixed, varied, common, n_rows)
-    if args.n_iter is not None:
-        return mpinn.RandomizedSearchCV(base, grid, n_iter=args.n_iter, random_state=args.seed or 0, **common)
-    return mpinn.GridSearchCV(base, grid, **common)
-
-
-def _check_halving_options(args):
-    given = [name for name, on in (("--factor", args.factor != 3), ("--resource", args.resource != "samples"),
-                                   ("--min-resources", args.min_resources is not None),
-                                   ("--aggressive-elimination", args.aggressive_elimination),
-                                   ("--warm-start-promoted", args.warm_start_promoted)) if on]
-    if given and not args.halving:
-        raise InputError(f"{given[0]}: only with --halving")
-    if args.factor <= 1:
-        raise InputError(f"--factor: must be > 1, got {args.factor}")
-    if args.warm_start_promoted and args.resource != "epochs":
-        raise InputError("--warm-start-promoted: needs --resource epochs (a fit on other rows cannot be continued)")
-    if args.min_resources is not None and args.min_resources not in ("exhaust", "smallest"):
-        try:
-            args.min_resources = int(args.min_resources)
-        except ValueError:
-            raise InputError(f"--min-resources: expected a number, exhaust or smallest, got {args.min_resources!r}") \
-                from None
-        if args.min_resources < 1:
-            raise InputError(f"--min-resources: must be >= 1, got {args.min_resources}")
-
-
-def _make_halving(args, base, grid, fixed, varied, common, n_rows):
-    """HalvingGridSearchCV (HalvingRandomSearchCV with --n-iter); --resource epochs grows the
-    MLP's max_iter up to the grid's fixed epochs."""
-    import mpinn
-
-    from mpinn.train.config import TrainConfig
-
-    if not isinstance(common["scoring"], (str, type(None))):
-        raise InputError("--scoring: --halving ranks the candidates by one scorer; give one name")
-    kw = dict(factor=args.factor, aggressive_elimination=args.aggressive_elimination,
-              warm_start_promoted=args.warm_start_promoted, random_state=args.seed or 0, **common)
-    if args.resource == "epochs":
-        if "epochs" in varied:
-            raise InputError("--grid: epochs: the resource of --halving --resource epochs cannot be searched; give "
-                             "one value, the epochs of the last iteration")
-        kw.update(resource="mlp__max_iter", max_resources=TrainConfig(**{k: v for k, v in fixed.items()
-                                                                          if k != "scale"}).epochs)
-    if args.min_resources is not None:
-        most = kw["max_resources"] if args.resource == "epochs" else n_rows
-        if isinstance(args.min_resources, int) and args.min_resources > most:
-            raise InputError(f"--min-resources {args.min_resources}: more than the {most} "
-                             f"{'epochs of the grid' if args.resource == 'epochs' else 'rows of --data'}")
-        kw["min_resources"] = args.min_resources
-    if args.n_iter is not None:
-        return mpinn.HalvingRandomSearchCV(base, grid, n_candidates=args.n_iter, **kw)
-    return mpinn.HalvingGridSearchCV(base, grid, **kw)
-
-
 def _refit(args, values, best_dir):
     """The best candidate trained on all rows by `mpinn train` itself (its scaling, its checkpoint)."""
     import argparse
@@ -352,19 +279,6 @@ def _fault_hook(rank, spec):
         if started[0] in faults:
             inject(faults[started[0]], rank, started[0], None)
     return hook
-
-
-def _scoring(text):
-    if text is None:
-        return None
-    from sklearn.metrics import get_scorer_names
-
-    names = [s.strip() for s in text.split(",")]
-    unknown = [s for s in names if s not in get_scorer_names()]
-    if unknown or len(set(names)) != len(names):
-        raise InputError(f"--scoring: {', '.join(unknown) or 'repeated names'}: not scikit-learn scorer names "
-                         "(e.g. accuracy, neg_log_loss, f1_macro, r2, neg_mean_squared_error)")
-    return names[0] if len(names) == 1 else names
 
 
 def _report(args, search, comm, metric, seconds, elastic):
