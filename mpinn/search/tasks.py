@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import time
+import warnings
 from contextlib import nullcontext
 from traceback import format_exc
 
@@ -182,11 +183,15 @@ def fit_and_score(est, X, y, train, test, *, scorers, fit_params, error_score, r
     if not score and not is_row_view(X):
         return None
     score_params = score_params or {}
-    record["test"] = _score(est, X_test, y_test, scorers, _check_method_params(X, score_params, test), error_score)
-    record["score_time"] = time.time() - start - fit_time
-    if return_train_score:
-        record["train"] = _score(est, X_train, y_train, scorers, _check_method_params(X, score_params, train),
-                                 error_score)
+    with warnings.catch_warnings():
+        if not score:  # a member scoring only to predict its block with the group: the leader warns
+            warnings.simplefilter("ignore")
+        record["test"] = _score(est, X_test, y_test, scorers, _check_method_params(X, score_params, test),
+                                error_score)
+        record["score_time"] = time.time() - start - fit_time
+        if return_train_score:
+            record["train"] = _score(est, X_train, y_train, scorers, _check_method_params(X, score_params, train),
+                                     error_score)
     return record if score else None
 
 
