@@ -80,3 +80,13 @@ def test_a_scikit_learn_search_over_a_scikit_learn_estimator_takes_it_too(stored
     ours = mpinn.GridSearchCV(Ridge(), {"alpha": [0.1, 1.0]}, cv=3).fit(RowView(path, "X"), y)
     ref = SkGrid(Ridge(), {"alpha": [0.1, 1.0]}, cv=3).fit(X, y)
     assert np.array_equal(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"])
+
+
+def test_increasing_rows_are_read_in_place_and_a_1d_dataset_as_one_column(stored, tmp_path):
+    path, X = stored
+    rows = np.r_[0:100, 150:160, 700, 990:1000]
+    assert np.array_equal(RowView(path, "X")[rows].read(), X[rows])  # runs read in place, the rest gathered
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["x"] = X[:, 0].astype(np.float32)
+    one = RowView(tmp_path / "one.h5", "x", _shape=(1000, 1))  # what `mpinn search` builds from a 1-D X
+    assert np.array_equal(one[rows].read(), X[rows, :1]) and np.array_equal(one.read([5, 2]), X[[5, 2], :1])
