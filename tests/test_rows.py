@@ -88,5 +88,5 @@ def test_increasing_rows_are_read_in_place_and_a_1d_dataset_as_one_column(stored
     assert np.array_equal(RowView(path, "X")[rows].read(), X[rows])  # runs read in place, the rest gathered
     with h5py.File(tmp_path / "one.h5", "w") as f:
         f["x"] = X[:, 0].astype(np.float32)
-    one = RowView(tmp_path / "one.h5", "x", _shape=(1000, 1))  # what `mpinn search` builds from a 1-D X
+    one = RowView(tmp_path / "one.h5", "x", shape=(1000, 1))  # what `mpinn search` builds from a 1-D X
     assert np.array_equal(one[rows].read(), X[rows, :1]) and np.array_equal(one.read([5, 2]), X[[5, 2], :1])

@@ -83,7 +83,7 @@ def _load_data(path, x_name, y_name, comm):
     info = datamod.DataInfo(**on_root(comm, lambda: datamod.inspect(path, x_name, y_name).to_json()))
     with h5py.File(path, "r") as f:
         y = np.array(f[y_name].asstr()[()], dtype=str) if info.y_kind == "str" else f[y_name][()]
-    return RowView(path, x_name, dtype=np.float64, _shape=(info.n_rows, info.n_features)), y
+    return RowView(path, x_name, dtype=np.float64, shape=(info.n_rows, info.n_features)), y
 
 
 def _check_rows(comm, X, y, path, task):

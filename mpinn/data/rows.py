@@ -24,20 +24,23 @@ WINDOW_BYTES = 1 << 24  # scattered rows are read as spans of at most 16 MiB, th
 
 class RowView:
     """Rows ``rows`` (global row numbers, None: all in order) of dataset ``name`` of the HDF5
-    file ``path``, as ``dtype``, each read block passed through ``transforms`` in order."""
+    file ``path``, as ``dtype``, each read block passed through ``transforms`` in order.
+    ``shape``: the dataset's (rows, features) when known (a 1-D dataset as one column); by
+    default read from the file, which must then hold a 2-D dataset."""
 
     lazy_rows = True  # how other modules recognise a view without importing this one
 
-    def __init__(self, path, name="X", *, rows=None, transforms=(), dtype=np.float64, _shape=None):
+    def __init__(self, path, name="X", *, rows=None, transforms=(), dtype=np.float64, shape=None):
         self.path, self.name, self.dtype = os.fspath(path), name, np.dtype(dtype)
-        if _shape is None:
+        if shape is None:
             import h5py
 
             with h5py.File(self.path, "r") as f:
-                _shape = f[name].shape
-            if len(_shape) != 2:
-                raise ValueError(f"{self.path}: dataset {name} has shape {_shape}; a RowView needs 2-D rows")
-        self._file_shape = tuple(_shape)
+                shape = f[name].shape
+            if len(shape) != 2:
+                raise ValueError(f"{self.path}: dataset {name} has shape {shape}; a RowView needs 2-D rows "
+                                 "(or shape=(rows, 1) for a 1-D dataset)")
+        self._file_shape = tuple(shape)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.transforms = tuple(transforms)
         self.rows_read = 0  # rows this view and the views taken from it read so far (tests, benchmarks)
@@ -59,7 +62,7 @@ class RowView:
     def _derived(self, rows=None, transforms=None):
         view = RowView(self.path, self.name, rows=self.rows if rows is None else rows,
                        transforms=self.transforms if transforms is None else transforms, dtype=self.dtype,
-                       _shape=self._file_shape)
+                       shape=self._file_shape)
         view._counter = self._counter
         return view
 
