@@ -63,8 +63,8 @@ test: test-serial test-2 test-3
 test-serial: install
 	timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not long"
 
-# The tests marked long (a soak of random kills, scikit-learn's successive-halving suite, a search on
-# 16 oversubscribed ranks): CI runs them.
+# The tests marked long (a soak of random kills, scikit-learn's suites run serially, 16 oversubscribed
+# ranks, the benchmark scripts' smoke runs, the slowest docs pages): CI runs them.
 test-long: install
 	timeout --kill-after=30 $(TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider -m long
 

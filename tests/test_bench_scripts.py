@@ -167,6 +167,7 @@ def test_every_bench_script_is_covered():
     assert {p.name for p in BENCH.glob("*.py")} == set(CASES) | set(LIBRARIES)
 
 
+@pytest.mark.long  # ~100 s for all of them: make test-long (CI) runs them
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_bench_script_runs(script, files, tmp_path):
     case = CASES[script]

@@ -542,6 +542,7 @@ def test_data_format_blocks_run(quickstart):
     assert run_page("docs/data-format.md", quickstart) == runnable("docs/data-format.md")
 
 
+@pytest.mark.long  # ~25 s: its parity checks train on several rank counts; make test-long (CI) runs it
 def test_design_md_blocks_run(tmp_path):
     pytest.importorskip("sklearn")  # the parity checks compare with scikit-learn (the test extra)
     assert run_page("docs/design.md", tmp_path) == runnable("docs/design.md") >= 5
@@ -573,7 +574,12 @@ def test_design_md_module_map_names_every_module():
 RUN_ABOVE = {"docs/quickstart.md", "docs/design.md", "docs/data-format.md"}
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p not in RUN_ABOVE])
+# The two slowest pages (~20 s each: searches and fits under mpiexec) run in make test-long (CI).
+SLOW_PAGES = {"docs/api.md", "docs/search.md"}
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.long) if p in SLOW_PAGES else p
+                                  for p in PAGES if p not in RUN_ABOVE])
 def test_page_blocks_run(page, tmp_path):
     assert run_page(page, tmp_path) == runnable(page)
 

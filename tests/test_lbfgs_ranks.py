@@ -83,6 +83,7 @@ FOUR = textwrap.dedent("""
 """)
 
 
+@pytest.mark.long  # ~14 s; make test-2 and test-3 check 2 and 3 ranks, make test-long (CI) this
 def test_four_ranks_give_the_one_rank_model_bit_for_bit(tmp_path):
     import hashlib
     from pathlib import Path

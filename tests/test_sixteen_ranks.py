@@ -41,6 +41,7 @@ def train_eval_predict(iris, d, n):
     return mpinn.load(d / "ck"), report, pred
 
 
+@pytest.mark.long  # ~21 s of 16 oversubscribed start-ups: make test-long (CI) runs it
 def test_train_eval_predict_on_16_ranks_equal_1_rank(iris, tmp_path):
     model, report, pred = train_eval_predict(iris, tmp_path / "1", 1)
     model16, report16, pred16 = train_eval_predict(iris, tmp_path / "16", RANKS)

@@ -70,6 +70,7 @@ def check(outcomes):
     assert len(outcomes.names("passed")) >= 80  # distinct test functions (141 cases with their parameters)
 
 
+@pytest.mark.long  # ~30 s serially; make test-2 runs the suite under MPI, make test-long (CI) this
 def test_sklearn_search_tests_pass_on_mpinn(tmp_path):
     check(run_suite(tmp_path))
 

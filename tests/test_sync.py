@@ -110,7 +110,8 @@ def test_auto_shards_only_big_models_on_several_ranks():
     assert resolve_sync("allreduce", 8, 10**6) == "allreduce"
 
 
-@pytest.mark.parametrize("ranks,nodes", [(4, ""), (8, ""), (4, "2")], ids=["4", "8", "4-as-2-nodes"])
+@pytest.mark.parametrize("ranks,nodes", [(4, ""), pytest.param(8, "", marks=pytest.mark.long), (4, "2")],
+                         ids=["4", "8", "4-as-2-nodes"])
 def test_sync_on_4_and_8_ranks(ranks, nodes):
     """This module's MPI tests on 4 and 8 ranks (oversubscribed on a small machine); with
     MPINN_SHM_NODES=2, --sync shm takes the ranks for two nodes (its cross-node level runs)."""
