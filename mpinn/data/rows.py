@@ -5,7 +5,7 @@ A ``RowView`` stands for some rows (in some order) of one 2-D dataset, after som
 transforms (a fitted scaler's). Taking rows of it (``view[idx]``, scikit-learn's
 ``_safe_indexing`` of a fold) gives another view and reads nothing; ``read(positions)`` reads
 those rows and applies the transforms. So a fold's fit reads only the rank's shard of the
-fold's train rows (estimators/fit.py), a scaler only its block (preprocessing/scalers.py), and
+fold's train rows (estimators/reading.py), a scaler only its block (preprocessing/scalers.py), and
 scoring only the rank's block of the test rows (estimators/base.py). Anything else that asks
 for an array (``np.asarray(view)``) gets all of the view's rows, read then.
 
