@@ -28,13 +28,13 @@ from sklearn.utils.validation import _check_method_params
 
 from mpinn.search import results as search_results
 from mpinn.search import tasks as search_tasks
-from mpinn.parallel.comm import as_comm, is_process_failure
+from mpinn.parallel.comm import as_comm
 from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.parallel.agree import on_root
 from mpinn.parallel.digest import data_digest
 from mpinn.parallel.faults import Preemption
 from mpinn.search.iteration import splits_from_root
-from mpinn.search.run import ALLOCATIONS, Groups, collect, revoke_all, run_tasks
+from mpinn.search.run import ALLOCATIONS, Groups, collect, run_tasks
 from mpinn.search.stopping import finish
 from mpinn.search import callbacks as search_callbacks
 
@@ -91,8 +91,7 @@ class _BaseSearch(BaseSearchCV):
                   f"fits ({len(previous)} done before) on {world.size} rank(s) in groups of {self.group_size}, "
                   f"allocation {self.allocation}", flush=True)
         search_hooks, task_hooks = search_callbacks.task_contexts(hooks, self, n_tasks)
-        team = Groups(world, self.group_size)
-        try:
+        with Groups(world, self.group_size) as team:  # on a rank's death: revoked, no survivor left waiting
             run_id = world.bcast_json(new_run_id()) if log else None  # collective: before any branch
             # A signal during the search sets a flag (its fits share it): the tasks stop at the next
             # step or task boundary, the finished ones are on disk, and every rank raises Preempted
@@ -107,12 +106,6 @@ class _BaseSearch(BaseSearchCV):
                     writer.close()
                 finish(team, stop)  # every rank raises the first failing group's error, or none does
             records = collect(team, records, previous)
-        except BaseException as exc:
-            if is_process_failure(exc):  # a rank died: no survivor may wait for it anywhere (run.py)
-                revoke_all(team)
-            raise
-        finally:
-            team.close()
         search_hooks.call_on_fit_task_end(estimator=self)
         ordered = [records[t] for t in range(n_tasks)]
         search_results.fit_failures(ordered, self.error_score)

@@ -34,14 +34,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples
 
 from mpinn.parallel.agree import on_root
-from mpinn.parallel.comm import as_comm, is_process_failure
+from mpinn.parallel.comm import as_comm
 from mpinn.parallel.digest import data_digest
 from mpinn.parallel.faults import Preemption
 from mpinn.search import results as search_results
 from mpinn.search import tasks as search_tasks
 from mpinn.search.api import _BaseSearch
 from mpinn.search.iteration import Round, run_round, splits_from_root, task_costs
-from mpinn.search.run import ALLOCATIONS, Groups, revoke_all
+from mpinn.search.run import ALLOCATIONS, Groups
 from mpinn.search.tasklog import TaskLog, new_run_id
 from mpinn.search.warm import MODELS, PromotedModels, epoch_recorder, mlp_path
 
@@ -140,75 +140,70 @@ class _BaseHalving(_BaseSearch):
         n_outputs = _n_outputs(self.estimator, y)
         # The data's digest, once for every iteration's task log (collective; each rank hashes 1/N).
         data_id = data_digest(world, [X, y]) if self.checkpoint is not None else None
-        team = Groups(world, self.group_size)
         all_candidates, all_records, more = [], [], {"iter": [], "n_resources": []}
         self.n_resources_, self.n_candidates_ = [], []
         self.tasks_resumed_ = self.tasks_run_ = 0
         origins, all_origins = list(range(len(candidates))), []  # each candidate's first-iteration index
         results = models = None
         mlp = mlp_path(base)  # where the mpinn MLP is in the estimator (its epochs are counted)
-        try:
-            run_id = world.bcast_json(new_run_id())  # collective: before any branch
-            if self.warm_start_promoted:
-                models = PromotedModels(self._models_directory(world))
-            with Preemption.watch() as signals:
-                for itr in range(self.n_iterations_):
-                    n_candidates = len(candidates)
-                    power = itr
-                    if self.aggressive_elimination:  # the first resources until enough are eliminated
-                        power = max(0, itr - self.n_required_iterations_ + self.n_possible_iterations_)
-                    n_resources = min(int(self.factor ** power * self.min_resources_), self.max_resources_)
-                    self.n_resources_.append(n_resources)
-                    self.n_candidates_.append(n_candidates)
-                    if self.verbose and world.rank == 0:
-                        print(f"----------\niter: {itr}\nn_candidates: {n_candidates}\nn_resources: {n_resources}",
-                              flush=True)
-                    if self.resource == "n_samples":
-                        split_cv = SubsampleSplitter(base_cv=cv, fraction=n_resources / self._n_samples_orig,
-                                                     subsample_test=True, random_state=self.random_state)
-                    else:
-                        candidates = [dict(c) for c in candidates]
-                        for c in candidates:
-                            c[self.resource] = n_resources
-                        split_cv = cv
-                    splits = splits_from_root(world, split_cv, X, y, {"groups": groups})
-                    if len(splits) != self.n_splits_:
-                        raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. Expected "
-                                         f"{self.n_splits_} splits, got {len(splits)}")
-                    prepare, after = models.hooks(origins, mlp) if models else (None, epoch_recorder(mlp))
-                    rnd = Round(candidates, splits, name=f"iter {itr} ", prepare_task=prepare, after_task=after)
-                    rnd.log = self._round_log(base, rnd, itr, data_id)
-                    costs = task_costs(base, candidates, splits, _n_features(X), n_outputs)
-                    if self.verbose > 0 and world.rank == 0:
-                        print(f"Fitting {self.n_splits_} folds for each of {n_candidates} candidates, totalling "
-                              f"{rnd.n_tasks} fits", flush=True)
-                    records, (resumed, ran) = run_round(
-                        self, team, rnd, base, X, y, fit_params, scorer, run_id=run_id, signals=signals,
-                        description={"candidates": n_candidates, "splits": self.n_splits_, "iter": itr,
-                                     "class": type(self).__name__},
-                        costs=costs, task_hook=self._task_hook, progress=self._progress)
-                    self.tasks_resumed_ += resumed
-                    self.tasks_run_ += ran
-                    search_results.fit_failures(records, self.error_score)
-                    all_candidates.extend(candidates)
-                    all_origins.extend(origins)
-                    all_records.extend(records)
-                    more["iter"] += [itr] * n_candidates
-                    more["n_resources"] += [n_resources] * n_candidates
-                    results = self._format(all_candidates, all_records, more)
-                    kept = top_k(results, ceil(n_candidates / self.factor), itr)
-                    candidates = [results["params"][r] for r in kept]
-                    origins = [all_origins[r] for r in kept]
-                    if models is not None and itr + 1 < self.n_iterations_:
-                        models.keep(world, origins)
-        except BaseException as exc:
-            if is_process_failure(exc):  # a rank died: no survivor may wait for it anywhere (run.py)
-                revoke_all(team)
-            raise
-        finally:
-            team.close()
-            if models is not None and self.checkpoint is None and world.rank == 0:
-                shutil.rmtree(models.directory, ignore_errors=True)
+        with Groups(world, self.group_size) as team:  # on a rank's death: revoked, no survivor left waiting
+            try:
+                run_id = world.bcast_json(new_run_id())  # collective: before any branch
+                if self.warm_start_promoted:
+                    models = PromotedModels(self._models_directory(world))
+                with Preemption.watch() as signals:
+                    for itr in range(self.n_iterations_):
+                        n_candidates = len(candidates)
+                        power = itr
+                        if self.aggressive_elimination:  # the first resources until enough are eliminated
+                            power = max(0, itr - self.n_required_iterations_ + self.n_possible_iterations_)
+                        n_resources = min(int(self.factor ** power * self.min_resources_), self.max_resources_)
+                        self.n_resources_.append(n_resources)
+                        self.n_candidates_.append(n_candidates)
+                        if self.verbose and world.rank == 0:
+                            print(f"----------\niter: {itr}\nn_candidates: {n_candidates}\nn_resources: {n_resources}",
+                                  flush=True)
+                        if self.resource == "n_samples":
+                            split_cv = SubsampleSplitter(base_cv=cv, fraction=n_resources / self._n_samples_orig,
+                                                         subsample_test=True, random_state=self.random_state)
+                        else:
+                            candidates = [dict(c) for c in candidates]
+                            for c in candidates:
+                                c[self.resource] = n_resources
+                            split_cv = cv
+                        splits = splits_from_root(world, split_cv, X, y, {"groups": groups})
+                        if len(splits) != self.n_splits_:
+                            raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. Expected "
+                                             f"{self.n_splits_} splits, got {len(splits)}")
+                        prepare, after = models.hooks(origins, mlp) if models else (None, epoch_recorder(mlp))
+                        rnd = Round(candidates, splits, name=f"iter {itr} ", prepare_task=prepare, after_task=after)
+                        rnd.log = self._round_log(base, rnd, itr, data_id)
+                        costs = task_costs(base, candidates, splits, _n_features(X), n_outputs)
+                        if self.verbose > 0 and world.rank == 0:
+                            print(f"Fitting {self.n_splits_} folds for each of {n_candidates} candidates, totalling "
+                                  f"{rnd.n_tasks} fits", flush=True)
+                        records, (resumed, ran) = run_round(
+                            self, team, rnd, base, X, y, fit_params, scorer, run_id=run_id, signals=signals,
+                            description={"candidates": n_candidates, "splits": self.n_splits_, "iter": itr,
+                                         "class": type(self).__name__},
+                            costs=costs, task_hook=self._task_hook, progress=self._progress)
+                        self.tasks_resumed_ += resumed
+                        self.tasks_run_ += ran
+                        search_results.fit_failures(records, self.error_score)
+                        all_candidates.extend(candidates)
+                        all_origins.extend(origins)
+                        all_records.extend(records)
+                        more["iter"] += [itr] * n_candidates
+                        more["n_resources"] += [n_resources] * n_candidates
+                        results = self._format(all_candidates, all_records, more)
+                        kept = top_k(results, ceil(n_candidates / self.factor), itr)
+                        candidates = [results["params"][r] for r in kept]
+                        origins = [all_origins[r] for r in kept]
+                        if models is not None and itr + 1 < self.n_iterations_:
+                            models.keep(world, origins)
+            finally:
+                if models is not None and self.checkpoint is None and world.rank == 0:
+                    shutil.rmtree(models.directory, ignore_errors=True)
         self.epochs_trained_ = sum(r.get("epochs_trained", 0) for r in all_records)
         self.n_remaining_candidates_ = len(candidates)
         self.multimetric_ = search_results.scorer_names(all_records) != ["score"]

@@ -16,7 +16,7 @@ and talks to the coordinator.
 
 When a rank dies (MPI with ULFM), no task result is invented from it: a fit whose collective
 fails, the coordinator and every leader raise MPI's process failure, after revoking the
-search's communicators (``revoke_all``) so that no survivor is left waiting for the dead rank
+search's communicators (``Groups.revoke_all``) so that no survivor is left waiting for the dead rank
 in another group's or the coordinator's channel. `mpinn search` then continues on the survivors
 from the task log (cli/search.py), where the dead rank's task is simply not recorded.
 """
@@ -38,7 +38,9 @@ ALLOCATIONS = ("dynamic", "round-robin")
 
 
 class Groups:
-    """This rank's group and the channel to the coordinator (collective to build and close)."""
+    """This rank's group and the channel to the coordinator (collective to build and close).
+    Used as ``with Groups(comm, size) as team:``, which closes them on the way out, after
+    revoking them all when a rank died (``revoke_all``)."""
 
     def __init__(self, comm, group_size):
         if comm.size % group_size:
@@ -55,6 +57,21 @@ class Groups:
         if self.count > 1:
             self.comm.free()
             self.channel.free()
+
+    def revoke_all(self):
+        """After a process failure: fail every pending and future call on the search's
+        communicators, on every rank (the failure itself is seen only by the ranks that talk to
+        the dead one), so that no survivor waits for it anywhere."""
+        for comm in {id(c): c for c in (self.comm, self.channel, self.world) if c is not None}.values():
+            comm.revoke()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if is_process_failure(error):
+            self.revoke_all()
+        self.close()
 
 
 class _Queue:
@@ -172,14 +189,6 @@ def _take_tasks(groups, stop, queue, execute, progress, total, records):
             t = ask.finish()
             if progress and queue is not None:
                 progress(queue.finished, total)
-
-
-def revoke_all(groups):
-    """After a process failure: fail every pending and future call on the search's
-    communicators, on every rank (the failure itself is seen only by the ranks that talk to the
-    dead one)."""
-    for comm in {id(c): c for c in (groups.comm, groups.channel, groups.world) if c is not None}.values():
-        comm.revoke()
 
 
 def _run_in_group(groups, execute, t):
