@@ -93,7 +93,7 @@ def fit_elastic(run, comm, trainer, snapshots, build, min_ranks):
                 event = {"ranks": lost, "epoch": epoch, "step": step, "continued_on": comm.size,
                          "replayed_from": {"epoch": trainer.epoch, "step": trainer.step_in_epoch},
                          "recovery_seconds": seconds}
-                trainer.metrics_first = {**trainer.metrics_first, "rank_lost": event}
+                trainer.note_in_metrics("rank_lost", event)
                 if comm.rank == 0:
                     if cfg.metrics:
                         truncate_metrics(cfg.metrics, trainer.epoch)

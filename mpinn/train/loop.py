@@ -384,6 +384,11 @@ class Trainer:
         where = f"at epoch {self.loop.epoch} step {self.loop.step_in_epoch}" if trained else "before the first step"
         self.stop_message = f"{word} ({names}) {where}"
 
+    def note_in_metrics(self, name, record):
+        """Add ``record`` under ``name`` to the record the metrics file starts with (an elastic
+        recovery's `rank_lost`: cli/elastic.py); written when fit opens the file."""
+        self.metrics_first = {**(self.metrics_first or {}), name: record}
+
     def stop_below_min_ranks(self, min_ranks, exit_code):
         """Collective (elastic training): too few ranks are left to go on; checkpoint where the
         survivors stand and keep the account, as a preemption does."""
