@@ -22,7 +22,8 @@ from mpinn.errors import InputError
 
 def add_search_command(sub):
     p = sub.add_parser("search", help="grid or randomized search of train options, tasks on groups of ranks")
-    p.add_argument("--data", required=True, help="training data, HDF5 with datasets X and y (each fit reads only its rank's rows)")
+    p.add_argument("--data", required=True,
+                   help="training data, HDF5 with datasets X and y (each fit reads only its rank's rows)")
     p.add_argument("--grid", required=True, help="TOML file: `mpinn train` option names, lists of values to try")
     p.add_argument("--n-iter", type=int, help="randomized search: sample this many candidates from the grid")
     p.add_argument("--seed", type=int, help="seed of the sampling (--n-iter; default 0) and of a shuffled "

@@ -25,7 +25,8 @@ class _ReadsRows:
     def _read(self, X, y, sample_weight, comm):
         """This rank's rows: (X, y, weights, shard, n_rows, y_all or None).
 
-        Arrays: every rank passes the same global arrays, checks them and keeps its shard.
+        Arrays: every rank passes the same global arrays, checks them and keeps its shard; a
+        RowView the same, reading only its shard.
         An HDF5 path (or open h5py.File): each rank reads only its rows (y names the target dataset, default
         "y"; sample_weight may name a weight dataset in the file).
         """
@@ -53,9 +54,10 @@ class _ReadsRows:
             if wl is not None:
                 collective_check(comm, inputs.finite_problem(wl, "sample_weight"))
             return Xl, yl, wl, shard, shard.n_rows, None
-        if is_row_view(X):  # a search's fold (data/rows.py): this rank reads only its shard
-            return self._read_view(X, y, sample_weight, comm, spec)
-        Xa = inputs.check_X(X)
+        # Arrays are checked whole; a RowView (a search's fold, data/rows.py) is read here, this
+        # rank's shard of it only, with the same values the array it stands for would give.
+        view = is_row_view(X)
+        Xa = X if view else inputs.check_X(X)
         ya = inputs.check_y(y, len(Xa), classifier=self._classifier)
         dtype = inputs.train_dtype(Xa, self.dtype)
         sw = inputs.check_sample_weight(sample_weight, len(Xa), dtype)
@@ -65,26 +67,11 @@ class _ReadsRows:
                              f"rank {comm.rank} passed X of shape {Xa.shape}, rank 0 {tuple(root)}: every rank "
                              "must pass the same global arrays (or an HDF5 path)")
         shard = make_shard(len(Xa), comm.rank, comm.size, spec)
-        Xl = np.ascontiguousarray(shard.take(Xa), dtype=dtype)
-        collective_check(comm, inputs.finite_problem(Xl, "X"))
-        wl = None if sw is None else shard.take(sw)
-        return Xl, shard.take(ya), wl, shard, len(Xa), ya
-
-    def _read_view(self, X, y, sample_weight, comm, spec):
-        """_read of a RowView of the global rows: the same rows and values as the array it stands
-        for would give, read from the file by this rank alone."""
-        from mpinn.data.partition import make_shard
-        from mpinn.parallel.agree import collective_check
-
-        ya = inputs.check_y(y, len(X), classifier=self._classifier)
-        dtype = inputs.train_dtype(X, self.dtype)
-        sw = inputs.check_sample_weight(sample_weight, len(X), dtype)
-        shard = make_shard(len(X), comm.rank, comm.size, spec)
         try:
-            Xl = np.ascontiguousarray(X.read(shard.rows), dtype=dtype)
+            Xl = np.ascontiguousarray(Xa.read(shard.rows) if view else shard.take(Xa), dtype=dtype)
             problem = inputs.finite_problem(Xl, "X")
         except OSError as exc:  # a file one rank cannot read fails every rank, none left waiting
             Xl, problem = None, f"{X.path}: {exc}"
         collective_check(comm, problem)
         wl = None if sw is None else shard.take(sw)
-        return Xl, shard.take(ya), wl, shard, len(X), ya
+        return Xl, shard.take(ya), wl, shard, len(Xa), ya
