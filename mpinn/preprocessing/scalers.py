@@ -146,11 +146,7 @@ class _Scaler:
         if is_row_view(X):
             return self._view_blocks(X, sample_weight, comm, first)
         X = self._array(X, reset=first, copy=False)
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
-        if w is not None and len(w) != len(X):
-            raise ValueError(f"sample_weight.shape == {np.shape(sample_weight)}, expected ({len(X)},)!")
-        if w is not None and self.rows == "global" and not w.any():
-            raise ValueError("Sample weights must contain at least one non-zero number.")
+        w = self._weights(sample_weight, len(X))
         if self.rows == "global":
             if comm.size > 1:
                 root = comm.bcast_json(list(X.shape))
@@ -184,15 +180,19 @@ class _Scaler:
         except OSError as exc:  # a file one rank cannot read fails every rank, none left waiting
             block, problem = None, f"{X.path}: {exc}"
         collective_check(comm, problem)
-        w = None
-        if sample_weight is not None:
-            w = np.asarray(sample_weight, dtype=np.float64).ravel()
-            if len(w) != len(X):
-                raise ValueError(f"sample_weight.shape == {np.shape(sample_weight)}, expected ({len(X)},)!")
-            if not w.any():
-                raise ValueError("Sample weights must contain at least one non-zero number.")
-            w = part.take(w)
-        return row_blocks(block), w, n_features, block.dtype
+        w = self._weights(sample_weight, len(X))
+        return row_blocks(block), None if w is None else part.take(w), n_features, block.dtype
+
+    def _weights(self, sample_weight, n_rows):
+        """sample_weight as float64, one per row of X (with rows='global', not all zero)."""
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight, dtype=np.float64).ravel()
+        if len(w) != n_rows:
+            raise ValueError(f"sample_weight.shape == {np.shape(sample_weight)}, expected ({n_rows},)!")
+        if self.rows == "global" and not w.any():
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return w
 
     def _transform_read(self, X):
         """transform of a block a RowView has just read (data/rows.py): in place, as no one else
